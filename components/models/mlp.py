@@ -1,0 +1,41 @@
+"""Multi-layer perceptron: the simplest teacher or student for flat inputs such as digits."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from dgraph.ports import Port
+from dgraph.registry import BuildContext, Component, Params, component
+
+__all__ = ["MLP"]
+
+
+class MLPParams(Params):
+    in_features: int = Field(gt=0, description="input width")
+    hidden: list[int] = Field(default_factory=lambda: [128], description="hidden layer widths")
+    num_classes: int = Field(gt=0, description="number of output logits")
+    activation: str = Field("relu", pattern="^(relu|gelu|tanh|silu)$")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@component("mlp", roles=("teacher", "student", "model"))
+class MLP(Component):
+    """Fully connected network: ``x -> [Linear, activation, dropout] * len(hidden) -> Linear``.
+
+    ``features`` is the last hidden layer's activation, ``logits`` the output layer's.
+    Submodules ``body.<i>`` and ``head`` can be tapped.
+    """
+
+    Params = MLPParams
+    inputs = {"x": Port("Features", "B, {in_features}", "flat input features")}
+    outputs = {
+        "logits": Port("Logits", "B, {num_classes}", "class scores"),
+        "features": Port("Features", "B, {hidden[-1]}", "last hidden activation"),
+    }
+    tappable = True
+
+    def build(self, context: BuildContext):
+        from dgraph.components.models._torch_models import MLPModule
+
+        p = self.params
+        return MLPModule(p.in_features, list(p.hidden), p.num_classes, p.activation, p.dropout)

@@ -1,0 +1,1 @@
+"""Parameter-free operations."""

@@ -1,0 +1,101 @@
+"""The graph's primitives: nodes (one use of a component), edges (output port -> input port).
+
+Kept apart from building and checking so that every later layer can import them freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from dgraph.errors import Location
+from dgraph.ports import Port, Shape
+from dgraph.registry import Component
+from dgraph.spec.model import NodeSpec, Spec
+
+__all__ = ["Edge", "Graph", "Node"]
+
+
+@dataclass
+class Node:
+    """One component instance in the graph."""
+
+    name: str
+    spec: NodeSpec
+    component: Component
+    inputs: dict[str, Port]
+    outputs: dict[str, Port]
+    location: Location
+    taps: dict[str, Port] = field(default_factory=dict)  # submodule path -> port
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def frozen(self) -> bool:
+        return self.spec.is_frozen
+
+    def output_port(self, name: str) -> Port:
+        return self.outputs[name] if name in self.outputs else self.taps[name]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``src.src_port -> dst.dst_port``; ``tap`` is True when src_port is a submodule path."""
+
+    src: str
+    src_port: str
+    dst: str
+    dst_port: str
+    location: Location
+    tap: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
+
+
+@dataclass
+class Graph:
+    """A spec whose nodes are built and whose wiring has been resolved."""
+
+    spec: Spec
+    nodes: dict[str, Node]
+    edges: list[Edge]
+    shapes: dict[tuple[str, str], Shape | None] = field(default_factory=dict)
+    dry_run: bool = False  # True once shapes come from running the graph on the meta device
+
+    def __post_init__(self) -> None:
+        self.nx = nx.MultiDiGraph()
+        self.nx.add_nodes_from(self.nodes)
+        for edge in self.edges:
+            self.nx.add_edge(edge.src, edge.dst, edge=edge)
+
+    def edges_into(self, node: str) -> list[Edge]:
+        return [e for e in self.edges if e.dst == node]
+
+    def edges_from(self, node: str) -> list[Edge]:
+        return [e for e in self.edges if e.src == node]
+
+    def topological_order(self) -> list[str]:
+        return list(nx.lexicographical_topological_sort(self.nx))
+
+    def ancestors(self, node: str) -> set[str]:
+        return set(nx.ancestors(self.nx, node))
+
+    def trained_by(self) -> dict[str, list[str]]:
+        """Node -> the updates whose parameter sets include it."""
+        out: dict[str, list[str]] = {}
+        for update_name, update in self.spec.updates.items():
+            for entry in update.params:
+                node = entry if isinstance(entry, str) else entry.node
+                out.setdefault(node, []).append(update_name)
+        return out
+
+    @property
+    def export_node(self) -> str | None:
+        if self.spec.export.node:
+            return self.spec.export.node
+        students = [n for n, node in self.nodes.items() if node.kind == "student"]
+        return students[0] if students else None

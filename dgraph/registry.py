@@ -1,0 +1,255 @@
+"""One generic registry, the component declaration base class, and plug-in discovery.
+
+A component type declares its roles, a pydantic model of its parameters and typed ports.
+Declarations import no torch; :meth:`Component.build` imports it when a graph is compiled.
+Third-party types arrive through the ``dgraph.components`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from importlib import import_module, metadata
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from dgraph.errors import PluginError, RegistryError, did_you_mean
+from dgraph.ports import SEMANTIC_TYPES, Port, parse_shape
+
+__all__ = [
+    "ROLES",
+    "BuildContext",
+    "Component",
+    "NoParams",
+    "Params",
+    "Registry",
+    "COMPONENTS",
+    "component",
+    "load_plugins",
+]
+
+T = TypeVar("T")
+
+# The roles a node can play in a spec (its ``kind``). A component type lists the ones it fits.
+ROLES: dict[str, str] = {
+    "data": "a source of batches (dataset, environment rollouts)",
+    "teacher": "a model that provides targets; frozen unless an update trains it",
+    "student": "the model being distilled; exported by default",
+    "model": "any other network (critic, fake-score network, feature extractor)",
+    "projector": "a small trainable map between feature spaces",
+    "loss": "a scalar objective term",
+    "sampler": "draws noise, timesteps, generations or other per-step inputs",
+    "op": "a pure function without parameters",
+    "tensor": "a learnable tensor (synthetic data, soft labels, a learnable rate)",
+    "target": "a slowly updated copy of another node (EMA, periodic copy)",
+    "metric": "an evaluation-only measurement",
+}
+
+
+@dataclass
+class BuildContext:
+    """What :meth:`Component.build` may know about where it is built.
+
+    ``device`` is ``"meta"`` during a dry run: build modules there and load no data or weights.
+    """
+
+    node: str
+    device: str = "cpu"
+    seed: int = 0
+    spec_dir: Path | None = None
+    run_dir: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def meta(self) -> bool:
+        return self.device == "meta"
+
+    def resolve_path(self, path: str) -> Path:
+        """A path written in the spec, relative to the spec's folder when not absolute."""
+        candidate = Path(path).expanduser()
+        if not candidate.is_absolute() and self.spec_dir is not None:
+            local = self.spec_dir / candidate
+            if local.exists() or not candidate.exists():
+                return local
+        return candidate
+
+
+class Registry(Generic[T]):
+    """Names to objects. Re-registering a name is refused; unknown names get suggestions."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._items: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
+
+    def register(self, name: str, item: T, *, origin: str = "") -> T:
+        if name in self._items:
+            if self._items[name] is item:
+                return item
+            raise RegistryError(
+                f"{self.what} '{name}' is already registered (by {self._origins[name] or '?'}); "
+                f"refusing the second registration from {origin or '?'}. "
+                "Rename one of them: registering a name twice would silently replace it."
+            )
+        self._items[name] = item
+        self._origins[name] = origin
+        return item
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            hint = did_you_mean(name, self._items)
+            raise RegistryError(
+                f"unknown {self.what} '{name}'" + (f"; {hint}" if hint else "")
+            ) from None
+
+    def origin(self, name: str) -> str:
+        return self._origins.get(name, "")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
+
+
+class Params(BaseModel):
+    """Base of every component's parameter model: unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=False)
+
+
+class NoParams(Params):
+    """For components that take no parameters."""
+
+
+class Component:
+    """Declaration of a component type. Subclass, set the class attributes, register.
+
+    Class attributes:
+        name: registered type name (set by :func:`component`).
+        roles: the ``kind`` values a node of this type may have.
+        Params: pydantic model of the parameters (extra keys forbidden).
+        inputs / outputs: port name -> :class:`Port`. Shapes may use ``{param}``.
+        tappable: True when the built object is a torch module whose submodules may be
+            tapped as ``node.sub.module`` in the spec.
+    """
+
+    name: ClassVar[str] = ""
+    roles: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[Params]] = NoParams
+    inputs: ClassVar[dict[str, Port]] = {}
+    outputs: ClassVar[dict[str, Port]] = {}
+    tappable: ClassVar[bool] = False
+
+    def __init__(self, params: Params, node: str = "") -> None:
+        self.params = params
+        self.node = node
+
+    # -- declaration side (no torch) ---------------------------------------------------
+    def port_params(self) -> dict[str, Any]:
+        """Values that ``{name}`` in port shapes refer to (the parameters by default)."""
+        return self.params.model_dump()
+
+    def resolved_inputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
+        """Input ports for this instance. ``peers`` maps node names to their components."""
+        return dict(self.inputs)
+
+    def resolved_outputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
+        """Output ports for this instance (a target copies its source's, for instance)."""
+        return dict(self.outputs)
+
+    def references(self) -> dict[str, str]:
+        """Parameters that name other nodes (``{"source": "student"}``), for validation."""
+        return {}
+
+    # -- runtime side (imports torch) --------------------------------------------------
+    def build(self, context: BuildContext) -> Any:
+        """Create the runtime object. Imports torch.
+
+        Returns an ``nn.Module`` whose ``forward`` takes the input ports as keyword arguments
+        and returns a dict from output port name to tensor (data components return a
+        :class:`dgraph.runtime.data.DataSource`).
+        """
+        raise NotImplementedError(f"component type '{self.name}' does not implement build()")
+
+    @classmethod
+    def doc(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "").strip()
+
+
+COMPONENTS: Registry[type[Component]] = Registry("component type")
+
+
+def _check_declaration(cls: type[Component], name: str) -> None:
+    bad_roles = [r for r in cls.roles if r not in ROLES]
+    if not cls.roles or bad_roles:
+        raise RegistryError(
+            f"component type '{name}' ({cls.__module__}.{cls.__qualname__}) must declare roles "
+            f"from {sorted(ROLES)}; found {list(cls.roles)}"
+        )
+    for direction, ports in (("input", cls.inputs), ("output", cls.outputs)):
+        for port_name, port in ports.items():
+            if port.type not in SEMANTIC_TYPES:
+                raise RegistryError(
+                    f"component type '{name}': {direction} port '{port_name}' has unknown "
+                    f"semantic type '{port.type}' (known: {', '.join(SEMANTIC_TYPES)})"
+                )
+            try:
+                parse_shape(port.shape)
+            except ValueError as exc:
+                raise RegistryError(
+                    f"component type '{name}': {direction} port '{port_name}': {exc}"
+                ) from None
+
+
+def component(name: str, *, roles: tuple[str, ...] | None = None) -> Callable[[type], type]:
+    """Class decorator registering a :class:`Component` subclass under ``name``."""
+
+    def decorate(cls: type[Component]) -> type[Component]:
+        if not (isinstance(cls, type) and issubclass(cls, Component)):
+            raise RegistryError(f"@component('{name}') must decorate a Component subclass")
+        cls.name = name
+        if roles is not None:
+            cls.roles = tuple(roles)
+        _check_declaration(cls, name)
+        COMPONENTS.register(name, cls, origin=f"{cls.__module__}.{cls.__qualname__}")
+        return cls
+
+    return decorate
+
+
+_loaded = False
+
+
+def load_plugins(*, force: bool = False) -> None:
+    """Import the built-in components and every ``dgraph.components`` entry point once."""
+    global _loaded
+    if _loaded and not force:
+        return
+    _loaded = True
+    import_module("dgraph.components")
+    seen = {"dgraph.components"}
+    for entry in metadata.entry_points(group="dgraph.components"):
+        if entry.value in seen:
+            continue
+        seen.add(entry.value)
+        try:
+            entry.load()
+        except RegistryError:
+            raise
+        except Exception as exc:  # a broken third-party package must not look like our bug
+            raise PluginError(
+                f"the dgraph plug-in '{entry.name}' ({entry.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}. Fix or uninstall that package."
+            ) from exc

@@ -1,0 +1,48 @@
+"""Layer 1, the spec language: files in, located pydantic models out. Imports no torch."""
+
+from dgraph.spec.model import (
+    SPEC_VERSION,
+    CacheSpec,
+    EvalSpec,
+    ExportSpec,
+    InitSpec,
+    NodeSpec,
+    ObjectiveTerm,
+    OptimizerSpec,
+    ParamGroupSpec,
+    ScheduleSpec,
+    SchedulerSpec,
+    Spec,
+    StageSpec,
+    TrainSpec,
+    UpdateSpec,
+    load_spec,
+    spec_from_raw,
+)
+from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw, resolve_spec_path, zoo_names
+
+__all__ = [
+    "SPEC_VERSION",
+    "CacheSpec",
+    "EvalSpec",
+    "ExportSpec",
+    "InitSpec",
+    "NodeSpec",
+    "ObjectiveTerm",
+    "OptimizerSpec",
+    "ParamGroupSpec",
+    "RawSpec",
+    "ScheduleSpec",
+    "SchedulerSpec",
+    "SourceMap",
+    "Spec",
+    "StageSpec",
+    "TrainSpec",
+    "UpdateSpec",
+    "apply_overrides",
+    "load_raw",
+    "load_spec",
+    "resolve_spec_path",
+    "spec_from_raw",
+    "zoo_names",
+]

@@ -1,0 +1,379 @@
+"""The pydantic models of a spec file (version 1) and the loader that locates their errors.
+
+Everything a user writes is checked here for form: unknown keys are rejected and every error
+points at a file:line:column through the :class:`~dgraph.spec.source.SourceMap`. Whether the
+named types, ports and nodes exist is the graph layer's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from dgraph.errors import Problem, ValidationError, did_you_mean
+from dgraph.registry import ROLES
+from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw
+
+__all__ = [
+    "SPEC_VERSION",
+    "CacheSpec",
+    "EvalSpec",
+    "ExportSpec",
+    "InitSpec",
+    "NodeSpec",
+    "ObjectiveTerm",
+    "OptimizerSpec",
+    "ParamGroupSpec",
+    "ScheduleSpec",
+    "SchedulerSpec",
+    "Spec",
+    "StageSpec",
+    "TrainSpec",
+    "UpdateSpec",
+    "load_spec",
+    "spec_from_raw",
+]
+
+SPEC_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InitSpec(_Strict):
+    """Where a node's initial weights come from: a weights file, or another run's output."""
+
+    weights: str | None = Field(None, description="a .safetensors or .pt state dict")
+    run: str | None = Field(
+        None,
+        description="a run directory, or a zoo spec name whose default run directory is used",
+    )
+    node: str | None = Field(None, description="node name inside that run (default: this node)")
+    strict: bool = Field(True, description="every parameter must be present in the file")
+
+
+class CacheSpec(_Strict):
+    """Store a frozen node's outputs per dataset example on the first pass and reuse them."""
+
+    where: Literal["memory", "disk"] = "memory"
+    path: str | None = Field(None, description="directory for the disk cache (default: run dir)")
+
+
+class NodeSpec(_Strict):
+    """One use of a component type in the graph."""
+
+    kind: str = Field(description="the role: " + ", ".join(ROLES))
+    type: str = Field(description="a registered component type (`dgraph list`)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="input port -> 'node.port', or 'node.sub.module' to tap a submodule",
+    )
+    frozen: bool | None = Field(
+        None, description="parameters fixed (default: true for teachers, false otherwise)"
+    )
+    shares: str | None = Field(
+        None, description="reuse another node's module and weights (one model, several uses)"
+    )
+    init: InitSpec | None = None
+    cache: CacheSpec | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in ROLES:
+            hint = did_you_mean(value, ROLES)
+            raise ValueError(
+                f"unknown kind '{value}' (kinds: {', '.join(ROLES)})" + (f"; {hint}" if hint else "")
+            )
+        return value
+
+    @property
+    def is_frozen(self) -> bool:
+        if self.frozen is not None:
+            return self.frozen
+        return self.kind in ("teacher", "data", "op", "metric", "target")
+
+
+class ScheduleSpec(_Strict):
+    """A coefficient that changes with the step: ``value(step)``."""
+
+    schedule: Literal["constant", "linear", "cosine", "step", "warmup"] = "linear"
+    start: float = 0.0
+    end: float = 1.0
+    steps: int = Field(1, ge=1, description="steps over which the value moves from start to end")
+    begin: int = Field(0, ge=0, description="step at which the change begins")
+
+
+Weight = Annotated[float | ScheduleSpec, Field(union_mode="left_to_right")]
+
+
+class ObjectiveTerm(_Strict):
+    weight: Weight = 1.0
+
+
+class OptimizerSpec(_Strict):
+    type: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0)
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    nesterov: bool = False
+
+
+class SchedulerSpec(_Strict):
+    type: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(1000, ge=1, description="for 'step': decay every N steps")
+    gamma: float = Field(0.1, gt=0, description="for 'step': multiplicative decay")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class ParamGroupSpec(_Strict):
+    """Part of a node's parameters, with optional per-group optimizer settings."""
+
+    node: str
+    match: str | None = Field(None, description="glob on parameter names, e.g. 'head.*'")
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+
+
+class UpdateSpec(_Strict):
+    """One optimizer stepping one parameter set on one objective, at its own rate."""
+
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec | None = None
+    params: list[str | ParamGroupSpec] = Field(description="nodes or parameter groups trained")
+    objective: dict[str, Weight | ObjectiveTerm] = Field(
+        description="loss node -> weight (a number or a schedule)"
+    )
+    every: int = Field(1, ge=1, description="run on every N-th step (a 1:N ratio)")
+    repeat: int = Field(1, ge=1, description="run this many times per step it runs (N:1)")
+    clip_grad_norm: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step")
+
+    def weight_of(self, loss: str) -> float | ScheduleSpec:
+        term = self.objective[loss]
+        return term.weight if isinstance(term, ObjectiveTerm) else term
+
+
+class StageSpec(_Strict):
+    """A phase of training with its own updates and length."""
+
+    name: str
+    steps: int = Field(ge=1)
+    updates: list[str]
+    copy_weights: dict[str, str] = Field(
+        default_factory=dict,
+        alias="copy",
+        description="at the stage's start, destination node <- source node weights",
+    )
+    reinit: list[str] = Field(default_factory=list, description="nodes re-initialised at start")
+    weights: dict[str, Weight] = Field(
+        default_factory=dict, description="objective weights overridden during this stage"
+    )
+
+
+class EvalSpec(_Strict):
+    every: int = Field(100, ge=1, description="evaluate every N steps (and at the end)")
+    batch_size: int = Field(512, ge=1)
+
+
+class TrainSpec(_Strict):
+    steps: int = Field(1000, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    compile: bool = Field(False, description="torch.compile each update's step")
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    out: str | None = Field(None, description="run directory (default: runs/<spec name>)")
+
+
+class ExportSpec(_Strict):
+    node: str | None = Field(None, description="node to export (default: the student)")
+    opset: int = Field(18, ge=7)
+    tolerance: float = Field(1e-4, gt=0)
+
+
+class Spec(_Strict):
+    """A distillation method: components wired into a graph, updates, training and export."""
+
+    dgraph: Literal[1] = Field(SPEC_VERSION, description="spec language version")
+    name: str | None = None
+    description: str = ""
+    nodes: dict[str, NodeSpec]
+    updates: dict[str, UpdateSpec] = Field(default_factory=dict)
+    stages: list[StageSpec] | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    _source: SourceMap = PrivateAttr(default_factory=SourceMap)
+    _path: Path | None = PrivateAttr(default=None)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> SourceMap:
+        return self._source
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The merged, overridden spec as plain data (what ``spec.resolved.yaml`` holds)."""
+        return self._raw
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return self._path.stem if self._path else "spec"
+
+
+def _problem_from_pydantic(error: dict[str, Any], source: SourceMap) -> Problem:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    # pydantic inserts union-branch labels ("float", "ScheduleSpec") into loc; drop them.
+    path: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str) and (
+            part in ("float", "str", "int", "ObjectiveTerm", "ScheduleSpec", "ParamGroupSpec")
+            or part.startswith("function-") or part.startswith("literal[")
+        ):
+            continue
+        path.append(part)
+    dotted = ".".join(str(p) for p in path) or "<top level>"
+    node = str(path[1]) if len(path) > 1 and path[0] == "nodes" else None
+    found = error.get("input")
+    if kind == "extra_forbidden":
+        parent = path[:-1]
+        name = str(path[-1])
+        allowed = _allowed_keys(parent)
+        hint = did_you_mean(name, allowed) if allowed else None
+        return Problem(
+            code="unknown-key",
+            message=f"unknown key '{name}' in {'.'.join(map(str, parent)) or 'the spec'}",
+            location=source.key_where(path),
+            node=node,
+            expected=("one of: " + ", ".join(sorted(allowed))) if allowed else None,
+            suggestion=hint or "remove it; misspelled keys are never silently ignored",
+        )
+    if kind == "missing":
+        return Problem(
+            code="missing-key",
+            message=f"required key '{path[-1]}' is missing from {'.'.join(map(str, path[:-1])) or 'the spec'}",
+            location=source.where(path[:-1]),
+            node=node,
+            suggestion=f"add '{path[-1]}:'",
+        )
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return Problem(
+        code="bad-value",
+        message=f"{dotted}: {message}",
+        location=source.where(path),
+        node=node,
+        found=_short(found) if kind != "value_error" else None,
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(parent: list[str | int]) -> list[str]:
+    """Keys allowed where an unknown one was found, for the did-you-mean."""
+    model: type[BaseModel] | None = Spec
+    steps = list(parent)
+    while steps and model is not None:
+        key = steps.pop(0)
+        field = model.model_fields.get(str(key)) if isinstance(key, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = _model_in(annotation)
+        if inner is None:
+            return []
+        if _is_container(annotation):
+            if not steps:
+                return []
+            steps.pop(0)  # the mapping key / list index
+        model = inner
+    if model is None:
+        return []
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(field.alias or name)
+    return names
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_container(annotation: Any) -> bool:
+    origin = getattr(annotation, "__origin__", None)
+    if origin in (dict, list):
+        return True
+    return any(_is_container(a) for a in getattr(annotation, "__args__", ()) or ())
+
+
+def spec_from_raw(raw: RawSpec) -> Spec:
+    """Check a raw spec's form with pydantic; all problems are reported together."""
+    data = raw.data
+    version = data.get("dgraph", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise ValidationError([
+            Problem(
+                code="bad-version",
+                message=f"this dgraph reads spec language version {SPEC_VERSION}",
+                location=raw.source.where(("dgraph",)),
+                expected=f"dgraph: {SPEC_VERSION}",
+                found=f"dgraph: {version!r}",
+                suggestion="upgrade dgraph, or rewrite the spec for this version",
+            )
+        ])
+    try:
+        spec = Spec.model_validate(data)
+    except PydanticValidationError as exc:
+        problems = [_problem_from_pydantic(e, raw.source) for e in exc.errors()]
+        raise ValidationError(_dedupe(problems)) from None
+    spec._source = raw.source
+    spec._path = raw.path
+    spec._raw = data
+    return spec
+
+
+def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        key = (str(p.location), p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def load_spec(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Spec:
+    """Read, merge (``extends``), override (``--set``) and form-check a spec."""
+    raw = apply_overrides(load_raw(path_or_name), list(overrides))
+    return spec_from_raw(raw)
