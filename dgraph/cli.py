@@ -1,0 +1,244 @@
+"""The ``dgraph`` command: validate | viz | compile | train | export | list | schema.
+
+Exit codes: 0 success (a valid spec), 1 a problem with the spec or the run, 2 a usage error.
+A bad spec never prints a Python traceback; set ``DGRAPH_DEBUG=1`` to see one for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from dgraph.errors import DgraphError, ValidationError
+
+__all__ = ["main"]
+
+
+def _print_problems(problems, *, stream=sys.stderr) -> None:
+    for problem in problems:
+        print(problem.render(), file=stream)
+
+
+def _load_and_validate(args: argparse.Namespace, *, dry_run: bool):
+    from dgraph.graph import validate
+    from dgraph.spec import load_spec
+
+    spec = load_spec(args.spec, getattr(args, "set", None) or [])
+    graph, warnings = validate(spec)
+    if dry_run:
+        from dgraph.compiler.dryrun import dry_run as run_dry
+
+        warnings = warnings + run_dry(graph)
+    return spec, graph, warnings
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dgraph.errors import Problem
+
+    problems: list[Problem] = []
+    ok = True
+    try:
+        spec, graph, warnings = _load_and_validate(args, dry_run=not args.static)
+        problems = list(warnings)
+    except ValidationError as exc:
+        ok = False
+        problems = list(exc.problems)
+    except DgraphError as exc:
+        if not args.json:
+            raise
+        ok = False
+        location = getattr(exc, "location", None)
+        problems = [Problem(code="spec-error", message=str(exc) if location is None
+                            else str(exc).removeprefix(f"{location}: "), location=location)]
+    if args.json:
+        print(json.dumps({"valid": ok, "problems": [p.to_json() for p in problems]}, indent=2))
+        return 0 if ok else 1
+    if ok:
+        _print_problems(problems)
+        nodes = len(graph.nodes)
+        mode = "static checks" if args.static else "static checks and meta-device dry run"
+        print(f"{spec.display_name}: valid ({nodes} nodes, {len(graph.edges)} edges, {mode})")
+        return 0
+    _print_problems(problems)
+    count = sum(p.severity == "error" for p in problems)
+    print(f"{count} error{'s' if count != 1 else ''}: the spec is not valid", file=sys.stderr)
+    return 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from dgraph.registry import COMPONENTS, ROLES, load_plugins
+
+    load_plugins()
+    if args.kind is not None and args.kind not in ROLES:
+        from dgraph.errors import did_you_mean
+
+        hint = did_you_mean(args.kind, ROLES)
+        print(f"dgraph list: unknown kind '{args.kind}'" + (f"; {hint}" if hint else "")
+              + f" (kinds: {', '.join(ROLES)})", file=sys.stderr)
+        return 2
+    shown = 0
+    for name, cls in COMPONENTS.items():
+        if args.kind is not None and args.kind not in cls.roles:
+            continue
+        shown += 1
+        print(f"{name}  [{', '.join(cls.roles)}]  ({COMPONENTS.origin(name)})")
+        doc = cls.doc()
+        if doc:
+            for line in doc.splitlines():
+                print(f"    {line}")
+        if cls.inputs:
+            print("  inputs:")
+            for port, decl in cls.inputs.items():
+                extra = " (optional)" if decl.optional else ""
+                print(f"    {port}: {decl.type}[{decl.shape or '*'}]{extra}  {decl.doc}".rstrip())
+        if cls.outputs:
+            print("  outputs:")
+            for port, decl in cls.outputs.items():
+                print(f"    {port}: {decl.type}[{decl.shape or '*'}]  {decl.doc}".rstrip())
+        fields = cls.Params.model_fields
+        if fields:
+            print("  params:")
+            for pname, field in fields.items():
+                if field.is_required():
+                    default = "required"
+                else:
+                    value = field.get_default(call_default_factory=True)
+                    default = f"default {json.dumps(value, default=str)}"
+                desc = f"  {field.description}" if field.description else ""
+                print(f"    {pname}: {_annotation(field.annotation)} = {default}{desc}")
+        print()
+    if shown == 0:
+        print(f"no component types of kind '{args.kind}'")
+    return 0
+
+
+def _annotation(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from dgraph.schema import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from dgraph.viz import render
+
+    spec, graph, warnings = _load_and_validate(args, dry_run=not args.static)
+    _print_problems(warnings)
+    render(graph, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from dgraph.compiler import compile_graph
+
+    spec, graph, warnings = _load_and_validate(args, dry_run=False)
+    _print_problems(warnings)
+    program = compile_graph(graph)
+    print(program.source())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dgraph.runtime.train import train
+
+    summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
+                    progress=not args.quiet)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dgraph.exporters.cli import run_export
+
+    return run_export(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgraph",
+        description="Distillation methods as specs: validate, draw, compile, train, export.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def spec_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("spec", help="a spec file (.yaml/.json) or a zoo name such as 'kd'")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a value, e.g. --set train.steps=100 (repeatable)")
+        return p
+
+    p = spec_command("validate", "check a spec; exit 0 when valid, 1 when not")
+    p.add_argument("--json", action="store_true", help="print problems as JSON")
+    p.add_argument("--static", action="store_true", help="skip the meta-device dry run")
+    p.set_defaults(func=cmd_validate)
+
+    p = spec_command("viz", "draw the graph (.svg, .dot, .mmd, .html)")
+    p.add_argument("-o", "--output", required=True, help="output file; format from suffix")
+    p.add_argument("--static", action="store_true", help="skip the dry run (no shapes)")
+    p.set_defaults(func=cmd_viz)
+
+    p = spec_command("compile", "print the step function generated for each update")
+    p.set_defaults(func=cmd_compile)
+
+    p = spec_command("train", "train a spec; writes a run directory")
+    p.add_argument("--out", help="run directory (default: train.out or runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a trained node to ONNX and verify it")
+    p.add_argument("run_dir", help="a run directory written by `dgraph train`")
+    p.add_argument("--node", help="node to export (default: the spec's export node/student)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=None)
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-check", action="store_true", help="skip onnxruntime verification")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("list", help="list component types, their ports and params")
+    p.add_argument("kind", nargs="?", help="only types usable as this kind (e.g. loss)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        _print_problems(exc.problems)
+        count = sum(p.severity == "error" for p in exc.problems)
+        print(f"{count} error{'s' if count != 1 else ''}: the spec is not valid", file=sys.stderr)
+        return 1
+    except DgraphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in dgraph, not in the user's spec
+        if os.environ.get("DGRAPH_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "This is a bug in dgraph; rerun with DGRAPH_DEBUG=1 for a traceback and report it.",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Turn a validated graph's nodes into runtime objects: modules, data sources, tap recorders.
+
+Nodes that ``share`` another node reuse its module. Taps are forward hooks on submodules; a
+tap path that names no submodule is reported with the closest real module paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgraph.errors import ComponentRuntimeError, DgraphError, Problem, ValidationError
+from dgraph.graph.model import Graph
+from dgraph.registry import BuildContext
+from dgraph.runtime.data import DataSource
+
+__all__ = ["Instances", "TapRecorder", "instantiate"]
+
+
+class TapRecorder:
+    """Forward hooks that keep the latest output of chosen submodules of one module."""
+
+    def __init__(self, module: nn.Module, paths: list[str]) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.handles = []
+        for path in paths:
+            sub = module.get_submodule(path)
+            self.handles.append(sub.register_forward_hook(self._hook(path)))
+
+    def _hook(self, path: str):
+        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # Transformer blocks return tuples; the hidden state comes first.
+            while isinstance(output, (tuple, list)):
+                output = output[0]
+            if isinstance(output, dict):
+                output = next(iter(output.values()))
+            self.values[path] = output
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+@dataclass
+class Instances:
+    """The runtime objects of one graph."""
+
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    data: dict[str, DataSource] = field(default_factory=dict)
+    taps: dict[str, TapRecorder] = field(default_factory=dict)
+
+    def unique_modules(self) -> dict[str, nn.Module]:
+        """Node -> module, each module once (shared nodes appear under their owner)."""
+        seen: set[int] = set()
+        out = {}
+        for name, module in self.modules.items():
+            if id(module) not in seen:
+                seen.add(id(module))
+                out[name] = module
+        return out
+
+
+def _tap_problem(graph: Graph, node: str, path: str, module: nn.Module) -> Problem:
+    names = [n for n, _ in module.named_modules() if n]
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
+    listing = close or names[:8]
+    edge = next(e for e in graph.edges if e.src == node and e.src_port == path)
+    return Problem(
+        code="unknown-tap",
+        message=f"'{node}.{path}' taps no submodule: '{graph.nodes[node].spec.type}' has no "
+        f"module at path '{path}'",
+        location=edge.location,
+        node=edge.dst,
+        port=edge.dst_port,
+        expected="a module path inside " + node,
+        found=path,
+        suggestion="closest module paths: " + ", ".join(f"{node}.{n}" for n in listing),
+    )
+
+
+def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int = 0,
+                run_dir: Path | None = None) -> Instances:
+    """Build every node. ``device='meta'`` builds shapes only (no memory, no weights)."""
+    device_str = str(device)
+    spec_dir = graph.spec.path.parent if graph.spec.path else None
+    inst = Instances()
+    problems: list[Problem] = []
+    for name in graph.topological_order():
+        node = graph.nodes[name]
+        if node.spec.shares is not None:
+            continue
+        context = BuildContext(node=name, device=device_str, seed=seed, spec_dir=spec_dir,
+                               run_dir=run_dir)
+        try:
+            if node.kind == "data":
+                built = node.component.build(context)
+            elif device_str == "meta":
+                with torch.device("meta"):
+                    built = node.component.build(context)
+            else:
+                built = node.component.build(context)
+        except DgraphError:
+            raise
+        except Exception as exc:
+            raise ComponentRuntimeError(
+                f"node '{name}' ({node.kind} '{node.spec.type}') failed to build: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(built, DataSource):
+            inst.data[name] = built
+            continue
+        if not isinstance(built, nn.Module):
+            raise ComponentRuntimeError(
+                f"node '{name}': component type '{node.spec.type}' built a "
+                f"{type(built).__name__}, expected a torch.nn.Module or DataSource"
+            )
+        if device_str != "meta":
+            built = built.to(device)
+        if node.frozen:
+            built.requires_grad_(False)
+            built.eval()
+        inst.modules[name] = built
+    for name, node in graph.nodes.items():
+        if node.spec.shares is not None:
+            inst.modules[name] = inst.modules[node.spec.shares]
+    for name, node in graph.nodes.items():
+        paths = sorted({e.src_port for e in graph.edges_from(name) if e.tap})
+        if not paths:
+            continue
+        module = inst.modules[name]
+        missing = [p for p in paths if not _has_submodule(module, p)]
+        problems += [_tap_problem(graph, name, p, module) for p in missing]
+        if not missing:
+            inst.taps[name] = TapRecorder(module, paths)
+    if problems:
+        raise ValidationError(problems)
+    return inst
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -1,0 +1,126 @@
+"""Coefficient schedules, optimizers and learning-rate schedulers built from their specs."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dgraph.errors import DgraphError
+from dgraph.spec.model import OptimizerSpec, ParamGroupSpec, ScheduleSpec, SchedulerSpec
+
+__all__ = ["build_optimizer", "build_scheduler", "schedule_fn", "value_at"]
+
+
+def value_at(schedule: float | ScheduleSpec, step: int) -> float:
+    """The value of a weight at a (0-based) step."""
+    if not isinstance(schedule, ScheduleSpec):
+        return float(schedule)
+    s = schedule
+    if s.schedule == "constant":
+        return s.start
+    t = min(max((step - s.begin) / s.steps, 0.0), 1.0)
+    if s.schedule in ("linear", "warmup"):
+        return s.start + (s.end - s.start) * t
+    if s.schedule == "cosine":
+        return s.end + (s.start - s.end) * 0.5 * (1 + math.cos(math.pi * t))
+    if s.schedule == "step":
+        return s.end if step >= s.begin + s.steps else s.start
+    raise DgraphError(f"unknown schedule '{s.schedule}'")  # pragma: no cover
+
+
+def schedule_fn(schedule: float | ScheduleSpec) -> Callable[[int], float]:
+    if not isinstance(schedule, ScheduleSpec):
+        constant = float(schedule)
+        return lambda _step: constant
+    return lambda step: value_at(schedule, step)
+
+
+def _named_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters()]
+
+
+def param_groups(entries: list[str | ParamGroupSpec], modules: dict[str, nn.Module],
+                 update: str) -> list[dict]:
+    """Optimizer parameter groups for an update; each parameter appears once."""
+    seen: set[int] = set()
+    groups = []
+    for entry in entries:
+        node = entry if isinstance(entry, str) else entry.node
+        params = _named_params(modules[node])
+        if isinstance(entry, ParamGroupSpec) and entry.match:
+            params = [(n, p) for n, p in params if fnmatch.fnmatch(n, entry.match)]
+            if not params:
+                raise DgraphError(
+                    f"update '{update}': parameter group match '{entry.match}' selects no "
+                    f"parameter of node '{node}' (names look like "
+                    f"{', '.join(n for n, _ in _named_params(modules[node])[:3])})"
+                )
+        fresh = [p for _, p in params if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        if not fresh:
+            continue
+        group: dict = {"params": fresh, "node": node}
+        if isinstance(entry, ParamGroupSpec):
+            if entry.lr is not None:
+                group["lr"] = entry.lr
+            if entry.weight_decay is not None:
+                group["weight_decay"] = entry.weight_decay
+        groups.append(group)
+    if not groups:
+        raise DgraphError(f"update '{update}' has no parameters to train")
+    return groups
+
+
+def build_optimizer(spec: OptimizerSpec, groups: list[dict]) -> torch.optim.Optimizer:
+    kwargs: dict = {"lr": spec.lr, "weight_decay": spec.weight_decay}
+    if spec.type in ("adam", "adamw"):
+        if spec.betas is not None:
+            kwargs["betas"] = spec.betas
+        if spec.eps is not None:
+            kwargs["eps"] = spec.eps
+        cls = torch.optim.Adam if spec.type == "adam" else torch.optim.AdamW
+        # foreach kernels are the fast path on both CPU and GPU
+        return cls(groups, foreach=True, **kwargs)
+    if spec.type == "sgd":
+        return torch.optim.SGD(groups, momentum=spec.momentum, nesterov=spec.nesterov,
+                               foreach=True, **kwargs)
+    if spec.type == "rmsprop":
+        if spec.eps is not None:
+            kwargs["eps"] = spec.eps
+        return torch.optim.RMSprop(groups, momentum=spec.momentum, foreach=True, **kwargs)
+    raise DgraphError(f"unknown optimizer '{spec.type}'")  # pragma: no cover
+
+
+class _LRFactor:
+    """Picklable learning-rate multiplier (LambdaLR keeps objects, not closures, in state)."""
+
+    def __init__(self, spec: SchedulerSpec, total_steps: int) -> None:
+        self.spec = spec
+        self.total = max(total_steps, 1)
+
+    def __call__(self, step: int) -> float:
+        s = self.spec
+        if s.warmup_steps and step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        if s.type == "constant":
+            return 1.0
+        if s.type == "step":
+            return s.gamma ** (step // s.step_size)
+        span = max(self.total - s.warmup_steps, 1)
+        t = min(max(step - s.warmup_steps, 0) / span, 1.0)
+        if s.type == "cosine":
+            shape = 0.5 * (1 + math.cos(math.pi * t))
+        else:  # linear
+            shape = 1.0 - t
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * shape
+
+
+def build_scheduler(spec: SchedulerSpec | None, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if spec is None:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _LRFactor(spec, total_steps))

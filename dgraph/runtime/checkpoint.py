@@ -1,0 +1,158 @@
+"""Checkpoints written atomically and read back safely.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it
+loads with ``weights_only=True``. It is written to a temporary file, flushed, fsynced and
+renamed into place: a run killed at any moment leaves either the old or the new checkpoint.
+Final weights are written as safetensors, with the same care.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgraph.errors import CheckpointError
+
+__all__ = [
+    "atomic_write_bytes",
+    "capture_rng",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "restore_rng",
+    "save_checkpoint",
+    "save_weights",
+]
+
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda handle: handle.write(data))
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    version, keys, gauss = random.getstate()
+    state["python"] = {"version": version, "keys": list(keys), "gauss": gauss}
+    np_state = np.random.get_state()
+    state["numpy"] = {
+        "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "pos": int(np_state[2]),
+        "has_gauss": int(np_state[3]),
+        "cached": float(np_state[4]),
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["keys"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+
+
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``step_XXXXXXXX.pt`` atomically and prune all but the newest ``keep``."""
+    path = directory / f"step_{step:08d}.pt"
+    _atomic(path, lambda handle: torch.save(state, handle))
+    existing = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+    for old in existing[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    if not directory.is_dir():
+        return None
+    found = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}). It may be "
+            "truncated or corrupted: delete it to resume from the previous checkpoint, or "
+            "start again without --resume."
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "modules" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} is not a dgraph checkpoint (no step or module weights in it)"
+        )
+    return state
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    data = save(contiguous, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors (preferred) or a .pt/.bin file read with weights_only."""
+    if not path.exists():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"weights file {path} cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file {path} does not hold a state dict")
+    return state

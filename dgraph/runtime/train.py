@@ -1,0 +1,580 @@
+"""The training runtime: ``dgraph train`` — updates at their ratios, stages, evaluation,
+checkpoints that resume bit-identically on CPU, and a run directory with everything in it.
+
+Rank-aware: under ``torchrun`` only rank 0 logs and writes checkpoints; distributed data
+parallelism itself is left to torch.distributed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgraph import __version__
+from dgraph.compiler.codegen import Program, UpdatePlan, compile_graph
+from dgraph.compiler.instantiate import Instances, instantiate
+from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups, value_at
+from dgraph.errors import CheckpointError, DgraphError, NonFiniteError
+from dgraph.graph import Graph, validate
+from dgraph.runtime.checkpoint import (capture_rng, latest_checkpoint, load_checkpoint,
+                                       load_weights, restore_rng, save_checkpoint, save_weights)
+from dgraph.runtime.data import BatchLoader
+from dgraph.runtime.evaluate import evaluate
+from dgraph.runtime.logging import RunLogger
+from dgraph.spec import Spec, load_spec, zoo_names
+from dgraph.spec.source import read_spec_text
+
+__all__ = ["Trainer", "train", "resolve_device", "default_run_dir"]
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DgraphError("train.device is 'cuda' but no CUDA device is available; "
+                          "use --set train.device=cpu or auto")
+    return torch.device(choice)
+
+
+def default_run_dir(spec: Spec) -> Path:
+    return Path(spec.train.out) if spec.train.out else Path("runs") / spec.display_name
+
+
+@dataclass
+class _Stage:
+    name: str
+    start: int
+    end: int
+    updates: list[str]
+    copy: dict[str, str]
+    reinit: list[str]
+    weights: dict[str, Any]
+
+
+def _stages(spec: Spec) -> list[_Stage]:
+    total = spec.train.steps
+    if not spec.stages:
+        return [_Stage("main", 0, total, list(spec.updates), {}, [], {})]
+    lengths = [s.steps for s in spec.stages]
+    if sum(lengths) != total:
+        # Stage lengths are proportions of train.steps, so `--set train.steps=N` scales all.
+        scaled = [max(1, round(total * n / sum(lengths))) for n in lengths]
+        lengths = scaled
+    out, start = [], 0
+    for stage, length in zip(spec.stages, lengths):
+        out.append(_Stage(stage.name, start, start + length, list(stage.updates),
+                          dict(stage.copy_weights), list(stage.reinit), dict(stage.weights)))
+        start += length
+    return out
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class Trainer:
+    """Everything a run needs, built once from a validated graph."""
+
+    def __init__(self, graph: Graph, run_dir: Path, *, progress: bool = True,
+                 log=print) -> None:
+        self.graph = graph
+        self.spec = graph.spec
+        self.run_dir = run_dir
+        self.rank = _rank()
+        self.train_cfg = self.spec.train
+        self.device = resolve_device(self.train_cfg.device)
+        self.progress = progress
+        self.say = log
+        self._seed_everything(self.train_cfg.seed)
+        self.instances: Instances = instantiate(graph, device=self.device,
+                                                seed=self.train_cfg.seed, run_dir=run_dir)
+        self._load_initial_weights()
+        self.program: Program = compile_graph(graph)
+        self.program.bind(self.instances)
+        self.stages = _stages(self.spec)
+        self.total_steps = self.stages[-1].end
+        self.loaders = {
+            name: BatchLoader(
+                {**source.train,
+                 "__index__": torch.arange(len(source))},
+                source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
+                seed=self.train_cfg.seed, device=self.device,
+            )
+            for name, source in self.instances.data.items()
+        }
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.trainable_params: dict[str, list[torch.nn.Parameter]] = {}
+        for stage in self.stages:
+            for update in stage.updates:
+                if update not in self.optimizers:
+                    self._build_optimizer(update, stage.end - stage.start)
+        self.step = 0
+        self._fill_caches()
+        self._set_train_modes()
+        self.amp = self._amp_context()
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.train_cfg.precision == "fp16" else None)
+
+    # -- set-up ----------------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+
+    def _amp_context(self):
+        precision = self.train_cfg.precision
+        if precision == "fp32":
+            return nullcontext
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        device_type = self.device.type
+        return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
+    def _build_optimizer(self, name: str, steps: int) -> None:
+        update = self.spec.updates[name]
+        groups = param_groups(update.params, self.instances.modules, name)
+        optimizer = build_optimizer(update.optimizer, groups)
+        self.optimizers[name] = optimizer
+        self.schedulers[name] = build_scheduler(update.scheduler, optimizer,
+                                                steps // update.every)
+        self.trainable_params[name] = [p for g in groups for p in g["params"]]
+
+    def _load_initial_weights(self) -> None:
+        for name, node in self.graph.nodes.items():
+            init = node.spec.init
+            if init is None or name not in self.instances.modules:
+                continue
+            path = self._init_path(name, init)
+            state = load_weights(path)
+            module = self.instances.modules[name]
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            if init.strict and (missing or unexpected):
+                raise CheckpointError(
+                    f"node '{name}': weights in {path} do not match its module "
+                    f"(missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]}); "
+                    "check the node's params match the run that produced them, or set "
+                    "init.strict: false"
+                )
+
+    def _init_path(self, name: str, init) -> Path:
+        if init.weights is not None:
+            path = Path(init.weights)
+            if not path.is_absolute() and self.spec.path is not None:
+                local = self.spec.path.parent / path
+                path = local if local.exists() else path
+            return path
+        run_ref = init.run
+        node = init.node or name
+        candidates = [Path(run_ref), self.run_dir.parent / run_ref, Path("runs") / run_ref]
+        for run in candidates:
+            weights = run / "final" / f"{node}.safetensors"
+            if weights.exists():
+                return weights
+        if run_ref in zoo_names():
+            target = self.run_dir.parent / run_ref
+            self.say(f"node '{name}' starts from the run of zoo spec '{run_ref}', which is not "
+                     f"in {target}; training it first (dgraph train {run_ref} --out {target})")
+            train(run_ref, out=target, progress=self.progress, log=self.say,
+                  overrides=[f"train.device={self.train_cfg.device}"])
+            weights = target / "final" / f"{node}.safetensors"
+            if weights.exists():
+                return weights
+        raise CheckpointError(
+            f"node '{name}': no trained weights for node '{node}' in run '{run_ref}' (looked "
+            f"in {', '.join(str(c / 'final') for c in candidates)}). Produce them with "
+            f"`dgraph train <spec> --out {candidates[1]}`, or point init.run at the run "
+            "directory"
+        )
+
+    def _fill_caches(self) -> None:
+        """Run cached frozen nodes once over their whole dataset, in example order."""
+        cached = [n for n, node in self.graph.nodes.items() if node.spec.cache is not None]
+        for name in cached:
+            node = self.graph.nodes[name]
+            cache_spec = node.spec.cache
+            source = next(a for a in self.graph.ancestors(name)
+                          if self.graph.nodes[a].kind == "data")
+            tensors = self.loaders[source].tensors
+            disk = None
+            if cache_spec.where == "disk":
+                folder = Path(cache_spec.path) if cache_spec.path else self.run_dir / "cache"
+                disk = folder / f"{name}.safetensors"
+                if disk.exists():
+                    stored = load_weights(disk)
+                    size = next(iter(tensors.values())).shape[0]
+                    if all(t.shape[0] == size for t in stored.values()):
+                        self.program.caches.setdefault(name, {}).update(
+                            {k: v.to(self.device) for k, v in stored.items()})
+                        continue
+            chunks: dict[str, list[torch.Tensor]] = {}
+            size = next(iter(tensors.values())).shape[0]
+            with torch.no_grad(), self._amp_context()():
+                for start in range(0, size, 1024):
+                    batch = {source: {k: v[start:start + 1024] for k, v in tensors.items()}}
+                    nodes = [n for n in self.program.order
+                             if n in self.graph.ancestors(name) or n == name]
+                    values = self.program.run_nodes(self.instances, batch, nodes)
+                    for port in node.outputs:
+                        if (name, port) in values:
+                            chunks.setdefault(port, []).append(values[(name, port)])
+            cache = {port: torch.cat(parts) for port, parts in chunks.items()}
+            self.program.caches.setdefault(name, {}).update(cache)
+            if disk is not None and self.rank == 0:
+                save_weights(disk, cache, {"node": name})
+
+    def _set_train_modes(self) -> None:
+        for name, module in self.instances.modules.items():
+            if self.graph.nodes[name].spec.shares is not None:
+                continue
+            module.train(not self.graph.nodes[name].frozen)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _stage_at(self, step: int) -> _Stage:
+        for stage in self.stages:
+            if stage.start <= step < stage.end:
+                return stage
+        return self.stages[-1]
+
+    def _begin_stage(self, stage: _Stage) -> None:
+        for dst, src in stage.copy.items():
+            state = self.instances.modules[src].state_dict()
+            self.instances.modules[dst].load_state_dict(state)
+        for name in stage.reinit:
+            node = self.graph.nodes[name]
+            from dgraph.registry import BuildContext
+
+            fresh = node.component.build(BuildContext(node=name, device=str(self.device),
+                                                      seed=self.train_cfg.seed + stage.start))
+            self.instances.modules[name].load_state_dict(fresh.to(self.device).state_dict())
+        if stage.start > 0:
+            # A new stage starts its optimizers afresh (the roles of nodes may have changed).
+            for update in stage.updates:
+                self._build_optimizer(update, stage.end - stage.start)
+
+    # -- the step ----------------------------------------------------------------------------
+    def _weights(self, plan: UpdatePlan, stage: _Stage, step: int) -> dict[str, float]:
+        weights = {}
+        for loss in plan.losses:
+            schedule = stage.weights.get(loss, plan.spec.weight_of(loss))
+            weights[loss] = value_at(schedule, step)
+        return weights
+
+    def _draw(self, plan: UpdatePlan, cache: dict[str, dict[str, torch.Tensor]]) -> dict:
+        batch = {}
+        for data_node in plan.data_nodes:
+            if data_node not in cache:
+                cache[data_node] = self.loaders[data_node].next()
+            batch[data_node] = cache[data_node]
+        return batch
+
+    def _run_update(self, name: str, stage: _Stage, step: int,
+                    shared: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        plan = self.program.plans[name]
+        spec = plan.spec
+        optimizer = self.optimizers[name]
+        params = self.trainable_params[name]
+        weights = self._weights(plan, stage, step)
+        terms: dict[str, torch.Tensor] = {}
+        for repeat in range(spec.repeat):
+            for micro in range(spec.accumulate):
+                batch = self._draw(plan, shared if repeat == 0 and micro == 0 else {})
+                with self.amp():
+                    total, losses = plan.step(batch, weights)
+                self._check_finite(total, plan, batch)
+                scaled = total / spec.accumulate if spec.accumulate > 1 else total
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward(inputs=params if plan.bystanders else None)
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            if spec.clip_grad_norm is not None:
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self._after_update(name)
+        scheduler = self.schedulers.get(name)
+        if scheduler is not None:
+            scheduler.step()
+        terms["total"] = total
+        for loss, value in zip(plan.losses, losses):
+            terms[loss] = value
+        return terms
+
+    def _after_update(self, update: str) -> None:
+        """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
+        trained = set(self.program.plans[update].trained)
+        for name, node in self.graph.nodes.items():
+            if node.kind != "target":
+                continue
+            source = node.component.references().get("source")
+            if source in trained:
+                self.instances.modules[name].follow(self.instances.modules[source])
+
+    def _check_finite(self, total: torch.Tensor, plan: UpdatePlan, batch: dict) -> None:
+        # A check per step costs a device sync on GPU; there it is done at logging steps.
+        if self.device.type != "cpu" and (self.step + 1) % self.train_cfg.log_every:
+            return
+        if torch.isfinite(total.detach()).all():
+            return
+        culprit = self._first_nonfinite(plan, batch)
+        raise NonFiniteError(
+            f"step {self.step}: update '{plan.name}' loss is {total.item()}; "
+            + (f"the first node whose output went non-finite is '{culprit[0]}' "
+               f"(port '{culprit[1]}', {self.graph.nodes[culprit[0]].kind} "
+               f"'{self.graph.nodes[culprit[0]].spec.type}')" if culprit else
+               "no node output was non-finite when the step was re-run")
+            + ". Lower the learning rate, clip gradients (clip_grad_norm), or check the "
+            "data; the last checkpoint is intact"
+        )
+
+    def _first_nonfinite(self, plan: UpdatePlan, batch: dict) -> tuple[str, str] | None:
+        found: list[tuple[str, str]] = []
+
+        class _Stop(Exception):
+            pass
+
+        def check(node: str, outputs: dict[str, torch.Tensor]) -> None:
+            for port, value in outputs.items():
+                if torch.is_tensor(value) and value.is_floating_point() and \
+                        not torch.isfinite(value).all():
+                    found.append((node, port))
+                    raise _Stop
+
+        for data_node, tensors in batch.items():
+            for port, value in tensors.items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    return (data_node, port)
+        try:
+            with torch.no_grad():
+                self.program.run_nodes(self.instances, batch, plan.nodes, check=check)
+        except _Stop:
+            pass
+        return found[0] if found else None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _saved_modules(self) -> dict[str, torch.nn.Module]:
+        changing = {d for s in self.stages for d in s.copy} | {n for s in self.stages
+                                                               for n in s.reinit}
+        return {name: module for name, module in self.instances.unique_modules().items()
+                if not self.graph.nodes[name].frozen or name in changing
+                or self.graph.nodes[name].kind == "target"}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "dgraph_version": __version__,
+            "spec_name": self.spec.display_name,
+            "step": self.step,
+            "modules": {n: m.state_dict() for n, m in self._saved_modules().items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items() if s},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loaders": {n: loader.state_dict() for n, loader in self.loaders.items()},
+            "rng": capture_rng(),
+        }
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        if state.get("spec_name") != self.spec.display_name:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to spec '{state.get('spec_name')}', not "
+                f"'{self.spec.display_name}'; resume with the spec that wrote it"
+            )
+        self.step = int(state["step"])
+        stage = self._stage_at(self.step)
+        if stage.start > 0 and self.step >= stage.start:
+            for update in stage.updates:
+                self._build_optimizer(update, stage.end - stage.start)
+        modules = self._saved_modules()
+        try:
+            for name, module_state in state["modules"].items():
+                modules[name].load_state_dict(module_state)
+            for name, opt_state in state["optimizers"].items():
+                if name in self.optimizers:
+                    self.optimizers[name].load_state_dict(opt_state)
+            for name, sched_state in state["schedulers"].items():
+                self.schedulers[name].load_state_dict(sched_state)
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            for name, loader_state in state["loaders"].items():
+                self.loaders[name].load_state_dict(loader_state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} does not match this spec's graph ({type(exc).__name__}: "
+                f"{exc}); was the spec changed since it was written?"
+            ) from None
+        restore_rng(state["rng"])
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state(),
+                        self.train_cfg.keep_checkpoints)
+
+    def save_final(self) -> None:
+        if self.rank != 0:
+            return
+        final = self.run_dir / "final"
+        trained = set(self.graph.trained_by())
+        for name, module in self.instances.unique_modules().items():
+            node = self.graph.nodes[name]
+            if name in trained or node.kind in ("student", "tensor", "target"):
+                metadata = {"node": name, "type": node.spec.type, "kind": node.kind,
+                            "spec": self.spec.display_name, "dgraph_version": __version__,
+                            "params": json.dumps(node.spec.params, sort_keys=True)}
+                save_weights(final / f"{name}.safetensors", module.state_dict(), metadata)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> dict[str, float]:
+        if resume:
+            latest = latest_checkpoint(self.run_dir / "checkpoints")
+            if latest is not None:
+                self.load_state(load_checkpoint(latest), latest)
+                self.say(f"resuming from {latest} (step {self.step})")
+        logger = RunLogger(self.run_dir, enabled=self.rank == 0, total_steps=self.total_steps,
+                           progress=self.progress, start_step=self.step)
+        self._write_graph_pictures(logger)
+        eval_every = self.train_cfg.eval.every
+        log_every = self.train_cfg.log_every
+        summary: dict[str, float] = {}
+        samples = 0
+        import time
+
+        tick = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                stage = self._stage_at(self.step)
+                if self.step == stage.start:
+                    self._begin_stage(stage)
+                shared: dict[str, dict[str, torch.Tensor]] = {}
+                terms: dict[str, dict[str, torch.Tensor]] = {}
+                for update in stage.updates:
+                    if (self.step - stage.start) % self.spec.updates[update].every == 0:
+                        terms[update] = self._run_update(update, stage, self.step, shared)
+                samples += sum(len(b["__index__"]) for b in shared.values())
+                self.step += 1
+                if self.step % log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    values = self._log_values(terms, stage)
+                    values["throughput/samples_per_s"] = samples / max(now - tick, 1e-9)
+                    samples, tick = 0, now
+                    logger.log(self.step, values, stage=stage.name if self.spec.stages
+                               else None)
+                else:
+                    logger.advance(self.step)
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    metrics = self.evaluate()
+                    if metrics:
+                        logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
+                        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                          if k.endswith("accuracy") or "perplexity" in k)
+                        if shown:
+                            logger.line(f"step {self.step}: {shown}")
+                    summary = metrics
+                if self.step % self.train_cfg.checkpoint_every == 0 or \
+                        self.step == self.total_steps:
+                    self.save()
+        finally:
+            logger.close()
+        if not summary:
+            summary = self.evaluate()
+        self.save_final()
+        if self.rank == 0:
+            (self.run_dir / "summary.json").write_text(
+                json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return summary
+
+    def _log_values(self, terms: dict[str, dict[str, torch.Tensor]],
+                    stage: _Stage) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for update, update_terms in terms.items():
+            for key, tensor in update_terms.items():
+                value = float(tensor.detach().float().item())
+                if key == "total":
+                    values[f"loss/total/{update}"] = value
+                elif key == "grad_norm":
+                    values[f"grad_norm/{update}"] = value
+                else:
+                    values[f"loss/{key}"] = value
+            if "grad_norm" not in update_terms:
+                values[f"grad_norm/{update}"] = _grad_norm(self.trainable_params[update])
+            values[f"lr/{update}"] = float(self.optimizers[update].param_groups[0]["lr"])
+        for update, update_terms in terms.items():
+            if not math.isfinite(values.get(f"loss/total/{update}", 0.0)):
+                raise NonFiniteError(f"step {self.step}: update '{update}' loss is not finite")
+        return values
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.program, self.instances, self.graph, self.device,
+                        self.train_cfg.eval.batch_size, self.amp)
+
+    def _write_graph_pictures(self, logger: RunLogger) -> None:
+        if self.rank != 0:
+            return
+        try:
+            from dgraph.viz import render
+        except ImportError:  # pragma: no cover - viz is part of the package
+            return
+        render(self.graph, str(self.run_dir / "graph.svg"))
+        mermaid = render(self.graph, str(self.run_dir / "graph.mmd"))
+        logger.text("graph", "```mermaid\n" + str(mermaid) + "\n```\n\nSee graph.svg in the "
+                    "run directory for the drawing.")
+
+
+def _grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
+    # Gradients are cleared after each optimizer step; the norm of the last step is not
+    # kept, so this reports 0 unless clip_grad_norm is set (which records it).
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _prepare_run_dir(run_dir: Path, spec: Spec, *, resume: bool, overwrite: bool) -> None:
+    has_run = (run_dir / "checkpoints").exists() or (run_dir / "final").exists()
+    if has_run and not resume:
+        if not overwrite:
+            raise DgraphError(
+                f"run directory {run_dir} already holds a run; pass --resume to continue it, "
+                "--out DIR for a new run, or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_dir / "spec.resolved.yaml"
+    text = read_spec_text(spec.raw)
+    if resume and resolved.exists() and resolved.read_text() != text:
+        raise CheckpointError(
+            f"the spec differs from the one this run was started with ({resolved}); resume "
+            "with the same spec and overrides, or start a new run with --out"
+        )
+    resolved.write_text(text)
+
+
+def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (), out: str | Path | None
+          = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log=None) -> dict[str, float]:
+    """Validate, compile and run a spec; returns the final evaluation metrics."""
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    spec = spec_ref if isinstance(spec_ref, Spec) else load_spec(spec_ref, list(overrides))
+    graph, warnings = validate(spec)
+    for warning in warnings:
+        say(warning.render())
+    run_dir = Path(out) if out is not None else default_run_dir(spec)
+    if _rank() == 0:
+        _prepare_run_dir(run_dir, spec, resume=resume, overwrite=overwrite)
+    trainer = Trainer(graph, run_dir, progress=progress, log=say)
+    return trainer.run(resume=resume)
