@@ -153,8 +153,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dgraph.runtime.train import train
 
     summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
-                    progress=not args.quiet)
+                    overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dgraph.runtime.train import train
+
+    console = Console()
+    out = Path(args.out)
+    rows = []
+    for spec, role, node in (("teacher_digits", "teacher", "teacher"),
+                             ("student_digits", "student from scratch", "student"),
+                             ("kd", "student with Hinton KD", "student")):
+        console.print(f"[bold]dgraph train {spec} --out {out / spec}[/bold]")
+        summary = train(spec, overrides=args.set or [], out=out / spec, overwrite=True,
+                        progress=not args.quiet)
+        rows.append((role, spec, summary[f"{node}/accuracy"]))
+    table = Table(title="digits test accuracy (360 held-out images)")
+    table.add_column("model")
+    table.add_column("spec")
+    table.add_column("accuracy", justify="right")
+    for role, spec, accuracy in rows:
+        table.add_row(role, spec, f"{accuracy:.4f}")
+    console.print(table)
+    console.print(f"TensorBoard: tensorboard --logdir {out}")
     return 0
 
 
@@ -194,8 +223,17 @@ def _parser() -> argparse.ArgumentParser:
     p = spec_command("train", "train a spec; writes a run directory")
     p.add_argument("--out", help="run directory (default: train.out or runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the main job: teacher, scratch student and KD student on "
+                       "digits, with a table of their test accuracies")
+    p.add_argument("--out", default="runs/demo", help="folder for the three runs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override applied to all three specs (e.g. train.device=cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a trained node to ONNX and verify it")
     p.add_argument("run_dir", help="a run directory written by `dgraph train`")

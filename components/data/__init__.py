@@ -1,1 +1,7 @@
-"""Data source components."""
+"""Data source components: each builds a :class:`dgraph.runtime.data.DataSource`."""
+
+from dgraph.components.data.digits import Digits
+from dgraph.components.data.tensor_file import TensorFile
+from dgraph.components.data.toy2d import Toy2D
+
+__all__ = ["Digits", "TensorFile", "Toy2D"]

@@ -1,5 +1,12 @@
-"""Model components usable as teacher, student or any other network."""
+"""Model components: networks usable as teacher, student or any other model, projectors
+between feature spaces, and learnable tensors."""
 
-from dgraph.components.models.mlp import MLP
+from dgraph.components.models.cnn import CNN
+from dgraph.components.models.learnable import LearnableTensor
+from dgraph.components.models.mlp import MLP, MLPMap
+from dgraph.components.models.projectors import Conv1x1Projector, LinearProjector
+from dgraph.components.models.targets import EMATarget
 
-__all__ = ["MLP"]
+__all__ = [
+    "CNN", "Conv1x1Projector", "EMATarget", "LearnableTensor", "LinearProjector", "MLP", "MLPMap",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MLPModule", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "MLPMapModule", "MLPModule"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -27,3 +27,13 @@ class MLPModule(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.body(x.flatten(1))
         return {"logits": self.head(features), "features": features}
+
+
+class MLPMapModule(nn.Module):
+    def __init__(self, in_features: int, hidden: list[int], out_features: int,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.net = MLPModule(in_features, hidden, out_features, activation)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": self.net(x)["logits"]}

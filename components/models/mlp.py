@@ -7,7 +7,7 @@ from pydantic import Field
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MLPMap"]
 
 
 class MLPParams(Params):
@@ -39,3 +39,28 @@ class MLP(Component):
 
         p = self.params
         return MLPModule(p.in_features, list(p.hidden), p.num_classes, p.activation, p.dropout)
+
+
+class MLPMapParams(Params):
+    in_features: int = Field(gt=0, description="input width")
+    hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden widths")
+    out_features: int = Field(gt=0, description="output width")
+    activation: str = Field("relu", pattern="^(relu|gelu|tanh|silu)$")
+
+
+@component("mlp_map", roles=("teacher", "student", "model"))
+class MLPMap(Component):
+    """A fully connected map ``x -> y`` between feature spaces: a generator, critic or
+    score network. ``y = Linear(act(Linear(... x)))``; the output is not a class score.
+    """
+
+    Params = MLPMapParams
+    inputs = {"x": Port("Tensor", "B, {in_features}", "input (features, noise, ...)")}
+    outputs = {"y": Port("Features", "B, {out_features}", "output")}
+    tappable = True
+
+    def build(self, context: BuildContext):
+        from dgraph.components.models._torch_models import MLPMapModule
+
+        p = self.params
+        return MLPMapModule(p.in_features, list(p.hidden), p.out_features, p.activation)

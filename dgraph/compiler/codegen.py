@@ -134,10 +134,6 @@ def _needed(graph: Graph, roots: list[str]) -> set[str]:
     need = set(roots)
     for root in roots:
         need |= graph.ancestors(root)
-    for name in list(need):
-        shared = graph.nodes[name].spec.shares
-        if shared:
-            need.add(shared)
     return need
 
 

@@ -93,12 +93,19 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
     spec_dir = graph.spec.path.parent if graph.spec.path else None
     inst = Instances()
     problems: list[Problem] = []
-    for name in graph.topological_order():
+    order = graph.topological_order()
+    # Targets copy their source's module, so they are built after every other node.
+    order = [n for n in order if graph.nodes[n].kind != "target"] + [
+        n for n in order if graph.nodes[n].kind == "target"]
+    for name in order:
         node = graph.nodes[name]
         if node.spec.shares is not None:
             continue
         context = BuildContext(node=name, device=device_str, seed=seed, spec_dir=spec_dir,
                                run_dir=run_dir)
+        source = node.component.references().get("source")
+        if node.kind == "target" and source in inst.modules:
+            context.extras["source_module"] = inst.modules[source]
         try:
             if node.kind == "data":
                 built = node.component.build(context)

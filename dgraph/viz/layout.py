@@ -20,6 +20,7 @@ Segment = tuple[Point, Point, Point, Point]  # start, control 1, control 2, end
 _DUMMY_H = 4.0
 _CURVE_ROOM = 30.0  # horizontal room on each side of an edge label for the curve to bend
 _LABEL_SEP = 4.0
+_PASS_H = 6.0  # room kept for a long edge passing through a gap
 
 
 @dataclass
@@ -388,48 +389,66 @@ def layered_layout(
             for (_, k), y in zip(items, _spread(len(items), state.y[v], state.h[v])):
                 target[k] = y
 
-    # labels: one column of labels per gap, pushed apart vertically
-    per_gap: dict[int, list[tuple[float, int]]] = {}
+    # Each gap between two columns holds a column of items, pushed apart vertically so that
+    # none overlap: the labels of the edges ending in the next column, and the points where
+    # longer edges pass through (so that they never run under a label).
+    def out_y(k: int, j: int) -> float:
+        chain = chains[k][1]
+        return start_y[k] if j == 0 else state.y[chain[j]]
+
+    def in_y(k: int, j: int) -> float:
+        chain = chains[k][1]
+        return end_y[k] if j == len(chain) - 1 else state.y[chain[j]]
+
+    per_gap: dict[int, list[tuple[float, int, int, float]]] = {}  # desired y, chain, step, h
     for k, (i, chain, _) in enumerate(chains):
-        if labels[i] is not None:
-            before = chain[-2]
-            prev_y = start_y[k] if before == chain[0] else state.y[before]
-            per_gap.setdefault(state.layer[chain[-1]] - 1, []).append(
-                ((prev_y + end_y[k]) / 2, k))
-    label_at: dict[int, Point] = {}
+        last = len(chain) - 2
+        for j in range(len(chain) - 1):
+            is_label = j == last and labels[i] is not None
+            if j == last and not is_label:
+                continue
+            height = labels[i][1] if is_label else _PASS_H  # type: ignore[index]
+            desired = (out_y(k, j) + in_y(k, j + 1)) / 2
+            per_gap.setdefault(state.layer[chain[j]], []).append((desired, k, j, height))
+    waypoint: dict[tuple[int, int], Point] = {}
     for g, items in per_gap.items():
         items.sort()
         gx = col_x[g] + col_w[g] + gap_w[g] / 2
-        heights = [labels[chains[k][0]][1] for _, k in items]  # type: ignore[index]
         offsets, acc = [], 0.0
-        for j in range(len(items)):
-            if j:
-                acc += heights[j - 1] / 2 + _LABEL_SEP + heights[j] / 2
+        for n, item in enumerate(items):
+            if n:
+                acc += items[n - 1][3] / 2 + _LABEL_SEP + item[3] / 2
             offsets.append(acc)
-        fit = _isotonic([d - o for (d, _), o in zip(items, offsets)], [1.0] * len(items))
-        for (_, k), z, o in zip(items, fit, offsets):
-            label_at[k] = (gx, z + o)
+        fit = _isotonic([it[0] - o for it, o in zip(items, offsets)], [1.0] * len(items))
+        for (_, k, j, _), z, o in zip(items, fit, offsets):
+            waypoint[(k, j)] = (gx, z + o)
 
     routed: list[LayoutEdge] = [LayoutEdge(index=i) for i in range(len(edges))]
     for k, (i, chain, rev) in enumerate(chains):
         v0, vn = chain[0], chain[-1]
         points: list[tuple[Point, bool]] = [((left(v0) + state.w[v0], start_y[k]), False)]
-        for d in chain[1:-1]:
-            x0 = col_x[state.layer[d]]
-            points.append(((x0, state.y[d]), False))
-            points.append(((x0 + col_w[state.layer[d]], state.y[d]), True))
-        if k in label_at:
-            lx, ly = label_at[k]
-            half = labels[i][0] / 2  # type: ignore[index]
-            points.append(((lx - half, ly), False))
-            points.append(((lx + half, ly), True))
+        label: Point | None = None
+        for j in range(len(chain) - 1):
+            at = waypoint.get((k, j))
+            if at is not None and j == len(chain) - 2 and labels[i] is not None:
+                label = at
+                half = labels[i][0] / 2  # type: ignore[index]
+                points.append(((at[0] - half, at[1]), False))
+                points.append(((at[0] + half, at[1]), True))
+            elif at is not None:
+                points.append((at, False))
+            nxt = chain[j + 1]
+            if nxt != vn:
+                x0 = col_x[state.layer[nxt]]
+                points.append(((x0, state.y[nxt]), False))
+                points.append(((x0 + col_w[state.layer[nxt]], state.y[nxt]), True))
         points.append(((left(vn), end_y[k]), False))
         segments = [
             _curve(p, q, straight) for (p, _), (q, straight) in zip(points, points[1:])
         ]
         if rev:
             segments = [(d, c, b, a) for a, b, c, d in reversed(segments)]
-        routed[i] = LayoutEdge(index=i, segments=segments, label=label_at.get(k), reversed=rev)
+        routed[i] = LayoutEdge(index=i, segments=segments, label=label, reversed=rev)
 
     boxes = {
         name: LayoutNode(name, left(v), state.y[v] - state.h[v] / 2, state.w[v], state.h[v],

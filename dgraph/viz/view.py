@@ -46,6 +46,9 @@ KIND_STYLES: dict[str, tuple[str, str]] = {
 }
 _FALLBACK_STYLE = ("#ffffff", "#444444")  # a role added later still draws
 
+# Kinds whose nodes normally hold parameters: not training one is worth a note.
+_PARAMETRISED_KINDS = frozenset({"teacher", "student", "model", "projector", "tensor"})
+
 # One strong colour per update, in spec order (cycled when there are more updates).
 UPDATE_COLOURS: tuple[str, ...] = (
     "#e6194b", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -142,6 +145,22 @@ class NodeView:
         return f"{self.type} ({self.kind})"
 
     @property
+    def trained(self) -> bool:
+        """True when some update's optimizer steps this node's parameters."""
+        return bool(self.trained_by) and not self.frozen
+
+    @property
+    def look(self) -> str:
+        """How the border is drawn: ``"frozen"`` (dashed), ``"trainable"`` (bold: trained by an
+        update, or a kind that holds parameters) or ``"plain"`` (a loss, op, ... nothing trains).
+        """
+        if self.frozen:
+            return "frozen"
+        if self.trained or self.kind in _PARAMETRISED_KINDS:
+            return "trainable"
+        return "plain"
+
+    @property
     def updates(self) -> list[str]:
         """Updates this node belongs to: those that train it, then those whose objective it is in."""
         out = list(self.trained_by)
@@ -156,6 +175,8 @@ class NodeView:
             parts.append("frozen")
         if self.trained_by:
             parts.append("trained by " + ", ".join(self.trained_by))
+        elif not self.frozen and self.kind in _PARAMETRISED_KINDS:
+            parts.append("trainable, in no update")
         if self.objective_of:
             parts.append("in " + ", ".join(f"{u}×{w}" for u, w in self.objective_of))
         if self.exported:
