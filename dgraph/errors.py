@@ -90,11 +90,47 @@ class DgraphError(Exception):
 
 
 class SpecError(DgraphError):
-    """A spec file cannot be read or parsed (missing file, bad YAML, bad override)."""
+    """A spec file cannot be read or parsed (missing file, bad YAML, bad override).
 
-    def __init__(self, message: str, location: Location | None = None) -> None:
+    ``str()`` is ``"file:line:column: message"`` (plus ``"; suggestion"`` when one is given);
+    :meth:`problem` gives the same facts as a :class:`Problem`, which ``dgraph validate``
+    renders like every other problem (with what was expected, what was found and a hint).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        location: Location | None = None,
+        *,
+        code: str = "spec-error",
+        expected: str | None = None,
+        found: str | None = None,
+        suggestion: str | None = None,
+        notes: Iterable[str] = (),
+    ) -> None:
         self.location = location
-        super().__init__(f"{location}: {message}" if location else message)
+        self.message = message
+        self.code = code
+        self.expected = expected
+        self.found = found
+        self.suggestion = suggestion
+        self.notes = tuple(notes)
+        text = f"{location}: {message}" if location else message
+        if suggestion:
+            text += f"; {suggestion}"
+        super().__init__(text)
+
+    def problem(self) -> Problem:
+        """This error as a located :class:`Problem`."""
+        return Problem(
+            code=self.code,
+            message=self.message,
+            location=self.location,
+            expected=self.expected,
+            found=self.found,
+            suggestion=self.suggestion,
+            notes=self.notes,
+        )
 
 
 class ValidationError(DgraphError):

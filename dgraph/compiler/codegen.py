@@ -73,8 +73,12 @@ class Program:
         ]
         return "\n".join(header) + "\n\n" + "\n\n".join(p.source for p in self.plans.values())
 
-    def bind(self, instances: Any) -> None:
-        """Execute the generated source with the built modules, making the steps callable."""
+    def bind(self, instances: Any, *, compile_steps: bool = False) -> None:
+        """Execute the generated source with the built modules, making the steps callable.
+
+        ``compile_steps`` wraps each step in ``torch.compile`` (the backward and optimizer
+        step stay eager).
+        """
         namespace: dict[str, Any] = {"torch": torch, "_no_grad": torch.no_grad}
         for name, ident in self.idents.items():
             if name in instances.modules:
@@ -87,6 +91,8 @@ class Program:
             code = compile(plan.source, f"<dgraph step '{plan.name}'>", "exec")
             exec(code, namespace)  # noqa: S102 - our own generated code, no spec text in it
             plan.step = namespace[f"step_{_ident(plan.name, set())}"]
+            if compile_steps:
+                plan.step = torch.compile(plan.step, dynamic=False)
 
     # -- an interpreter for the cold paths: evaluation, dry runs and diagnosis -----------
     def run_nodes(self, instances: Any, batch: dict[str, dict[str, torch.Tensor]],

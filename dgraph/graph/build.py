@@ -100,6 +100,23 @@ def _build_component(name: str, ns: NodeSpec, out: _Collector) -> Component | No
     return cls(params, node=name)
 
 
+def _check_shares(name: str, ns: NodeSpec, spec: Spec, out: _Collector) -> None:
+    owner = spec.nodes.get(ns.shares)
+    path = ("nodes", name, "shares")
+    if owner is None:
+        out.add("unknown-node", f"'shares' names no node '{ns.shares}'", path, node=name,
+                suggestion=_close(ns.shares, spec.nodes))
+    elif owner.shares is not None:
+        out.add("bad-shares", f"'{ns.shares}' itself shares '{owner.shares}'", path, node=name,
+                suggestion=f"write 'shares: {owner.shares}' to use the owner's module directly")
+    elif (owner.type, owner.params) != (ns.type, ns.params):
+        out.add("bad-shares", f"a node sharing '{ns.shares}' must have its type and params",
+                path, node=name,
+                expected=f"type {owner.type} with params {owner.params}",
+                found=f"type {ns.type} with params {ns.params}",
+                suggestion="copy the owner's type and params (one module, several uses)")
+
+
 def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
     """Resolve components and wiring; return the graph (None if unusable) and problems."""
     load_plugins()
@@ -111,14 +128,8 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
             components[name] = comp
 
     for name, ns in spec.nodes.items():
-        if ns.shares is not None and ns.shares not in spec.nodes:
-            out.add(
-                "unknown-node",
-                f"'shares' names no node '{ns.shares}'",
-                ("nodes", name, "shares"),
-                node=name,
-                suggestion=_close(ns.shares, spec.nodes),
-            )
+        if ns.shares is not None:
+            _check_shares(name, ns, spec, out)
         comp = components.get(name)
         if comp is None:
             continue

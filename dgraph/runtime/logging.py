@@ -24,6 +24,7 @@ class RunLogger:
         self._tb = None
         self._progress = None
         self._task = None
+        self.show = False
         if not enabled:
             return
         self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -42,7 +43,7 @@ class RunLogger:
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps,
                                                  completed=start_step, losses="")
-        self.plain = progress and not sys.stderr.isatty()
+        self.show = progress
 
     def text(self, tag: str, text: str) -> None:
         if self._tb is not None:
@@ -71,7 +72,7 @@ class RunLogger:
 
     def line(self, message: str) -> None:
         """A message for the user (printed above the bar, or plainly when not a terminal)."""
-        if not self.enabled:
+        if not self.enabled or not self.show:
             return
         if self._progress is not None:
             self._progress.console.print(message)

@@ -102,7 +102,7 @@ class Trainer:
                                                 seed=self.train_cfg.seed, run_dir=run_dir)
         self._load_initial_weights()
         self.program: Program = compile_graph(graph)
-        self.program.bind(self.instances)
+        self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
         self.stages = _stages(self.spec)
         self.total_steps = self.stages[-1].end
         self.loaders = {

@@ -29,23 +29,29 @@ def dot_quote(text: object) -> str:
     return f'"{body}"'
 
 
+def _row(text: str, colour: str | None = None, *, bold: bool = False) -> str:
+    """One legend line: a colour swatch (or nothing) in a narrow first column, then text."""
+    swatch = (f'<td bgcolor="{colour}" width="16" height="12" fixedsize="true"></td>'
+              if colour else "<td></td>")
+    body = f"<b>{html.escape(text)}</b>" if bold else html.escape(text)
+    return f'<tr>{swatch}<td align="left">{body}</td></tr>'
+
+
 def _legend(view: GraphView, legend_id: str) -> list[str]:
-    rows = ['<tr><td colspan="2" align="left"><b>updates</b></td></tr>']
+    rows = [_row("updates", bold=True)]
     if not view.updates:
-        rows.append('<tr><td colspan="2" align="left">none (nothing is trained)</td></tr>')
-    for update in view.updates.values():
-        rows.append(
-            f'<tr><td bgcolor="{update.colour}" width="14"> </td>'
-            f'<td align="left">{html.escape(update.summary)}</td></tr>'
-        )
-    rows.append('<tr><td colspan="2" align="left"><b>kinds</b></td></tr>')
+        rows.append(_row("none (nothing is trained)"))
+    rows += [_row(u.summary, u.colour) for u in view.updates.values()]
+    if view.stages:
+        rows.append(_row("stages", bold=True))
+        rows += [_row(f"{i}. {text}") for i, text in enumerate(view.stages, 1)]
+    rows.append(_row("kinds", bold=True))
     for kind in view.kinds():
-        fill = next(n.fill for n in view.nodes.values() if n.kind == kind)
-        rows.append(f'<tr><td bgcolor="{fill}" width="14"> </td>'
-                    f'<td align="left">{html.escape(kind)}</td></tr>')
-    rows.append('<tr><td colspan="2" align="left">dashed border: frozen; bold border: '
-                'trainable; thin border: no parameters trained; dashed edge: tapped submodule; '
-                'coloured edge: carries that update\'s gradient</td></tr>')
+        rows.append(_row(kind, next(n.fill for n in view.nodes.values() if n.kind == kind)))
+    rows.append(_row("dashed border: frozen; bold border: trainable; thin border: no "
+                     "parameters trained"))
+    rows.append(_row("dashed edge: tapped submodule; coloured edge: carries that update's "
+                     "gradient"))
     table = '<table border="0" cellborder="0" cellspacing="2">' + "".join(rows) + "</table>"
     return [
         "  subgraph cluster_legend {",

@@ -175,7 +175,9 @@ _JS = """
     var table = el("table");
     ports.forEach(function (p) {
       var text = p.type + p.shape;
-      if (withSource) { text += p.source ? "  \\u2190 " + p.source : (p.optional ? "  (optional)" : "  (unfed)"); }
+      if (withSource) {
+        text += p.source ? "  \\u2190 " + p.source : (p.optional ? "  (optional)" : "  (unfed)");
+      }
       var td = el("span", text, "mono");
       row(table, p.name, td);
     });

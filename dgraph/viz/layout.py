@@ -113,7 +113,7 @@ def _back_pairs(names: Sequence[str], succ: Mapping[str, list[str]]) -> set[tupl
 def _isotonic(targets: list[float], weights: list[float]) -> list[float]:
     """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
     blocks: list[list[float]] = []  # [weighted sum, weight, count]
-    for t, w in zip(targets, weights):
+    for t, w in zip(targets, weights, strict=True):
         blocks.append([t * w, w, 1])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
             s, w2, c = blocks.pop()
@@ -238,8 +238,8 @@ class _Layered:
                 acc += self.h[prev] / 2 + self._gap(prev, v) + self.h[v] / 2
             offsets.append(acc)
         weights = [2.0 if self.dummy[v] else 1.0 for v in layer]
-        fit = _isotonic([d - o for d, o in zip(desired, offsets)], weights)
-        for v, z, o in zip(layer, fit, offsets):
+        fit = _isotonic([d - o for d, o in zip(desired, offsets, strict=True)], weights)
+        for v, z, o in zip(layer, fit, offsets, strict=True):
             self.y[v] = z + o
 
     def _relax(self, index: int, nbrs: list[list[int]] | None) -> None:
@@ -345,7 +345,7 @@ def layered_layout(
         for r in range(rank[a] + 1, rank[b]):
             chain.append(state.add(0.0, _DUMMY_H, r, True))
         chain.append(vid[b])
-        for p, q in zip(chain, chain[1:]):
+        for p, q in zip(chain, chain[1:], strict=False):
             state.down[p].append(q)
             state.up[q].append(p)
         chains.append((i, chain, rev))
@@ -363,10 +363,12 @@ def layered_layout(
         if not state.dummy[v]:
             col_w[state.layer[v]] = max(col_w[state.layer[v]], state.w[v])
     gap_w = [rank_gap] * max(count - 1, 0)
+    label_col = [0.0] * max(count - 1, 0)  # width of the widest label in each gap
     for i, chain, _ in chains:
         size = labels[i]
         if size is not None:
             g = state.layer[chain[-1]] - 1
+            label_col[g] = max(label_col[g], size[0])
             gap_w[g] = max(gap_w[g], size[0] + 2 * _CURVE_ROOM)
     col_x = [margin]
     for index in range(1, count):
@@ -386,7 +388,8 @@ def layered_layout(
     for table, target in ((outs, start_y), (ins, end_y)):
         for v, items in table.items():
             items.sort()
-            for (_, k), y in zip(items, _spread(len(items), state.y[v], state.h[v])):
+            spread = _spread(len(items), state.y[v], state.h[v])
+            for (_, k), y in zip(items, spread, strict=True):
                 target[k] = y
 
     # Each gap between two columns holds a column of items, pushed apart vertically so that
@@ -419,8 +422,9 @@ def layered_layout(
             if n:
                 acc += items[n - 1][3] / 2 + _LABEL_SEP + item[3] / 2
             offsets.append(acc)
-        fit = _isotonic([it[0] - o for it, o in zip(items, offsets)], [1.0] * len(items))
-        for (_, k, j, _), z, o in zip(items, fit, offsets):
+        targets = [it[0] - o for it, o in zip(items, offsets, strict=True)]
+        fit = _isotonic(targets, [1.0] * len(items))
+        for (_, k, j, _), z, o in zip(items, fit, offsets, strict=True):
             waypoint[(k, j)] = (gx, z + o)
 
     routed: list[LayoutEdge] = [LayoutEdge(index=i) for i in range(len(edges))]
@@ -430,13 +434,16 @@ def layered_layout(
         label: Point | None = None
         for j in range(len(chain) - 1):
             at = waypoint.get((k, j))
-            if at is not None and j == len(chain) - 2 and labels[i] is not None:
-                label = at
-                half = labels[i][0] / 2  # type: ignore[index]
-                points.append(((at[0] - half, at[1]), False))
-                points.append(((at[0] + half, at[1]), True))
-            elif at is not None:
-                points.append((at, False))
+            if at is not None:
+                # run straight across the whole label column: curves bend only outside it
+                if j == len(chain) - 2 and labels[i] is not None:
+                    label = at
+                half = label_col[state.layer[chain[j]]] / 2
+                if half > 0:
+                    points.append(((at[0] - half, at[1]), False))
+                    points.append(((at[0] + half, at[1]), True))
+                else:
+                    points.append((at, False))
             nxt = chain[j + 1]
             if nxt != vn:
                 x0 = col_x[state.layer[nxt]]
@@ -444,7 +451,8 @@ def layered_layout(
                 points.append(((x0 + col_w[state.layer[nxt]], state.y[nxt]), True))
         points.append(((left(vn), end_y[k]), False))
         segments = [
-            _curve(p, q, straight) for (p, _), (q, straight) in zip(points, points[1:])
+            _curve(p, q, straight)
+            for (p, _), (q, straight) in zip(points, points[1:], strict=False)
         ]
         if rev:
             segments = [(d, c, b, a) for a, b, c, d in reversed(segments)]

@@ -13,7 +13,7 @@ from dgraph.viz.view import KIND_STYLES, GraphView, build_view, kind_style, safe
 __all__ = ["mermaid_from_view", "mermaid_text", "to_mermaid"]
 
 _ENTITIES = {'"': "#quot;", "#": "#35;", "<": "#lt;", ">": "#gt;", "&": "#amp;",
-             "|": "#124;", "`": "#96;"}
+             "|": "#124;", "`": "#96;", ";": "#59;"}
 
 
 def mermaid_text(text: object) -> str:
@@ -32,6 +32,7 @@ def mermaid_text(text: object) -> str:
 def mermaid_from_view(view: GraphView) -> str:
     """Mermaid text for an already built :class:`GraphView` (see :func:`to_mermaid`)."""
     lines = ["flowchart LR", f"  %% dgraph: {mermaid_text(view.title)}"]
+    lines += [f"  %% stage {mermaid_text(text)}" for text in view.stages]
     taken: set[str] = set()
     ids = {name: safe_id(name, taken) for name in view.nodes}
     for name, node in view.nodes.items():
@@ -54,7 +55,7 @@ def mermaid_from_view(view: GraphView) -> str:
             )
     lines.extend(links)
     if view.updates:
-        lines.append('  subgraph legend_updates["updates"]')
+        lines.append("  subgraph legend_updates [updates]")
         legend_ids = {}
         for update in view.updates.values():
             uid = safe_id(update.name, taken, "u_")

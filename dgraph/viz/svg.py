@@ -129,6 +129,12 @@ def _legend(view: GraphView, width_hint: float) -> tuple[list[str], float, float
             f'<text x="{_f(x0 + 24)}" y="{_f(y)}" font-size="{_LEGEND_SIZE:g}">'
             f'{xml_escape(text)}</text></g>'
         )
+    if view.stages:
+        y += 17
+        text = "stages: " + " → ".join(view.stages)
+        widest = max(widest, text_width(text, _LEGEND_SIZE))
+        out.append(f'<text class="legend-stages" x="{_f(x0)}" y="{_f(y)}" '
+                   f'font-size="{_LEGEND_SIZE:g}">{xml_escape(text)}</text>')
     # kinds present, wrapped to the drawing's width
     limit = max(width_hint, 520.0)
     y += 24
@@ -209,7 +215,7 @@ def _node_svg(box: _Box, x: float, y: float, view: GraphView, dom_id: str) -> st
         f'<rect class="box" x="{_f(x)}" y="{_f(y)}" width="{_f(box.w)}" height="{_f(box.h)}" '
         f'rx="6" fill="{fill}" {stroke}/>',
     ]
-    for j, (update, colour) in enumerate(zip(box.stripes, colours)):
+    for j, (update, colour) in enumerate(zip(box.stripes, colours, strict=True)):
         parts.append(
             f'<rect class="update-mark" data-update="{xml_escape(update)}" '
             f'x="{_f(x + 4 + j * _STRIPE_STEP)}" y="{_f(y + 4)}" width="{_f(_STRIPE_W)}" '
@@ -246,8 +252,9 @@ def svg_from_view(view: GraphView) -> str:
     """Draw an already built :class:`GraphView` as an SVG document (see :func:`to_svg`)."""
     boxes = {name: _box(node, view) for name, node in view.nodes.items()}
     label_lines = [(e.ports + ":", e.typed) for e in view.edges]
+    label_h = 2 * (_LABEL_SIZE + 2) + 5
     label_sizes = [
-        (max(text_width(a, _LABEL_SIZE), text_width(b, _LABEL_SIZE)) + 10, 2 * (_LABEL_SIZE + 2) + 5)
+        (max(text_width(a, _LABEL_SIZE), text_width(b, _LABEL_SIZE)) + 10, label_h)
         for a, b in label_lines
     ]
     layout: Layout = layered_layout(
@@ -273,7 +280,7 @@ def svg_from_view(view: GraphView) -> str:
         '<g class="edges">',
     ]
     labels: list[str] = []
-    for i, (edge, routed) in enumerate(zip(view.edges, layout.edges)):
+    for i, (edge, routed) in enumerate(zip(view.edges, layout.edges, strict=True)):
         if not routed.segments:
             continue
         colours = view.colours_of(edge.updates) or [_EDGE_GREY]

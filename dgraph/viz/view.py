@@ -26,6 +26,7 @@ __all__ = [
     "UpdateView",
     "build_view",
     "format_weight",
+    "kind_style",
     "safe_id",
     "text_width",
 ]
@@ -162,7 +163,7 @@ class NodeView:
 
     @property
     def updates(self) -> list[str]:
-        """Updates this node belongs to: those that train it, then those whose objective it is in."""
+        """Updates this node belongs to: those training it, then those whose objective has it."""
         out = list(self.trained_by)
         out += [u for u, _ in self.objective_of if u not in out]
         return out
@@ -173,9 +174,11 @@ class NodeView:
         parts: list[str] = []
         if self.frozen:
             parts.append("frozen")
+        if self.shares:
+            parts.append(f"shares {self.shares}")
         if self.trained_by:
             parts.append("trained by " + ", ".join(self.trained_by))
-        elif not self.frozen and self.kind in _PARAMETRISED_KINDS:
+        elif not self.frozen and not self.shares and self.kind in _PARAMETRISED_KINDS:
             parts.append("trainable, in no update")
         if self.objective_of:
             parts.append("in " + ", ".join(f"{u}×{w}" for u, w in self.objective_of))
@@ -262,6 +265,7 @@ class GraphView:
     edges: list[EdgeView]
     updates: dict[str, UpdateView]
     dry_run: bool = False
+    stages: list[str] = field(default_factory=list)  # "hint: 200 steps, runs hint"
 
     def colours_of(self, updates: list[str]) -> list[str]:
         """The colours of the named updates (unknown names are skipped)."""
@@ -291,7 +295,9 @@ def _node_params(node: Node) -> dict[str, Any]:
         return dict(node.spec.params)
 
 
-def _grad_edges(graph: Graph, edge_types: list[str], trained: set[str], losses: set[str]) -> set[int]:
+def _grad_edges(
+    graph: Graph, edge_types: list[str], trained: set[str], losses: set[str]
+) -> set[int]:
     """Indices of edges on a gradient path from a trained node to one of the losses."""
     grad = [i for i, t in enumerate(edge_types) if carries_grad(t)]
     out_of: dict[str, list[str]] = {}
@@ -394,6 +400,9 @@ def build_view(graph: Graph) -> GraphView:
         objective_of = [
             (u, w) for u, uv in updates.items() for loss, w in uv.objective if loss == name
         ]
+        own = list(trained_by.get(name, []))
+        if node.spec.shares:  # one module used twice: the owner's updates step these weights
+            own += [u for u in trained_by.get(node.spec.shares, []) if u not in own]
         doc = node.component.doc().split("\n\n")[0].replace("\n", " ")
         nodes[name] = NodeView(
             name=name,
@@ -404,13 +413,25 @@ def build_view(graph: Graph) -> GraphView:
             inputs=inputs,
             outputs=outputs,
             taps=taps,
-            trained_by=list(trained_by.get(name, [])),
+            trained_by=own,
             objective_of=objective_of,
             exported=name == export,
             shares=node.spec.shares,
             doc=doc,
             location=str(node.location),
         )
+
+    stages = []
+    for stage in spec.stages or []:
+        text = f"{stage.name}: {stage.steps} steps, runs {', '.join(stage.updates) or 'nothing'}"
+        if stage.copy_weights:
+            text += "; copies " + ", ".join(f"{s}→{d}" for d, s in stage.copy_weights.items())
+        if stage.reinit:
+            text += "; re-initialises " + ", ".join(stage.reinit)
+        if stage.weights:
+            text += "; weights " + ", ".join(
+                f"{n}×{format_weight(w)}" for n, w in stage.weights.items())
+        stages.append(text)
 
     return GraphView(
         title=spec.display_name,
@@ -419,4 +440,5 @@ def build_view(graph: Graph) -> GraphView:
         edges=edges,
         updates=updates,
         dry_run=graph.dry_run,
+        stages=stages,
     )
