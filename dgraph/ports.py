@@ -2,6 +2,8 @@
 
 A shape is written ``"B, C"``, ``"B, {num_classes}"`` (a component parameter), ``"B, 3, H, W"``
 or ``"B, ..."`` (any trailing dimensions). Symbols are local to one node; edges unify them.
+Like a symbol, ``...`` stands for the same dimensions in every input port of one node: the
+two inputs of ``feature_mse`` (``"B, ..."`` each) must have equal shapes.
 No torch here: static validation runs without it.
 """
 
@@ -69,6 +71,8 @@ class Dim:
     symbol: str | None = None
     size: int | None = None
     ellipsis: bool = False
+    # The parameter a size was read from (``num_classes``, ``hidden[-1]``), for messages.
+    param: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         if self.ellipsis:
@@ -99,13 +103,17 @@ def parse_shape(text: str | None, params: Mapping[str, Any] | None = None) -> Sh
         if ref:
             name, _, index = ref.groups()
             value = (params or {}).get(name)
-            if index is not None and isinstance(value, (list, tuple)) and value:
-                value = value[int(index)]
+            if index is not None:
+                try:
+                    value = value[int(index)]  # type: ignore[index]
+                except (TypeError, IndexError, KeyError):
+                    value = None
             if isinstance(value, bool) or not isinstance(value, int):
                 # The parameter is missing or not a size: leave the dim free.
                 dims.append(Dim(symbol=f"{name}"))
             else:
-                dims.append(Dim(size=value))
+                label = name if index is None else f"{name}[{index}]"
+                dims.append(Dim(size=value, param=label))
             continue
         if _SYMBOL.match(part):
             dims.append(Dim(symbol=part))
@@ -135,6 +143,7 @@ class Port:
 class _Var:
     size: int | None = None
     origin: str = ""
+    param: tuple[str, str] | None = None  # (node, parameter) the size was read from
 
 
 @dataclass
@@ -173,11 +182,12 @@ class ShapeUnifier:
             self.values[ra] = vb
         return None
 
-    def assign(self, key: tuple[str, str], size: int, origin: str) -> _Var | None:
+    def assign(self, key: tuple[str, str], size: int, origin: str,
+               param: tuple[str, str] | None = None) -> _Var | None:
         root = self._find(key)
         var = self.values[root]
         if var.size is None:
-            self.values[root] = _Var(size, origin)
+            self.values[root] = _Var(size, origin, param)
             return None
         if var.size != size:
             return var

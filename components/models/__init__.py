@@ -2,6 +2,8 @@
 between feature spaces, and learnable tensors."""
 
 from dgraph.components.models.cnn import CNN
+from dgraph.components.models.diffusion import UNet2D
+from dgraph.components.models.hf import HFCausalLM
 from dgraph.components.models.learnable import LearnableTensor
 from dgraph.components.models.mlp import MLP, MLPMap
 from dgraph.components.models.projectors import Conv1x1Projector, LinearProjector

@@ -384,7 +384,7 @@ class Trainer:
             "step": self.step,
             "modules": {n: m.state_dict() for n, m in self._saved_modules().items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items() if s},
+            "schedulers": {n: _scheduler_state(s) for n, s in self.schedulers.items() if s},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "loaders": {n: loader.state_dict() for n, loader in self.loaders.items()},
             "rng": capture_rng(),
@@ -535,6 +535,15 @@ class Trainer:
         mermaid = render(self.graph, str(self.run_dir / "graph.mmd"))
         logger.text("graph", "```mermaid\n" + str(mermaid) + "\n```\n\nSee graph.svg in the "
                     "run directory for the drawing.")
+
+
+def _scheduler_state(scheduler) -> dict[str, Any]:
+    # LambdaLR stores its multiplier objects' attributes; they are rebuilt from the spec, and
+    # leaving them out keeps the checkpoint loadable with weights_only=True.
+    state = scheduler.state_dict()
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state
 
 
 def _grad_norm(params: Iterable[torch.nn.Parameter]) -> float:

@@ -89,7 +89,8 @@ class NodeSpec(_Strict):
         if value not in ROLES:
             hint = did_you_mean(value, ROLES)
             raise ValueError(
-                f"unknown kind '{value}' (kinds: {', '.join(ROLES)})" + (f"; {hint}" if hint else "")
+                f"unknown kind '{value}' (kinds: {', '.join(ROLES)})"
+                + (f"; {hint}" if hint else "")
             )
         return value
 
@@ -240,18 +241,70 @@ class Spec(_Strict):
         return self._path.stem if self._path else "spec"
 
 
-def _problem_from_pydantic(error: dict[str, Any], source: SourceMap) -> Problem:
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    # pydantic inserts union-branch labels ("float", "ScheduleSpec") into loc; drop them.
+def _clean_loc(loc: Iterable[Any]) -> tuple[str | int, ...]:
+    """A pydantic error's loc without the union-branch labels pydantic inserts into it."""
     path: list[str | int] = []
     for part in loc:
         if isinstance(part, str) and (
             part in ("float", "str", "int", "ObjectiveTerm", "ScheduleSpec", "ParamGroupSpec")
-            or part.startswith("function-") or part.startswith("literal[")
+            or part.startswith(("function-", "literal[", "union[", "tagged-union["))
         ):
             continue
         path.append(part)
+    return tuple(path)
+
+
+def _is_type_error(error: dict[str, Any]) -> bool:
+    kind = error["type"]
+    return kind.endswith(("_type", "_parsing")) or kind == "int_from_float"
+
+
+def _expected_of(error: dict[str, Any]) -> str:
+    if error["type"] == "model_type":
+        return f"a mapping ({error.get('ctx', {}).get('class_name', 'object')})"
+    text = error["msg"]
+    if text.startswith("Input should be "):
+        text = text[len("Input should be "):].split(", unable to", 1)[0]
+    return text
+
+
+def _problems_from_pydantic(errors: list[dict[str, Any]], source: SourceMap) -> list[Problem]:
+    """One problem per wrong value: a union's branches are reported as one set of choices."""
+    paths = [_clean_loc(e["loc"]) for e in errors]
+    unknown = [p for e, p in zip(errors, paths, strict=True)
+               if e["type"] == "extra_forbidden" and p]
+    kept: list[tuple[dict[str, Any], tuple]] = []
+    for error, path in zip(errors, paths, strict=True):
+        deeper = any(len(q) > len(path) and q[: len(path)] == path for q in paths)
+        if _is_type_error(error) and isinstance(error.get("input"), dict) and deeper:
+            continue  # the mapping branch of the union explains what is wrong inside it
+        if error["type"] == "missing" and path and any(
+            u[:-1] == path[:-1] and did_you_mean(str(u[-1]), [str(path[-1])]) for u in unknown
+        ):
+            continue  # the misspelt key's did-you-mean already names the missing one
+        kept.append((error, path))
+    alternatives: dict[tuple, list[str]] = {}
+    problems = []
+    for error, path in kept:
+        if _is_type_error(error):
+            if path in alternatives:
+                if _expected_of(error) not in alternatives[path]:
+                    alternatives[path].append(_expected_of(error))
+                continue
+            alternatives[path] = [_expected_of(error)]
+        problems.append((error, path))
+    out = []
+    for error, path in problems:
+        choices = alternatives.get(path) if _is_type_error(error) else None
+        out.append(_problem_from_pydantic(error, source, choices))
+    return out
+
+
+def _problem_from_pydantic(
+    error: dict[str, Any], source: SourceMap, choices: list[str] | None = None
+) -> Problem:
+    kind = error["type"]
+    path: list[str | int] = list(_clean_loc(error["loc"]))
     dotted = ".".join(str(p) for p in path) or "<top level>"
     node = str(path[1]) if len(path) > 1 and path[0] == "nodes" else None
     found = error.get("input")
@@ -266,26 +319,72 @@ def _problem_from_pydantic(error: dict[str, Any], source: SourceMap) -> Problem:
             location=source.key_where(path),
             node=node,
             expected=("one of: " + ", ".join(sorted(allowed))) if allowed else None,
+            found=f"{name}: {_short(found)}",
             suggestion=hint or "remove it; misspelled keys are never silently ignored",
         )
     if kind == "missing":
+        parent = ".".join(map(str, path[:-1])) or "the spec"
+        present = _present_keys(error.get("input"))
         return Problem(
             code="missing-key",
-            message=f"required key '{path[-1]}' is missing from {'.'.join(map(str, path[:-1])) or 'the spec'}",
-            location=source.where(path[:-1]),
+            message=f"required key '{path[-1]}' is missing from {parent}",
+            location=source.key_where(path[:-1]) if path[:-1] else source.where(()),
             node=node,
+            expected=f"'{path[-1]}' in {parent}" + _described(path),
+            found=f"keys: {present}" if present else "no keys",
             suggestion=f"add '{path[-1]}:'",
         )
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
+    if kind == "value_error" and len(path) == 3 and path[0] == "nodes" and path[2] == "kind":
+        hint = did_you_mean(str(found), ROLES)
+        return Problem(
+            code="unknown-kind",
+            message=f"unknown kind '{found}'",
+            location=source.where(path),
+            node=node,
+            expected="one of: " + ", ".join(ROLES),
+            found=f"kind: {found}",
+            suggestion=hint or "`dgraph list KIND` shows the component types of each kind",
+        )
+    expected = _expected_of(error)
+    if choices and len(choices) > 1:
+        expected = " or ".join(choices)
+        message = "it is none of the allowed forms"
     return Problem(
         code="bad-value",
-        message=f"{dotted}: {message}",
+        message=f"invalid value for '{dotted}': {message}",
         location=source.where(path),
         node=node,
-        found=_short(found) if kind != "value_error" else None,
+        expected=expected + _described(path),
+        found=_short(found),
+        suggestion="`dgraph schema` describes every key and the values it accepts",
     )
+
+
+def _present_keys(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(str(k) for k in value) or ""
+    return ""
+
+
+def _described(path: list[str | int]) -> str:
+    """``; description`` of the spec field at ``path``, when it has one."""
+    model: type[BaseModel] | None = Spec
+    field = None
+    steps = list(path)
+    while steps and model is not None:
+        key = steps.pop(0)
+        field = model.model_fields.get(str(key)) if isinstance(key, str) else None
+        if field is None:
+            return ""
+        if _is_container(field.annotation) and steps:
+            steps.pop(0)
+        model = _model_in(field.annotation)
+    if field is None or steps or not field.description:
+        return ""
+    return f"; {field.description}"
 
 
 def _short(value: Any) -> str:
@@ -354,7 +453,7 @@ def spec_from_raw(raw: RawSpec) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except PydanticValidationError as exc:
-        problems = [_problem_from_pydantic(e, raw.source) for e in exc.errors()]
+        problems = _problems_from_pydantic(exc.errors(), raw.source)
         raise ValidationError(_dedupe(problems)) from None
     spec._source = raw.source
     spec._path = raw.path

@@ -296,7 +296,7 @@ def svg_from_view(view: GraphView) -> str:
         ]
         n = len(colours)
         for j, colour in enumerate(colours):  # stacked strokes: one colour per update
-            width_j = 1.4 if colour == _EDGE_GREY else 2.2 + 2.4 * (n - 1 - j)
+            width_j = 2.2 + 2.4 * (n - 1 - j) if edge.updates else 1.4
             parts.append(f'<path d="{d}" fill="none" stroke="{colour}" '
                          f'stroke-width="{_f(width_j)}"{dash}/>')
         parts.append(_arrow(routed.segments[-1][3], routed.end_direction(), colours[0]))

@@ -1,0 +1,345 @@
+"""Per-step overhead of dgraph's compiled KD step against the same loop written by hand.
+
+Both sides train a copy of the same student, distilled from the same frozen teacher, on the
+same batches, with the same loss (0.9 * Hinton KD at T=4 + 0.1 * cross-entropy) and the same
+optimizer (Adam, foreach). The dgraph side is exactly what ``Trainer.run`` does per step minus
+logging/eval/checkpoints: ``Trainer._run_update`` (draw a batch from the BatchLoader, call the
+generated ``plan.step``, backward, ``optimizer.step``, ``zero_grad``). The hand side indexes
+the same on-device tensors with the loader's own permutations, precomputed, so both sides see
+identical batches and (on CPU) end with bit-identical student weights, which is checked.
+
+Timing is interleaved in one process: after a warm-up, each round times a block of dgraph
+steps and a block of hand steps (alternating which goes first); the reported ratio is the
+median of the per-round ratios dgraph/hand, with its min and max.
+
+Configurations:
+  tiny       digits (64 features, 10 classes), teacher 64->[256,256], student 64->[32], batch 64
+  realistic  random data, 1024 features -> 1000 classes, teacher [4096,4096],
+             student [2048,2048], batch 256 (sizes configurable with the flags below)
+
+    python benchmarks/overhead.py                      # both configs (~1-2 min on 2 CPU cores)
+    python benchmarks/overhead.py --configs realistic --device cuda --rounds 20 --block 20
+    python benchmarks/overhead.py --quick              # small and fast (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+TEMPERATURE = 4.0
+W_KD, W_CE = 0.9, 0.1
+LR = 1e-3
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(choice)
+
+
+def _yaml_list(values: list[int]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
+    """Random teacher weights (and random data for non-digits configs), then the KD spec."""
+    from dgraph.components.models._torch_models import MLPModule
+
+    torch.manual_seed(1234)
+    teacher = MLPModule(cfg["in_features"], cfg["teacher"], cfg["classes"])
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()},
+              str(folder / "teacher.safetensors"))
+    if cfg["data"] == "digits":
+        data = f"""
+          data: {{kind: data, type: digits, params: {{batch_size: {cfg['batch']}}}}}"""
+    else:
+        gen = torch.Generator().manual_seed(99)
+        x = torch.randn(cfg["examples"], cfg["in_features"], generator=gen)
+        y = torch.randint(cfg["classes"], (cfg["examples"],), generator=gen)
+        save_file({"x": x, "y": y}, str(folder / "data.safetensors"))
+        data = f"""
+          data:
+            kind: data
+            type: tensor_file
+            params:
+              path: data.safetensors
+              batch_size: {cfg['batch']}
+              keys:
+                x: {{key: x, type: Features, shape: "B, {cfg['in_features']}"}}
+                y: {{key: y, type: Labels, shape: "B"}}"""
+    spec = f"""
+        dgraph: 1
+        name: overhead_{cfg['name']}
+        nodes:{data}
+          teacher:
+            kind: teacher
+            type: mlp
+            params: {{in_features: {cfg['in_features']}, hidden: {_yaml_list(cfg['teacher'])},
+                     num_classes: {cfg['classes']}}}
+            init: {{weights: teacher.safetensors}}
+            inputs: {{x: data.x}}
+          student:
+            kind: student
+            type: mlp
+            params: {{in_features: {cfg['in_features']}, hidden: {_yaml_list(cfg['student'])},
+                     num_classes: {cfg['classes']}}}
+            inputs: {{x: data.x}}
+          kd:
+            kind: loss
+            type: hinton_kd
+            params: {{temperature: {TEMPERATURE}}}
+            inputs: {{student: student.logits, teacher: teacher.logits}}
+          ce: {{kind: loss, type: cross_entropy, inputs: {{logits: student.logits, target: data.y}}}}
+        updates:
+          main:
+            optimizer: {{type: adam, lr: {LR}}}
+            params: [student]
+            objective: {{kd: {W_KD}, ce: {W_CE}}}
+        train:
+          steps: 1000000
+          seed: 0
+          device: {device.type}
+          log_every: 1000000
+          checkpoint_every: 1000000
+          eval: {{every: 1000000}}
+        """
+    path = folder / "spec.yaml"
+    path.write_text(textwrap.dedent(spec))
+    return path
+
+
+def build_trainer(spec_path: Path, run_dir: Path):
+    from dgraph.graph import validate
+    from dgraph.runtime.train import Trainer
+    from dgraph.spec import load_spec
+
+    graph, _warnings = validate(load_spec(spec_path))
+    return Trainer(graph, run_dir, progress=False, log=lambda _m: None)
+
+
+def loader_indices(loader, steps: int, device: torch.device) -> list[torch.Tensor]:
+    """The batches' example indices the BatchLoader will draw, precomputed on device."""
+    per_epoch = loader.batches_per_epoch
+    out: list[torch.Tensor] = []
+    epoch = loader.epoch
+    position = loader.position
+    order = None
+    while len(out) < steps:
+        if position >= per_epoch or order is None:
+            if order is not None:
+                epoch, position = epoch + 1, 0
+            if loader.shuffle:
+                gen = torch.Generator().manual_seed(loader.seed * 1_000_003 + epoch)
+                order = torch.randperm(loader.size, generator=gen).to(device)
+            else:
+                order = torch.arange(loader.size, device=device)
+        start = position * loader.batch_size
+        out.append(order[start:start + loader.batch_size])
+        position += 1
+    return out
+
+
+class HandKD:
+    """Hinton KD in plain PyTorch: the loop a user would write."""
+
+    def __init__(self, teacher_state, student_state, cfg, x, y, indices) -> None:
+        from dgraph.components.models._torch_models import MLPModule
+
+        device = x.device
+        self.teacher = MLPModule(cfg["in_features"], cfg["teacher"], cfg["classes"]).to(device)
+        self.teacher.load_state_dict(teacher_state)
+        self.teacher.eval()
+        self.teacher.requires_grad_(False)
+        self.student = MLPModule(cfg["in_features"], cfg["student"], cfg["classes"]).to(device)
+        self.student.load_state_dict(student_state)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, foreach=True)
+        self.x, self.y, self.indices = x, y, indices
+        self.i = 0
+
+    def step(self) -> None:
+        index = self.indices[self.i]
+        self.i += 1
+        x = self.x.index_select(0, index)
+        y = self.y.index_select(0, index)
+        with torch.no_grad():
+            t_logits = self.teacher(x)["logits"]
+        s_logits = self.student(x)["logits"]
+        kd = F.kl_div(F.log_softmax(s_logits / TEMPERATURE, dim=-1),
+                      F.log_softmax(t_logits / TEMPERATURE, dim=-1),
+                      reduction="batchmean", log_target=True) * TEMPERATURE**2
+        ce = F.cross_entropy(s_logits, y)
+        total = W_KD * kd + W_CE * ce
+        total.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def timed_block(fn, steps: int, sync) -> float:
+    """Seconds per step of ``steps`` calls of ``fn`` (device work included)."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
+               warmup: int) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
+        folder = Path(tmp)
+        spec_path = write_spec(folder, cfg, device)
+        t0 = time.perf_counter()
+        trainer = build_trainer(spec_path, folder / "run")
+        build_s = time.perf_counter() - t0
+
+    stage = trainer.stages[0]
+    student_state = {k: v.detach().clone()
+                     for k, v in trainer.instances.modules["student"].state_dict().items()}
+    teacher_state = trainer.instances.modules["teacher"].state_dict()
+    loader = trainer.loaders["data"]
+    total_steps = warmup + rounds * block
+    indices = loader_indices(loader, total_steps, device)
+    hand = HandKD(teacher_state, student_state, cfg, loader.tensors["x"], loader.tensors["y"],
+                  indices)
+    counter = {"step": 0}
+
+    def dgraph_step() -> None:
+        trainer._run_update("main", stage, counter["step"], {})
+        counter["step"] += 1
+
+    for _ in range(warmup):
+        dgraph_step()
+        hand.step()
+    sync()
+
+    dgraph_s, hand_s, ratios = [], [], []
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            if r % 2 == 0:
+                d = timed_block(dgraph_step, block, sync)
+                h = timed_block(hand.step, block, sync)
+            else:
+                h = timed_block(hand.step, block, sync)
+                d = timed_block(dgraph_step, block, sync)
+            dgraph_s.append(d)
+            hand_s.append(h)
+            ratios.append(d / h)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    final = trainer.instances.modules["student"].state_dict()
+    max_diff = max(float((final[k] - v).abs().max()) for k, v in hand.student.state_dict().items())
+    return {
+        "config": cfg["name"],
+        "build_s": build_s,
+        "steps_per_side": counter["step"],
+        "dgraph_ms": statistics.median(dgraph_s) * 1e3,
+        "hand_ms": statistics.median(hand_s) * 1e3,
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "max_weight_diff": max_diff,
+        "rounds": rounds,
+        "block": block,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="tiny,realistic",
+                        help="comma-separated: tiny, realistic")
+    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--quick", action="store_true",
+                        help="few short rounds, realistic config shrunk (smoke test)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads (0: leave the default)")
+    g = parser.add_argument_group("realistic config sizes")
+    g.add_argument("--in-features", type=int, default=1024)
+    g.add_argument("--teacher-hidden", type=_ints, default=[4096, 4096])
+    g.add_argument("--student-hidden", type=_ints, default=[2048, 2048])
+    g.add_argument("--classes", type=int, default=1000)
+    g.add_argument("--batch", type=int, default=256)
+    g.add_argument("--examples", type=int, default=4096, help="random training examples")
+    t = parser.add_argument_group("timing (default: per config)")
+    t.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    t.add_argument("--block", type=int, default=None, help="steps per side per round")
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps per side")
+    args = parser.parse_args(argv)
+    if args.threads or args.quick:
+        torch.set_num_threads(args.threads or 1)
+    device = resolve_device(args.device)
+
+    configs = {
+        "tiny": {"name": "tiny", "data": "digits", "in_features": 64, "teacher": [256, 256],
+                 "student": [32], "classes": 10, "batch": 64,
+                 "timing": (20, 40, 40) if not args.quick else (3, 5, 3)},
+        "realistic": {"name": "realistic", "data": "random", "in_features": args.in_features,
+                      "teacher": args.teacher_hidden, "student": args.student_hidden,
+                      "classes": args.classes, "batch": args.batch, "examples": args.examples,
+                      "timing": (8, 3, 2) if device.type == "cpu" else (20, 20, 10)},
+    }
+    if args.quick:
+        configs["realistic"].update(in_features=128, teacher=[512, 512], student=[256, 256],
+                                    classes=100, batch=64, examples=512, timing=(3, 2, 1))
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; known: {', '.join(configs)}")
+
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})"
+                                 if device.type == "cuda" else
+                                 f" ({torch.get_num_threads()} torch threads)")
+          + f"; torch {torch.__version__}; python {sys.version.split()[0]}")
+    results = []
+    for name in names:
+        cfg = configs[name]
+        rounds, block, warmup = cfg["timing"]
+        rounds = args.rounds or rounds
+        block = args.block or block
+        warmup = args.warmup if args.warmup is not None else warmup
+        shape = (f"in {cfg['in_features']}, teacher {cfg['teacher']}, student "
+                 f"{cfg['student']}, {cfg['classes']} classes, batch {cfg['batch']}")
+        print(f"[{name}] {shape}; {rounds} rounds x {block} steps per side, "
+              f"{warmup} warm-up", flush=True)
+        res = run_config(cfg, device, rounds=rounds, block=block, warmup=warmup)
+        results.append(res)
+        same = "identical" if res["max_weight_diff"] == 0 else \
+            f"max |diff| {res['max_weight_diff']:.2e}"
+        print(f"[{name}] dgraph {res['dgraph_ms']:.3f} ms/step, hand {res['hand_ms']:.3f} "
+              f"ms/step (medians); student weights after {res['steps_per_side']} steps: {same}")
+        print(f"[{name}] ratio dgraph/hand: median {res['ratio']:.3f} "
+              f"(min {res['ratio_min']:.3f}, max {res['ratio_max']:.3f})", flush=True)
+    print()
+    print(f"{'config':<10} {'dgraph ms/step':>15} {'hand ms/step':>13} {'ratio':>7} "
+          f"{'min':>7} {'max':>7}")
+    for res in results:
+        print(f"{res['config']:<10} {res['dgraph_ms']:>15.3f} {res['hand_ms']:>13.3f} "
+              f"{res['ratio']:>7.3f} {res['ratio_min']:>7.3f} {res['ratio_max']:>7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
