@@ -138,7 +138,7 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
     for name, node in graph.nodes.items():
         if node.spec.shares is not None:
             inst.modules[name] = inst.modules[node.spec.shares]
-    for name, node in graph.nodes.items():
+    for name in graph.nodes:
         paths = sorted({e.src_port for e in graph.edges_from(name) if e.tap})
         if not paths:
             continue

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dgraph.errors import DgraphError
-from dgraph.spec.model import OptimizerSpec, ParamGroupSpec, ScheduleSpec, SchedulerSpec
+from dgraph.spec.model import OptimizerSpec, ParamGroupSpec, SchedulerSpec, ScheduleSpec
 
 __all__ = ["build_optimizer", "build_scheduler", "schedule_fn", "value_at"]
 

@@ -99,7 +99,8 @@ class BatchLoader:
         self._order = None
 
 
-def iterate_once(tensors: dict[str, torch.Tensor], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def iterate_once(tensors: dict[str, torch.Tensor],
+                 batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Every example once, in order, in batches (for evaluation)."""
     size = next(iter(tensors.values())).shape[0]
     for start in range(0, size, batch_size):

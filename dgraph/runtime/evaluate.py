@@ -29,7 +29,8 @@ def _classifiers(graph: Graph) -> dict[str, tuple[str, str]]:
     """Model node -> (data node, label port) for nodes with a ``logits`` output."""
     out = {}
     for name, node in graph.nodes.items():
-        if node.kind not in ("teacher", "student", "model", "target") or "logits" not in node.outputs:
+        if node.kind not in ("teacher", "student", "model", "target") or \
+                "logits" not in node.outputs:
             continue
         data = [a for a in graph.ancestors(name) if graph.nodes[a].kind == "data"]
         if len(data) == 1 and _label_port(graph, data[0]):

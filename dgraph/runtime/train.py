@@ -28,8 +28,15 @@ from dgraph.compiler.instantiate import Instances, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups, value_at
 from dgraph.errors import CheckpointError, DgraphError, NonFiniteError
 from dgraph.graph import Graph, validate
-from dgraph.runtime.checkpoint import (capture_rng, latest_checkpoint, load_checkpoint,
-                                       load_weights, restore_rng, save_checkpoint, save_weights)
+from dgraph.runtime.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+    save_weights,
+)
 from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.evaluate import evaluate
 from dgraph.runtime.logging import RunLogger
@@ -73,7 +80,7 @@ def _stages(spec: Spec) -> list[_Stage]:
         scaled = [max(1, round(total * n / sum(lengths))) for n in lengths]
         lengths = scaled
     out, start = [], 0
-    for stage, length in zip(spec.stages, lengths):
+    for stage, length in zip(spec.stages, lengths, strict=True):
         out.append(_Stage(stage.name, start, start + length, list(stage.updates),
                           dict(stage.copy_weights), list(stage.reinit), dict(stage.weights)))
         start += length
@@ -313,7 +320,7 @@ class Trainer:
         if scheduler is not None:
             scheduler.step()
         terms["total"] = total
-        for loss, value in zip(plan.losses, losses):
+        for loss, value in zip(plan.losses, losses, strict=True):
             terms[loss] = value
         return terms
 
@@ -515,7 +522,7 @@ class Trainer:
             if "grad_norm" not in update_terms:
                 values[f"grad_norm/{update}"] = _grad_norm(self.trainable_params[update])
             values[f"lr/{update}"] = float(self.optimizers[update].param_groups[0]["lr"])
-        for update, update_terms in terms.items():
+        for update in terms:
             if not math.isfinite(values.get(f"loss/total/{update}", 0.0)):
                 raise NonFiniteError(f"step {self.step}: update '{update}' loss is not finite")
         return values

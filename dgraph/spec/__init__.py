@@ -10,8 +10,8 @@ from dgraph.spec.model import (
     ObjectiveTerm,
     OptimizerSpec,
     ParamGroupSpec,
-    ScheduleSpec,
     SchedulerSpec,
+    ScheduleSpec,
     Spec,
     StageSpec,
     TrainSpec,
@@ -19,7 +19,14 @@ from dgraph.spec.model import (
     load_spec,
     spec_from_raw,
 )
-from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw, resolve_spec_path, zoo_names
+from dgraph.spec.source import (
+    RawSpec,
+    SourceMap,
+    apply_overrides,
+    load_raw,
+    resolve_spec_path,
+    zoo_names,
+)
 
 __all__ = [
     "SPEC_VERSION",

@@ -319,7 +319,7 @@ def _problem_from_pydantic(
             location=source.key_where(path),
             node=node,
             expected=("one of: " + ", ".join(sorted(allowed))) if allowed else None,
-            found=f"{name}: {_short(found)}",
+            found=f"key '{name}'",
             suggestion=hint or "remove it; misspelled keys are never silently ignored",
         )
     if kind == "missing":

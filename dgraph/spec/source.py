@@ -70,7 +70,8 @@ def zoo_dir() -> Path:
 def zoo_names() -> list[str]:
     """Names of the specs that ship with dgraph (``dgraph validate kd``)."""
     return sorted(
-        p.stem for p in zoo_dir().iterdir() if p.suffix in SPEC_SUFFIXES and not p.stem.startswith("_")
+        p.stem for p in zoo_dir().iterdir()
+        if p.suffix in SPEC_SUFFIXES and not p.stem.startswith("_")
     )
 
 

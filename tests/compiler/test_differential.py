@@ -6,9 +6,9 @@ import textwrap
 
 import torch
 import torch.nn.functional as F
+from dgraph.components.models._torch_models import MLPModule
 from safetensors.torch import save_file
 
-from dgraph.components.models._torch_models import MLPModule
 from dgraph.graph import validate
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
@@ -41,8 +41,8 @@ updates:
     optimizer: {type: adam, lr: 0.01}
     params: [student]
     objective: {kd: 0.7, ce: 0.3}
-train: {steps: %d, seed: 3, eval: {every: 1000}, checkpoint_every: 1000}
-""" % STEPS
+train: {steps: STEPS, seed: 3, eval: {every: 1000}, checkpoint_every: 1000}
+""".replace("STEPS", str(STEPS))
 
 
 def _hand_written(teacher_state, student_state, train_x, train_y, *, batch_size, seed, steps):
