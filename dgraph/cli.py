@@ -19,9 +19,11 @@ from dgraph.errors import DgraphError, SpecError, ValidationError
 __all__ = ["main"]
 
 
-def _print_problems(problems, *, stream=sys.stderr) -> None:
+def _print_problems(problems, *, stream=None) -> None:
+    # sys.stderr is looked up at call time, so that a replaced stream (pytest's capsys, a
+    # caller's redirect_stderr) receives the problems too.
     for problem in problems:
-        print(problem.render(), file=stream)
+        print(problem.render(), file=stream if stream is not None else sys.stderr)
 
 
 def _load_and_validate(args: argparse.Namespace, *, dry_run: bool):
@@ -121,6 +123,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _annotation(annotation: Any) -> str:
+    """A parameter's type as a reader writes it: ``list[int]``, ``"a" | "b"``, ``int | None``."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _annotation(args[0])
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) if isinstance(a, str) else repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_annotation(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+        return f"{name}[{', '.join(_annotation(a) for a in args)}]" if args else name
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "")
 

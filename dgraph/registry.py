@@ -249,7 +249,9 @@ def load_plugins(*, force: bool = False) -> None:
         except RegistryError:
             raise
         except Exception as exc:  # a broken third-party package must not look like our bug
+            dist = getattr(getattr(entry, "dist", None), "name", None)
+            origin = f"{entry.value}, from the package '{dist}'" if dist else entry.value
             raise PluginError(
-                f"the dgraph plug-in '{entry.name}' ({entry.value}) failed to load: "
+                f"the dgraph plug-in '{entry.name}' ({origin}) failed to load: "
                 f"{type(exc).__name__}: {exc}. Fix or uninstall that package."
             ) from exc

@@ -139,9 +139,13 @@ def _check_shares(name: str, ns: NodeSpec, spec: Spec, out: _Collector) -> None:
     path = ("nodes", name, "shares")
     if owner is None:
         out.add("unknown-node", f"'shares' names no node '{ns.shares}'", path, node=name,
-                suggestion=_close(ns.shares, spec.nodes))
+                expected=f"a node of this spec: {_names(spec.nodes)}",
+                found=f"shares: {ns.shares}",
+                suggestion=_close(ns.shares, spec.nodes) or "name the node whose module to use")
     elif owner.shares is not None:
         out.add("bad-shares", f"'{ns.shares}' itself shares '{owner.shares}'", path, node=name,
+                expected="a node that owns its module (has no 'shares' of its own)",
+                found=f"'{ns.shares}' with shares: {owner.shares}",
                 suggestion=f"write 'shares: {owner.shares}' to use the owner's module directly")
     elif (owner.type, owner.params) != (ns.type, ns.params):
         out.add("bad-shares", f"a node sharing '{ns.shares}' must have its type and params",

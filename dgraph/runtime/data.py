@@ -69,7 +69,14 @@ class BatchLoader:
                 order = torch.randperm(self.size, generator=gen)
             else:
                 order = torch.arange(self.size)
-            self._order = order.to(next(iter(self.tensors.values())).device)
+            device = next(iter(self.tensors.values())).device
+            if device.type == "cuda":
+                # From pinned memory the copy is asynchronous: no stall of the GPU queue
+                # at each epoch boundary.
+                order = order.pin_memory().to(device, non_blocking=True)
+            else:
+                order = order.to(device)
+            self._order = order
         return self._order
 
     def next(self) -> dict[str, torch.Tensor]:

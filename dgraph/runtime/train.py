@@ -112,10 +112,12 @@ class Trainer:
         self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
         self.stages = _stages(self.spec)
         self.total_steps = self.stages[-1].end
+        used = self._ports_used()
         self.loaders = {
             name: BatchLoader(
-                {**source.train,
-                 "__index__": torch.arange(len(source))},
+                {port: t for port, t in {**source.train,
+                                         "__index__": torch.arange(len(source))}.items()
+                 if port in used[name]},
                 source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
                 seed=self.train_cfg.seed, device=self.device,
             )
@@ -136,6 +138,20 @@ class Trainer:
                        if self.train_cfg.precision == "fp16" else None)
 
     # -- set-up ----------------------------------------------------------------------------
+    def _ports_used(self) -> dict[str, set[str]]:
+        """Per data node, the ports some node reads: only those are batched."""
+        used: dict[str, set[str]] = {name: set() for name in self.instances.data}
+        for edge in self.graph.edges:
+            if edge.src in used:
+                used[edge.src].add(edge.src_port)
+        for name, node in self.graph.nodes.items():
+            if node.spec.cache is not None:
+                # A cached node's outputs are looked up by example index.
+                for ancestor in self.graph.ancestors(name):
+                    if ancestor in used:
+                        used[ancestor].add("__index__")
+        return used
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -474,7 +490,7 @@ class Trainer:
                 for update in stage.updates:
                     if (self.step - stage.start) % self.spec.updates[update].every == 0:
                         terms[update] = self._run_update(update, stage, self.step, shared)
-                samples += sum(len(b["__index__"]) for b in shared.values())
+                samples += sum(next(iter(b.values())).shape[0] for b in shared.values())
                 self.step += 1
                 if self.step % log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()

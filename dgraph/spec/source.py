@@ -338,7 +338,7 @@ def load_raw(path_or_name: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec
             suggestion="remove 'extends' from one of the specs on the cycle",
         )
     try:
-        base = load_raw(base_path, chain)
+        base = load_raw(base_path.resolve(), chain)
     except SpecError as exc:
         exc.notes = (*exc.notes, f"read as the base spec named by 'extends' at {where}")
         raise
