@@ -8,7 +8,6 @@ and output names, dtypes and dynamic axes; the data nodes feeding it give real i
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ __all__ = ["DYNAMIC_SYMBOLS", "ExportSubject", "PortInfo", "load_subject"]
 
 # Symbols that always vary at inference time: the batch and the sequence length.
 DYNAMIC_SYMBOLS = ("B", "T")
-_MODEL_KINDS = ("student", "teacher", "model", "projector", "target", "tensor")
 _NOT_MODELS = {"data": "a data source", "loss": "a loss", "op": "an op without weights",
                "sampler": "a sampler", "metric": "a metric"}
 _INTEGER_TYPES = {"Tokens": torch.int64, "Labels": torch.int64, "Mask": torch.int64,
@@ -206,7 +204,8 @@ def _weights_path(graph: Graph, name: str, run_dir: Path) -> Path:
             why += f"; it came from run '{node.spec.init.run}': export it from there"
         why += ")"
     raise ExportError(
-        f"node '{name}' was never trained: no final weights {path}{why}. Nodes with final "
+        f"node '{name}' was never trained: there are no final weights for it ({path} does "
+        f"not exist){why}. Nodes with final "
         f"weights in this run: {', '.join(trained) or 'none'}"
     )
 
@@ -243,7 +242,7 @@ def _bound_sizes(graph: Graph, name: str, node: Node) -> dict[tuple[str, int], i
             continue
         if len(src_shape) != len(dst_shape):
             continue
-        for axis, (src, dst) in enumerate(zip(src_shape, dst_shape)):
+        for axis, (src, dst) in enumerate(zip(src_shape, dst_shape, strict=False)):
             if dst.symbol is not None and src.size is not None:
                 bound[(edge.dst_port, axis)] = src.size
     return bound
@@ -359,9 +358,10 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
             sample = (source.eval or source.train)[feed[1]]
         dims = _resolve_dims(port_name, port, params, bound, sample)
         if dims is None:
+            shape = format_shape(parse_shape(port.shape, params))
             raise ExportError(
-                f"node '{name}': the shape of input '{port_name}' ({format_shape(parse_shape(port.shape, params))}) "
-                "is not fully known and no data source gives an example of it"
+                f"node '{name}': the shape of input '{port_name}' ({shape}) is not fully "
+                "known and no data source gives an example of it"
             )
         dtype = sample.dtype if sample is not None else _default_dtype(port)
         inputs.append(PortInfo(port_name, port, dims, dtype, feed))
@@ -375,6 +375,3 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
     subject.label_names = _label_names(graph, name, data, outputs)
     return subject
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
