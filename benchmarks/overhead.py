@@ -157,9 +157,15 @@ def loader_indices(loader, steps: int, device: torch.device) -> list[torch.Tenso
 
 
 class HandKD:
-    """Hinton KD in plain PyTorch: the loop a user would write."""
+    """Hinton KD in plain PyTorch: the loop a user would write.
 
-    def __init__(self, teacher_state, student_state, cfg, x, y, indices) -> None:
+    ``loader`` (a dgraph BatchLoader) replaces the precomputed-index batches and ``losses``
+    (dgraph's kd and ce loss modules, either may be None) replace the inline ``F`` calls: the
+    --breakdown variants.
+    """
+
+    def __init__(self, teacher_state, student_state, cfg, x, y, indices, *, loader=None,
+                 losses=None) -> None:
         from dgraph.components.models._torch_models import MLPModule
 
         device = x.device
@@ -171,20 +177,32 @@ class HandKD:
         self.student.load_state_dict(student_state)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, foreach=True)
         self.x, self.y, self.indices = x, y, indices
+        self.loader, self.losses = loader, losses
         self.i = 0
 
     def step(self) -> None:
-        index = self.indices[self.i]
-        self.i += 1
-        x = self.x.index_select(0, index)
-        y = self.y.index_select(0, index)
+        if self.loader is not None:
+            batch = self.loader.next()
+            x, y = batch["x"], batch["y"]
+        else:
+            index = self.indices[self.i]
+            self.i += 1
+            x = self.x.index_select(0, index)
+            y = self.y.index_select(0, index)
         with torch.no_grad():
             t_logits = self.teacher(x)["logits"]
         s_logits = self.student(x)["logits"]
-        kd = F.kl_div(F.log_softmax(s_logits / TEMPERATURE, dim=-1),
-                      F.log_softmax(t_logits / TEMPERATURE, dim=-1),
-                      reduction="batchmean", log_target=True) * TEMPERATURE**2
-        ce = F.cross_entropy(s_logits, y)
+        kd_module, ce_module = self.losses or (None, None)
+        if kd_module is not None:
+            kd = kd_module(student=s_logits, teacher=t_logits)["loss"]
+        else:
+            kd = F.kl_div(F.log_softmax(s_logits / TEMPERATURE, dim=-1),
+                          F.log_softmax(t_logits / TEMPERATURE, dim=-1),
+                          reduction="batchmean", log_target=True) * TEMPERATURE**2
+        if ce_module is not None:
+            ce = ce_module(logits=s_logits, target=y)["loss"]
+        else:
+            ce = F.cross_entropy(s_logits, y)
         total = W_KD * kd + W_CE * ce
         total.backward()
         self.optimizer.step()
@@ -202,7 +220,7 @@ def timed_block(fn, steps: int, sync) -> float:
 
 
 def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
-               warmup: int) -> dict:
+               warmup: int, breakdown: bool = False) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
         folder = Path(tmp)
@@ -226,29 +244,61 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
         trainer._run_update("main", stage, counter["step"], {})
         counter["step"] += 1
 
+    arms = {"dgraph": dgraph_step, "hand": hand.step}
+    if breakdown:
+        from dgraph.runtime.data import BatchLoader
+
+        def own_loader():
+            return BatchLoader(dict(loader.tensors), loader.batch_size, shuffle=loader.shuffle,
+                               drop_last=loader.drop_last, seed=loader.seed, device=device)
+
+        kd_ce = (trainer.instances.modules["kd"], trainer.instances.modules["ce"])
+        arms["hand+loader"] = HandKD(teacher_state, student_state, cfg, loader.tensors["x"],
+                                     loader.tensors["y"], indices, loader=own_loader()).step
+        arms["hand+kd module"] = HandKD(teacher_state, student_state, cfg, loader.tensors["x"],
+                                        loader.tensors["y"], indices,
+                                        losses=(kd_ce[0], None)).step
+        arms["hand+ce module"] = HandKD(teacher_state, student_state, cfg, loader.tensors["x"],
+                                        loader.tensors["y"], indices,
+                                        losses=(None, kd_ce[1])).step
+        arms["hand+both"] = HandKD(teacher_state, student_state, cfg, loader.tensors["x"],
+                                   loader.tensors["y"], indices, loader=own_loader(),
+                                   losses=kd_ce).step
+        # The generated step with the runtime's loader, optimizer and backward, but none of
+        # _run_update's bookkeeping (finite check, target following, terms dict).
+        plan = trainer.program.plans["main"]
+        optimizer = trainer.optimizers["main"]
+        inline_loader = own_loader()
+        weights = trainer._weights(plan, stage, 0)
+
+        def inline_step() -> None:
+            total, _terms = plan.step({"data": inline_loader.next()}, weights)
+            total.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        arms["plan.step inline"] = inline_step
+
     for _ in range(warmup):
-        dgraph_step()
-        hand.step()
+        for fn in arms.values():
+            fn()
     sync()
 
-    dgraph_s, hand_s, ratios = [], [], []
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         for r in range(rounds):
-            if r % 2 == 0:
-                d = timed_block(dgraph_step, block, sync)
-                h = timed_block(hand.step, block, sync)
-            else:
-                h = timed_block(hand.step, block, sync)
-                d = timed_block(dgraph_step, block, sync)
-            dgraph_s.append(d)
-            hand_s.append(h)
-            ratios.append(d / h)
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(timed_block(arms[name], block, sync))
     finally:
         if gc_was_enabled:
             gc.enable()
+    dgraph_s, hand_s = times["dgraph"], times["hand"]
+    ratios = [d / h for d, h in zip(dgraph_s, hand_s)]
 
     final = trainer.instances.modules["student"].state_dict()
     max_diff = max(float((final[k] - v).abs().max()) for k, v in hand.student.state_dict().items())
@@ -261,9 +311,12 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
-        "max_weight_diff": max_diff,
+        "max_weight_diff": None if breakdown else max_diff,
         "rounds": rounds,
         "block": block,
+        "arms": {name: (statistics.median(v) * 1e3,
+                        statistics.median(a / h for a, h in zip(v, hand_s)))
+                 for name, v in times.items()},
     }
 
 
@@ -274,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--quick", action="store_true",
                         help="few short rounds, realistic config shrunk (smoke test)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time hand-written variants that use dgraph's BatchLoader "
+                        "and/or its kd / ce loss modules (hand+both: loader and both losses), "
+                        "and the generated step without _run_update ('plan.step inline'), to "
+                        "attribute the overhead (the same-weights check is then skipped)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads (0: leave the default)")
     g = parser.add_argument_group("realistic config sizes")
@@ -324,10 +382,15 @@ def main(argv: list[str] | None = None) -> int:
                  f"{cfg['student']}, {cfg['classes']} classes, batch {cfg['batch']}")
         print(f"[{name}] {shape}; {rounds} rounds x {block} steps per side, "
               f"{warmup} warm-up", flush=True)
-        res = run_config(cfg, device, rounds=rounds, block=block, warmup=warmup)
+        res = run_config(cfg, device, rounds=rounds, block=block, warmup=warmup,
+                         breakdown=args.breakdown)
         results.append(res)
-        same = "identical" if res["max_weight_diff"] == 0 else \
-            f"max |diff| {res['max_weight_diff']:.2e}"
+        if args.breakdown:
+            for arm, (ms, rel) in res["arms"].items():
+                print(f"[{name}]   {arm:<18} {ms:9.3f} ms/step   x{rel:.3f} of hand")
+        diff = res["max_weight_diff"]
+        same = ("not compared (--breakdown trains the dgraph student more)" if diff is None
+                else "identical" if diff == 0 else f"max |diff| {diff:.2e}")
         print(f"[{name}] dgraph {res['dgraph_ms']:.3f} ms/step, hand {res['hand_ms']:.3f} "
               f"ms/step (medians); student weights after {res['steps_per_side']} steps: {same}")
         print(f"[{name}] ratio dgraph/hand: median {res['ratio']:.3f} "

@@ -227,6 +227,17 @@ def parse_text(text: str, file: str) -> tuple[Any, SourceMap]:
             found="deeper nesting",
             suggestion="check for unbalanced brackets",
         ) from None
+    except (TypeError, ValueError) as exc:
+        # ruamel raises these while building a mapping whose key is itself a mapping or list
+        raise SpecError(
+            f"cannot parse the spec: {exc}",
+            Location(file),
+            code="yaml-syntax",
+            expected="mapping keys that are plain names",
+            found="a key that is a mapping or a list",
+            suggestion="check the brackets and colons: a '{' or '[' may have ended up "
+            "before a ':'",
+        ) from None
     smap.locations[()] = Location(file, 1, 1)
     return _plain(document, file, (), smap), smap
 
