@@ -629,6 +629,24 @@ def _grad_ancestors(graph: Graph, node: str) -> set[str]:
     return seen
 
 
+def _grad_reached(graph: Graph, sources: set[str],
+                  cache: dict[frozenset[str], set[str]]) -> set[str]:
+    """Nodes a gradient path leads to from ``sources`` (one forward walk per source set)."""
+    key = frozenset(sources)
+    if key not in cache:
+        seen = set(sources)
+        stack = list(sources)
+        while stack:
+            current = stack.pop()
+            for edge in graph.edges_from(current):
+                port = graph.nodes[current].output_port(edge.src_port)
+                if carries_grad(port.type) and edge.dst not in seen:
+                    seen.add(edge.dst)
+                    stack.append(edge.dst)
+        cache[key] = seen
+    return cache[key]
+
+
 def _check_updates(graph: Graph, out: _Collector) -> None:
     spec = graph.spec
     if not spec.updates:
@@ -648,6 +666,7 @@ def _check_updates(graph: Graph, out: _Collector) -> None:
     losses = [n for n, s in spec.nodes.items() if s.kind == "loss"]
     trainable = [n for n, s in spec.nodes.items() if not s.is_frozen and s.kind != "loss"]
     incomplete = _incompletely_wired(graph)
+    cache: dict[frozenset[str], set[str]] = {}
     for uname, update in spec.updates.items():
         base = ("updates", uname)
         trained: set[str] = set()
@@ -721,8 +740,10 @@ def _check_updates(graph: Graph, out: _Collector) -> None:
                     suggestion="put a loss node on top of it and name that loss here",
                 )
                 continue
+            if not trained or loss in _grad_reached(graph, trained | incomplete, cache):
+                continue
             reach = _grad_ancestors(graph, loss) | {loss}
-            if trained and not (reach & trained) and not (reach & incomplete):
+            if not (reach & trained) and not (reach & incomplete):
                 depends = sorted(reach - {loss})
                 out.add(
                     "loss-reaches-nothing",
@@ -798,12 +819,17 @@ def _check_export(graph: Graph, out: _Collector) -> None:
 
 
 def _check_unused(graph: Graph, out: _Collector) -> None:
-    used: set[str] = set()
     roots = [loss for u in graph.spec.updates.values() for loss in u.objective]
     roots += [n for n, node in graph.nodes.items() if node.kind in ("student", "metric")]
-    for root in roots:
-        if root in graph.nodes:
-            used |= graph.ancestors(root) | {root}
+    # One reverse walk from all roots at once (ancestors per root would be quadratic).
+    used: set[str] = set()
+    stack = [root for root in roots if root in graph.nodes]
+    while stack:
+        current = stack.pop()
+        if current in used:
+            continue
+        used.add(current)
+        stack.extend(e.src for e in graph.edges_into(current) if e.src not in used)
     referenced = {n.spec.shares for n in graph.nodes.values() if n.spec.shares}
     for comp_node in graph.nodes.values():
         referenced |= set(comp_node.component.references().values())

@@ -69,14 +69,18 @@ class Graph:
     def __post_init__(self) -> None:
         self.nx = nx.MultiDiGraph()
         self.nx.add_nodes_from(self.nodes)
+        self._into: dict[str, list[Edge]] = {name: [] for name in self.nodes}
+        self._from: dict[str, list[Edge]] = {name: [] for name in self.nodes}
         for edge in self.edges:
             self.nx.add_edge(edge.src, edge.dst, edge=edge)
+            self._into.setdefault(edge.dst, []).append(edge)
+            self._from.setdefault(edge.src, []).append(edge)
 
     def edges_into(self, node: str) -> list[Edge]:
-        return [e for e in self.edges if e.dst == node]
+        return self._into.get(node, [])
 
     def edges_from(self, node: str) -> list[Edge]:
-        return [e for e in self.edges if e.src == node]
+        return self._from.get(node, [])
 
     def topological_order(self) -> list[str]:
         return list(nx.lexicographical_topological_sort(self.nx))
