@@ -106,7 +106,10 @@ def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
             type: hinton_kd
             params: {{temperature: {TEMPERATURE}}}
             inputs: {{student: student.logits, teacher: teacher.logits}}
-          ce: {{kind: loss, type: cross_entropy, inputs: {{logits: student.logits, target: data.y}}}}
+          ce:
+            kind: loss
+            type: cross_entropy
+            inputs: {{logits: student.logits, target: data.y}}
         updates:
           main:
             optimizer: {{type: adam, lr: {LR}}}
@@ -298,7 +301,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
         if gc_was_enabled:
             gc.enable()
     dgraph_s, hand_s = times["dgraph"], times["hand"]
-    ratios = [d / h for d, h in zip(dgraph_s, hand_s)]
+    ratios = [d / h for d, h in zip(dgraph_s, hand_s, strict=True)]
 
     final = trainer.instances.modules["student"].state_dict()
     max_diff = max(float((final[k] - v).abs().max()) for k, v in hand.student.state_dict().items())
@@ -315,7 +318,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
         "rounds": rounds,
         "block": block,
         "arms": {name: (statistics.median(v) * 1e3,
-                        statistics.median(a / h for a, h in zip(v, hand_s)))
+                        statistics.median(a / h for a, h in zip(v, hand_s, strict=True)))
                  for name, v in times.items()},
     }
 

@@ -94,7 +94,10 @@ def write_spec(folder: Path, args, device: torch.device, *, cached: bool) -> Pat
             type: hinton_kd
             params: {{temperature: {TEMPERATURE}}}
             inputs: {{student: student.logits, teacher: teacher.logits}}
-          ce: {{kind: loss, type: cross_entropy, inputs: {{logits: student.logits, target: data.y}}}}
+          ce:
+            kind: loss
+            type: cross_entropy
+            inputs: {{logits: student.logits, target: data.y}}
         updates:
           main:
             optimizer: {{type: adam, lr: {LR}}}
@@ -259,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     sync()
     times = interleave(fns, rounds=args.rounds, block=args.block, sync=sync)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    ratios = [off / on for off, on in zip(times["off"], times["on"])]
-    bounds = [(t + s) / s for t, s in zip(times["teacher_fwd"], times["student_step"])]
+    ratios = [off / on for off, on in zip(times["off"], times["on"], strict=True)]
+    bounds = [(t + s) / s for t, s in zip(times["teacher_fwd"], times["student_step"], strict=True)]
     speedup = statistics.median(ratios)
     bound = statistics.median(bounds)
     saved_ms = med["off"] - med["on"]

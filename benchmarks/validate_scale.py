@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  run {run + 1}: load {load_s * 1e3:8.1f} ms   validate "
                   f"{validate_s * 1e3:8.1f} ms   ({n_nodes} nodes, {n_edges} edges)")
         load_med, val_med = statistics.median(loads), statistics.median(checks)
-        total = statistics.median(a + b for a, b in zip(loads, checks))
+        total = statistics.median(a + b for a, b in zip(loads, checks, strict=True))
         print(f"median over {len(loads)} runs: load_spec {load_med * 1e3:.1f} ms, validate "
               f"{val_med * 1e3:.1f} ms, total {total * 1e3:.1f} ms (goal < {args.goal:g} s)")
         verdict = "OK" if total < args.goal else "SLOWER THAN GOAL"
