@@ -50,6 +50,9 @@ class UpdatePlan:
     # Non-frozen nodes on the gradient path that this update does not train: backward must
     # then be restricted to the trained parameters so their gradients are left alone.
     bystanders: list[str]
+    # Losses that also output ``sum`` and ``count`` (token-level losses): under gradient
+    # accumulation they are normalised by the count over all micro-batches together.
+    token_losses: list[str] = field(default_factory=list)
     source: str = ""
     step: Callable[..., Any] | None = None
 
@@ -173,8 +176,11 @@ def _plan(graph: Graph, name: str, update: UpdateSpec, order: list[str]) -> Upda
         if n in grad and n not in trained_set and not graph.nodes[n].frozen
         and graph.nodes[n].kind not in ("loss", "op")
     ]
+    token_losses = [loss for loss in losses
+                    if {"sum", "count"} <= set(graph.nodes[loss].outputs)]
     return UpdatePlan(
         name=name,
+        token_losses=token_losses,
         spec=update,
         nodes=[n for n in ordered if graph.nodes[n].kind != "data"],
         data_nodes=[n for n in ordered if graph.nodes[n].kind == "data"],
@@ -224,7 +230,8 @@ def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str]) -> str:
         node = graph.nodes[name]
         ident = idents[name]
         needed_ports = sorted({p for (n, p) in used if n == name} | (
-            {"loss"} if name in plan.losses else set()))
+            {"loss"} if name in plan.losses else set()) | (
+            {"sum", "count"} if name in plan.token_losses else set()))
         tag = "trained" if name in plan.trained else (
             "on the gradient path" if name in plan.grad_nodes else "no grad")
         lines.append(f"    # {name}: {node.kind} '{node.spec.type}' ({tag})")
@@ -256,7 +263,12 @@ def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str]) -> str:
     terms = [f"w[{loss!r}] * {var[(loss, 'loss')]}" for loss in plan.losses]
     lines.append(f"    total = {' + '.join(terms)}")
     parts = ", ".join(var[(loss, "loss")] for loss in plan.losses)
-    lines.append(f"    return total, ({parts},)")
+    if plan.token_losses:
+        sums = " + ".join(f"w[{loss!r}] * {var[(loss, 'sum')]}" for loss in plan.token_losses)
+        count = var[(plan.token_losses[0], "count")]
+        lines.append(f"    return total, ({parts},), {sums}, {count}")
+    else:
+        lines.append(f"    return total, ({parts},)")
     return "\n".join(lines)
 
 

@@ -168,6 +168,16 @@ class Trainer:
 
     def _build_optimizer(self, name: str, steps: int) -> None:
         update = self.spec.updates[name]
+        plan = self.program.plans[name]
+        if update.accumulate > 1 and plan.token_losses and \
+                set(plan.token_losses) != set(plan.losses):
+            others = sorted(set(plan.losses) - set(plan.token_losses))
+            raise DgraphError(
+                f"update '{name}' accumulates {update.accumulate} micro-batches and mixes "
+                f"token-normalised losses ({', '.join(plan.token_losses)}) with others "
+                f"({', '.join(others)}); their normalisations cannot be combined exactly. "
+                "Use accumulate: 1, or put the other losses in an update of their own"
+            )
         groups = param_groups(update.params, self.instances.modules, name)
         optimizer = build_optimizer(update.optimizer, groups)
         self.optimizers[name] = optimizer
@@ -311,16 +321,33 @@ class Trainer:
         params = self.trainable_params[name]
         weights = self._weights(plan, stage, step)
         terms: dict[str, torch.Tensor] = {}
+        # Token-level losses under accumulation: back-propagate their sums, then divide the
+        # gradients by the token count of all micro-batches, so splitting a batch into
+        # micro-batches changes nothing.
+        by_count = bool(plan.token_losses) and spec.accumulate > 1
         for repeat in range(spec.repeat):
+            sum_total = count_total = None
             for micro in range(spec.accumulate):
                 batch = self._draw(plan, shared if repeat == 0 and micro == 0 else {})
                 with self.amp():
-                    total, losses = plan.step(batch, weights)
+                    result = plan.step(batch, weights)
+                total, losses = result[0], result[1]
                 self._check_finite(total, plan, batch)
-                scaled = total / spec.accumulate if spec.accumulate > 1 else total
+                if by_count:
+                    scaled = result[2]
+                    sum_total = result[2].detach() + (0 if sum_total is None else sum_total)
+                    count_total = result[3].detach() + (0 if count_total is None else count_total)
+                else:
+                    scaled = total / spec.accumulate if spec.accumulate > 1 else total
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward(inputs=params if plan.bystanders else None)
+            if by_count:
+                count_total = count_total.clamp_min(1)
+                grads = [p.grad for p in params if p.grad is not None]
+                if grads:
+                    torch._foreach_div_(grads, count_total)
+                total = sum_total / count_total
             if self.scaler is not None:
                 self.scaler.unscale_(optimizer)
             if spec.clip_grad_norm is not None:
