@@ -173,6 +173,19 @@ class Component:
         """Parameters that name other nodes (``{"source": "student"}``), for validation."""
         return {}
 
+    def summarize(self, totals: Mapping[str, float], examples: int) -> dict[str, float]:
+        """Turn a metric node's outputs, summed over the held-out set, into metrics.
+
+        With a ``count`` output, every other output is a sum and is divided by the total
+        count (token-level means); otherwise outputs are per-batch means, weighted by batch
+        size when summed, and are divided by ``examples``. Override for other reductions
+        (perplexity = exp(mean NLL)).
+        """
+        if "count" in totals:
+            count = max(totals["count"], 1.0)
+            return {k: v / count for k, v in totals.items() if k != "count"}
+        return {k: v / max(examples, 1) for k, v in totals.items()}
+
     # -- runtime side (imports torch) --------------------------------------------------
     def build(self, context: BuildContext) -> Any:
         """Create the runtime object. Imports torch.

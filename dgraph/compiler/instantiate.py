@@ -94,17 +94,21 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
     inst = Instances()
     problems: list[Problem] = []
     order = graph.topological_order()
-    # Targets copy their source's module, so they are built after every other node.
-    order = [n for n in order if graph.nodes[n].kind != "target"] + [
-        n for n in order if graph.nodes[n].kind == "target"]
+    # Nodes whose parameters name other nodes (an EMA target's source, a sampler's model)
+    # get those modules at build time, so they are built after every other node.
+    def refers(name: str) -> bool:
+        return bool(graph.nodes[name].component.references())
+
+    order = [n for n in order if not refers(n)] + [n for n in order if refers(n)]
     for name in order:
         node = graph.nodes[name]
         if node.spec.shares is not None:
             continue
         context = BuildContext(node=name, device=device_str, seed=seed, spec_dir=spec_dir,
                                run_dir=run_dir)
+        context.extras["modules"] = inst.modules
         source = node.component.references().get("source")
-        if node.kind == "target" and source in inst.modules:
+        if source in inst.modules:
             context.extras["source_module"] = inst.modules[source]
         try:
             if node.kind == "data":

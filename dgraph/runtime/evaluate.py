@@ -54,6 +54,9 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     students = [n for n in classifiers if graph.nodes[n].kind == "student"]
     teachers = [n for n in classifiers if graph.nodes[n].kind == "teacher"]
     losses = [n for n, node in graph.nodes.items() if node.kind == "loss"]
+    metrics = [n for n, node in graph.nodes.items() if node.kind == "metric"]
+    metric_totals: dict[str, dict[str, float]] = {n: defaultdict(float) for n in metrics}
+    examples = 0
     cached = [n for n, node in graph.nodes.items() if node.spec.cache is not None]
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
@@ -83,6 +86,14 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
                         key = f"{student}/agreement/{teacher}"
                         sums[key] += float(same.sum())
                         counts[key] += int(same.numel())
+                examples += size
+                for metric in metrics:
+                    ports = graph.nodes[metric].outputs
+                    weight = 1 if "count" in ports else size
+                    for port in ports:
+                        if (metric, port) in values:
+                            metric_totals[metric][port] += \
+                                float(values[(metric, port)].float()) * weight
                 for loss in losses:
                     if (loss, "loss") in values:
                         sums[f"loss/{loss}"] += float(values[(loss, "loss")].float()) * size
@@ -91,7 +102,11 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
         for name, module in instances.modules.items():
             module.train(modes[name])
     del cached
-    return {key: sums[key] / counts[key] for key in sorted(sums) if counts[key]}
+    results = {key: sums[key] / counts[key] for key in sums if counts[key]}
+    for metric in metrics:
+        summary = graph.nodes[metric].component.summarize(dict(metric_totals[metric]), examples)
+        results.update({f"{metric}/{key}": value for key, value in summary.items()})
+    return dict(sorted(results.items()))
 
 
 class _null:

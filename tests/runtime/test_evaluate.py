@@ -1,0 +1,63 @@
+"""Metric nodes: summed over the held-out split and reduced by the component's summarize."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import torch
+from torch import nn
+
+from dgraph.ports import Port
+from dgraph.registry import COMPONENTS, BuildContext, Component, component
+from dgraph.runtime.train import train
+
+
+class _NLL(nn.Module):
+    def forward(self, logits, target):
+        nll = nn.functional.cross_entropy(logits, target, reduction="sum")
+        return {"nll": nll, "count": torch.tensor(float(target.numel()))}
+
+
+if "evtest_perplexity" not in COMPONENTS:
+    @component("evtest_perplexity", roles=("metric",))
+    class EvPerplexity(Component):
+        """Test-only perplexity: exp(total NLL / total count)."""
+
+        inputs = {"logits": Port("Logits", "B, C"), "target": Port("Labels", "B")}
+        outputs = {"nll": Port("Scalar"), "count": Port("Scalar")}
+
+        def build(self, context: BuildContext):
+            return _NLL()
+
+        def summarize(self, totals, examples):
+            return {"perplexity": math.exp(totals["nll"] / totals["count"])}
+
+
+def test_metric_node_reports_perplexity_over_the_whole_eval_split(tmp_path):
+    spec = tmp_path / "metric.yaml"
+    spec.write_text(textwrap.dedent("""
+        dgraph: 1
+        name: metric
+        nodes:
+          data: {kind: data, type: digits}
+          student:
+            kind: student
+            type: mlp
+            params: {in_features: 64, hidden: [16], num_classes: 10}
+            inputs: {x: data.x}
+          ce: {kind: loss, type: cross_entropy, inputs: {logits: student.logits, target: data.y}}
+          held_out:
+            kind: metric
+            type: evtest_perplexity
+            inputs: {logits: student.logits, target: data.y}
+        updates:
+          main: {params: [student], objective: {ce: 1.0}}
+        train: {steps: 30, eval: {every: 100, batch_size: 100}}
+        """))
+    summary = train(spec, out=tmp_path / "run", progress=False, log=lambda _m: None)
+    # The eval split is evaluated in batches of 100 (360 examples: 4 batches), yet the
+    # metric is the exponential of the mean NLL over all 360, which equals exp(loss/ce)
+    # since the loss is averaged per example too.
+    assert math.isclose(summary["held_out/perplexity"], math.exp(summary["loss/ce"]),
+                        rel_tol=1e-5)
