@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
     assert "mlp" in dgraph.registry.COMPONENTS and "hinton_kd" in dgraph.registry.COMPONENTS
     spec = dgraph.spec.load_spec("kd")
     graph, warnings = dgraph.graph.validate(spec)
-    assert (len(graph.nodes), len(graph.edges)) == (5, 6), graph
+    assert (len(graph.nodes), len(graph.edges)) == (5, 7), graph
     for name in dgraph.spec.zoo_names():
         dgraph.graph.validate(dgraph.spec.load_spec(name))
     code = main(["validate", "--static", "kd"])
@@ -59,6 +59,6 @@ def test_static_validation_runs_without_torch() -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "kd: valid (5 nodes, 6 edges, static checks)"
+    assert lines[0] == "kd: valid (5 nodes, 7 edges, static checks)"
     assert '"valid": true' in result.stdout
     assert lines[-2:] == ["attempts: []", "loaded: []"]

@@ -327,14 +327,14 @@ def test_bad_override_message(value: str, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_misspelt_zoo_name(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = validate(capsys, "kdd")
+    code, out, err = validate(capsys, "adversarial_ty")
     assert (code, out) == (1, "")
     assert err == (
-        "error[spec-not-found]: spec 'kdd' not found: no such file, and no zoo spec of that name\n"
+        "error[spec-not-found]: spec 'adversarial_ty' not found: no such file, and no zoo spec of that name\n"
         "    expected: a .yaml/.yml/.json spec file, or a zoo spec name: "
         + ", ".join(zoo_names()) + "\n"
-        "    found:    'kdd'\n"
-        "    hint: did you mean 'kd'?\n"
+        "    found:    'adversarial_ty'\n"
+        "    hint: did you mean 'adversarial_toy'?\n"
         "1 error: the spec is not valid\n"
     )
 
@@ -436,7 +436,7 @@ def test_subprocess_valid_spec_exit_code() -> None:
     spec = resolve_spec_path("kd")
     result = cli("validate", "--static", str(spec))
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "kd: valid (5 nodes, 6 edges, static checks)\n"
+    assert result.stdout == "kd: valid (5 nodes, 7 edges, static checks)\n"
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,13 @@ class CrossEntropyLoss(nn.Module):
                 f"{list(logits.shape)} and target {list(target.shape)}"
             )
         target = target.long()
-        if mask is not None:
-            target = torch.where(mask.reshape(target.shape).bool(), target,
-                                 torch.full_like(target, -1))
+        if mask is None:
+            # The fast path (one kernel each way): every target is a label. Negative targets
+            # are still ignored, but a batch with none left would give NaN: wire `mask`.
+            return {"loss": F.cross_entropy(logits, target, ignore_index=-1,
+                                            label_smoothing=self.label_smoothing)}
+        target = torch.where(mask.reshape(target.shape).bool(), target,
+                             torch.full_like(target, -1))
         # Summed, then divided by the number of labelled examples: the same numbers as
         # PyTorch's mean reduction, but 0 rather than NaN for a batch with no label at all.
         total = F.cross_entropy(logits, target, reduction="sum", ignore_index=-1,

@@ -31,8 +31,10 @@ class CrossEntropy(Component):
     ``-(1-eps) log softmax(z)_y - eps/C sum_c log softmax(z)_c``). An example counts
     (``v_b = 1``) when ``mask`` is true for it (every example when ``mask`` is not connected)
     and its target is not negative: negative targets mark unlabelled examples, as the
-    ``digits`` source writes them. With no counted example the loss is 0 (and still
-    differentiable).
+    ``digits`` source writes them. With ``mask`` connected, a batch with no counted example
+    gives 0 (and is still differentiable). Without ``mask`` the loss is PyTorch's mean
+    cross-entropy ignoring negative targets, the cheapest form; a batch whose targets are all
+    negative then gives NaN, so connect ``mask`` whenever labels can be missing.
     """
 
     Params = CrossEntropyParams

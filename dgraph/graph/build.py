@@ -586,6 +586,8 @@ def _shape_problem(edge, dst_port, index, dim, got, want, want_from, expected, f
 
 
 def _check_cycles(graph: Graph, out: _Collector) -> None:
+    if nx.is_directed_acyclic_graph(graph.nx):
+        return  # the usual case; listing cycles is only needed when there are some
     simple = nx.DiGraph(graph.nx)
     cycles = []
     for cycle in nx.simple_cycles(simple):

@@ -110,6 +110,7 @@ class Trainer:
         self._load_initial_weights()
         self.program: Program = compile_graph(graph)
         self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
+        self._followers = self._targets_following()
         self.stages = _stages(self.spec)
         self.total_steps = self.stages[-1].end
         used = self._ports_used()
@@ -254,11 +255,11 @@ class Trainer:
                         continue
             chunks: dict[str, list[torch.Tensor]] = {}
             size = next(iter(tensors.values())).shape[0]
+            upstream = self.graph.ancestors(name) | {name}
+            nodes = [n for n in self.program.order if n in upstream]
             with torch.no_grad(), self._amp_context()():
                 for start in range(0, size, 1024):
                     batch = {source: {k: v[start:start + 1024] for k, v in tensors.items()}}
-                    nodes = [n for n in self.program.order
-                             if n in self.graph.ancestors(name) or n == name]
                     values = self.program.run_nodes(self.instances, batch, nodes)
                     for port in node.outputs:
                         if (name, port) in values:
@@ -369,13 +370,21 @@ class Trainer:
 
     def _after_update(self, update: str) -> None:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
-        trained = set(self.program.plans[update].trained)
-        for name, node in self.graph.nodes.items():
-            if node.kind != "target":
-                continue
-            source = node.component.references().get("source")
-            if source in trained:
-                self.instances.modules[name].follow(self.instances.modules[source])
+        for target, source in self._followers[update]:
+            target.follow(source)
+
+    def _targets_following(self) -> dict[str, list[tuple[torch.nn.Module, torch.nn.Module]]]:
+        """Per update, the (target module, source module) pairs to move after it steps."""
+        out: dict[str, list] = {}
+        for update, plan in self.program.plans.items():
+            trained = set(plan.trained)
+            out[update] = [
+                (self.instances.modules[name], self.instances.modules[source])
+                for name, node in self.graph.nodes.items()
+                if node.kind == "target"
+                and (source := node.component.references().get("source")) in trained
+            ]
+        return out
 
     def _check_finite(self, total: torch.Tensor, plan: UpdatePlan, batch: dict) -> None:
         # A check per step costs a device sync on GPU; there it is done at logging steps.
