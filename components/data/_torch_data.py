@@ -75,6 +75,9 @@ def build_digits(p: DigitsParams, context: BuildContext) -> DataSource:
             }
 
         train, evaluation = split(n_train), split(n_eval)
+        if p.with_index:
+            train["index"] = torch.empty(n_train, dtype=torch.int64, device="meta")
+            evaluation["index"] = torch.empty(n_eval, dtype=torch.int64, device="meta")
     else:
         from sklearn.model_selection import train_test_split
 
@@ -103,6 +106,9 @@ def build_digits(p: DigitsParams, context: BuildContext) -> DataSource:
             "y": torch.from_numpy(labels[eval_idx].copy()),
             "labelled": torch.ones(n_eval, dtype=torch.bool),
         }
+        if p.with_index:
+            train["index"] = torch.arange(n_train, dtype=torch.int64)
+            evaluation["index"] = torch.arange(n_eval, dtype=torch.int64)
     return DataSource(
         train=train,
         eval=evaluation,

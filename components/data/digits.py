@@ -46,6 +46,10 @@ class DigitsParams(Params):
         description="keep labels for only this many training examples (stratified over "
         "classes); the others get label -1 and labelled=false. None: all labelled",
     )
+    with_index: bool = Field(
+        False, description="also output index: each example's position in its split (int64), "
+        "for losses with per-example state such as CRD's memory bank"
+    )
 
     @model_validator(mode="after")
     def _labelled_fits(self) -> DigitsParams:
@@ -72,7 +76,9 @@ class Digits(Component):
     ``test_fraction``, stratified by class, seeded by ``split_seed``) is fully labelled.
     With ``labelled: n`` only ``n`` training examples, chosen stratified over classes, keep
     their label: the others have ``y = -1`` and ``labelled = false``. Feed ``labelled`` to
-    ``cross_entropy``'s ``mask`` (it also skips negative labels on its own).
+    ``cross_entropy``'s ``mask`` (it also skips negative labels on its own). With
+    ``with_index: true`` an ``index`` output gives each example's position in its split
+    (``0 .. n_train-1`` in training), for per-example state such as CRD's memory bank.
     """
 
     Params = DigitsParams
@@ -89,6 +95,8 @@ class Digits(Component):
             ports["x"] = Port("Features", "B, 64", "pixels in [0, 1], flattened")
         else:
             ports["x"] = Port("Images", "B, 1, 8, 8", "pixels in [0, 1], one channel")
+        if self.params.with_index:
+            ports["index"] = Port("Labels", "B", "position of the example in its split (int64)")
         return ports
 
     def build(self, context: BuildContext):

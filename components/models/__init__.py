@@ -7,7 +7,10 @@ from dgraph.components.models.hf import HFCausalLM
 from dgraph.components.models.learnable import LearnableTensor
 from dgraph.components.models.mlp import MLP, MLPMap
 from dgraph.components.models.projectors import Conv1x1Projector, LinearProjector
+from dgraph.components.models.random_nets import RandomConvNet  # noqa: F401
+from dgraph.components.models.synthetic import SyntheticDigits  # noqa: F401
 from dgraph.components.models.targets import EMATarget
+from dgraph.components.models.token_projector import TokenProjector  # noqa: F401
 
 __all__ = [
     "CNN", "Conv1x1Projector", "EMATarget", "LearnableTensor", "LinearProjector", "MLP", "MLPMap",

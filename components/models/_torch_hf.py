@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,69 @@ def build_causal_lm(*, path: Path | None, config: dict[str, Any] | None,
         model = AutoModelForCausalLM.from_config(hf_config, **extra)
     model.float()
     return CausalLMModule(model)
+
+
+_LAYER_KEY = re.compile(r"^(?P<head>.*?\.(?:h|layers|layer|blocks|block))\.(?P<index>\d+)\."
+                        r"(?P<tail>.*)$")
+
+
+def _layer_keys(state: dict[str, torch.Tensor]) -> tuple[dict[int, dict[str, str]], list[str]]:
+    """Layer index -> {key with the index replaced by '{}': key}, and the non-layer keys."""
+    layers: dict[int, dict[str, str]] = {}
+    others = []
+    for key in state:
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            others.append(key)
+            continue
+        pattern = f"{match['head']}.{{}}.{match['tail']}"
+        layers.setdefault(int(match["index"]), {})[pattern] = key
+    return layers, others
+
+
+@torch.no_grad()
+def init_from_teacher_layers(student: CausalLMModule, teacher_path: Path,
+                             init_layers: list[int]) -> None:
+    """Copy teacher layer ``init_layers[i]`` into student layer ``i``, and every non-layer
+    weight (embeddings, final norm, head) whose shape matches (DistilBERT-style init)."""
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(str(teacher_path), local_files_only=True)
+    t_state = {f"model.{k}": v for k, v in teacher.state_dict().items()}
+    s_state = student.state_dict()
+    t_layers, t_others = _layer_keys(t_state)
+    s_layers, s_others = _layer_keys(s_state)
+    if len(init_layers) != len(s_layers):
+        raise DgraphError(f"init_layers names {len(init_layers)} teacher layers but the "
+                          f"student has {len(s_layers)}")
+    bad = [j for j in init_layers if j not in t_layers]
+    if bad:
+        raise DgraphError(f"init_layers: the teacher has layers 0..{len(t_layers) - 1}, not "
+                          f"{bad}")
+    updates: dict[str, torch.Tensor] = {}
+    for i, j in enumerate(init_layers):
+        for pattern, s_key in s_layers[i].items():
+            t_key = t_layers[j].get(pattern)
+            if t_key is None or t_state[t_key].shape != s_state[s_key].shape:
+                raise DgraphError(
+                    f"init_layers: student '{s_key}' {list(s_state[s_key].shape)} has no "
+                    f"teacher counterpart of the same shape in layer {j}; copying layers "
+                    "needs the teacher's width (leave hidden_size/num_heads unchanged)")
+            updates[s_key] = t_state[t_key]
+    for key in s_others:
+        if key in t_state and t_state[key].shape == s_state[key].shape:
+            updates[key] = t_state[key]
+    student.load_state_dict(updates, strict=False)
+
+
+def save_pretrained_from_weights(config: dict[str, Any], weights: Path | str,
+                                 out_dir: Path | str) -> Path:
+    """Write a dgraph ``final/<node>.safetensors`` of an ``hf_causal_lm`` built from
+    ``config`` as a transformers folder (``save_pretrained``), loadable with ``path:``."""
+    from dgraph.runtime.checkpoint import load_weights
+
+    module = build_causal_lm(path=None, config=config)
+    module.load_state_dict(load_weights(Path(weights)))
+    out = Path(out_dir)
+    module.model.save_pretrained(str(out))
+    return out

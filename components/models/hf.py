@@ -16,7 +16,50 @@ from pydantic import Field, model_validator
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
 
-__all__ = ["HFCausalLM", "HFCausalLMParams", "read_hf_config"]
+__all__ = ["HFCausalLM", "HFCausalLMParams", "derived_config", "read_hf_config"]
+
+# Config keys that mean the same thing across model types (transformers' attribute_map names
+# them on the config object; the static side has only the dict).
+_ALIASES = {
+    "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim"),
+}
+
+
+def _set_alias(config: dict[str, Any], canonical: str, value: Any) -> None:
+    """Set ``canonical`` under whichever of its alias names the config already uses."""
+    for name in _ALIASES[canonical]:
+        if name in config:
+            config[name] = value
+            return
+    config[canonical] = value
+
+
+def derived_config(teacher: dict[str, Any], *, num_layers: int | None = None,
+                   hidden_size: int | None = None, num_heads: int | None = None,
+                   intermediate_size: int | None = None,
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A student config: the teacher's, with fewer layers / a narrower width (plain dicts)."""
+    config = {k: v for k, v in teacher.items()
+              if k not in ("architectures", "_name_or_path", "transformers_version",
+                           "torch_dtype", "dtype")}
+    if num_layers is not None:
+        _set_alias(config, "num_hidden_layers", num_layers)
+    if hidden_size is not None:
+        _set_alias(config, "hidden_size", hidden_size)
+    if num_heads is not None:
+        _set_alias(config, "num_attention_heads", num_heads)
+        if "num_key_value_heads" in config:
+            config["num_key_value_heads"] = min(num_heads, config["num_key_value_heads"]
+                                                or num_heads)
+    if intermediate_size is not None:
+        _set_alias(config, "intermediate_size", intermediate_size)
+    if "head_dim" in config and (hidden_size is not None or num_heads is not None):
+        config.pop("head_dim")  # recomputed from hidden_size / num_attention_heads
+    config.update(overrides or {})
+    return config
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any] | None:
@@ -54,14 +97,49 @@ class HFCausalLMParams(Params):
         None, description="transformers attention implementation ('eager', 'sdpa'); "
         "None: the library's default"
     )
+    derive_from: str | dict[str, Any] | None = Field(
+        None, description="build a student from a teacher's config: a saved model folder "
+        "(its config.json, and its weights for init_layers) or a config dict; changed by "
+        "num_layers / hidden_size / num_heads / intermediate_size / overrides"
+    )
+    num_layers: int | None = Field(None, gt=0, description="derive_from: number of layers")
+    hidden_size: int | None = Field(None, gt=0, description="derive_from: hidden width")
+    num_heads: int | None = Field(None, gt=0, description="derive_from: attention heads")
+    intermediate_size: int | None = Field(None, gt=0, description="derive_from: MLP width")
+    overrides: dict[str, Any] | None = Field(
+        None, description="derive_from: any other config keys to change")
+    init_layers: list[int] | None = Field(
+        None, description="derive_from a folder: initialise student layer i from teacher "
+        "layer init_layers[i] (and the embeddings, final norm and head from the teacher), "
+        "DistilBERT-style; needs the teacher's width"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> HFCausalLMParams:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("give exactly one of 'path' (a saved model folder) and 'config' "
-                             "(a transformers config dict)")
+        sources = [x is not None for x in (self.path, self.config, self.derive_from)]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of 'path' (a saved model folder), 'config' "
+                             "(a transformers config dict) and 'derive_from' (a teacher's "
+                             "folder or config, for a smaller student)")
         if self.config is not None and not isinstance(self.config.get("model_type"), str):
             raise ValueError("config needs a 'model_type' string, e.g. model_type: gpt2")
+        if isinstance(self.derive_from, dict) and \
+                not isinstance(self.derive_from.get("model_type"), str):
+            raise ValueError("derive_from config needs a 'model_type' string")
+        derived = (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size,
+                   self.overrides, self.init_layers)
+        if self.derive_from is None and any(v is not None for v in derived):
+            raise ValueError("num_layers, hidden_size, num_heads, intermediate_size, "
+                             "overrides and init_layers only apply with derive_from")
+        if self.init_layers is not None:
+            if not isinstance(self.derive_from, str):
+                raise ValueError("init_layers copies weights: derive_from must be a saved "
+                                 "model folder")
+            if self.num_layers is not None and len(self.init_layers) != self.num_layers:
+                raise ValueError(f"init_layers names {len(self.init_layers)} teacher layers "
+                                 f"but num_layers is {self.num_layers}")
+            if any(i < 0 for i in self.init_layers):
+                raise ValueError("init_layers must be teacher layer indices >= 0")
         return self
 
 
@@ -70,7 +148,10 @@ class HFCausalLM(Component):
     """A transformers causal LM (``AutoModelForCausalLM``): token ids in, next-token logits out.
 
     Built from a small ``config`` dict (random weights) or loaded with ``from_pretrained`` from
-    a local ``path``. ``attention_mask`` (1 = real token, 0 = padding) is optional. The forward
+    a local ``path``, or derived from a teacher (``derive_from``: its folder or config) with
+    fewer layers / a narrower width, optionally starting from chosen teacher layers
+    (``init_layers: [0, 2]``: student layer 0 <- teacher layer 0, 1 <- 2).
+    ``attention_mask`` (1 = real token, 0 = padding) is optional. The forward
     runs without a key/value cache and returns ``{"logits": [B, T, vocab_size]}``. Submodules
     (e.g. ``model.transformer.h.0``) can be tapped.
     """
@@ -85,10 +166,22 @@ class HFCausalLM(Component):
     tappable = True
 
     def hf_config(self) -> dict[str, Any] | None:
-        """The model's config as plain data (from ``config`` or ``path/config.json``)."""
-        if self.params.config is not None:
-            return dict(self.params.config)
-        return read_hf_config(self.params.path or "")
+        """The model's config as plain data (from ``config``, ``path/config.json`` or the
+        teacher's config changed as ``derive_from`` says)."""
+        p = self.params
+        if p.config is not None:
+            return dict(p.config)
+        if p.derive_from is not None:
+            teacher = dict(p.derive_from) if isinstance(p.derive_from, dict) \
+                else read_hf_config(p.derive_from)
+            if teacher is None:
+                return None
+            num_layers = p.num_layers if p.num_layers is not None else (
+                len(p.init_layers) if p.init_layers is not None else None)
+            return derived_config(teacher, num_layers=num_layers, hidden_size=p.hidden_size,
+                                  num_heads=p.num_heads,
+                                  intermediate_size=p.intermediate_size, overrides=p.overrides)
+        return read_hf_config(p.path or "")
 
     def port_params(self) -> dict[str, Any]:
         values = self.params.model_dump()
@@ -103,6 +196,27 @@ class HFCausalLM(Component):
         # The exporter loads the trained weights right after building: it asks for the
         # architecture only, like the meta-device dry run.
         weights = not (context.meta or context.extras.get("architecture_only", False))
-        return build_causal_lm(path=path, config=p.config,
-                               attn_implementation=p.attn_implementation, load_weights=weights,
-                               meta=context.meta)
+        config = p.config
+        teacher_path = None
+        if p.derive_from is not None:
+            if isinstance(p.derive_from, str):
+                teacher_path = context.resolve_path(p.derive_from)
+                teacher = read_hf_config(teacher_path)
+                if teacher is None:
+                    from dgraph.errors import DgraphError
+
+                    raise DgraphError(f"hf_causal_lm: derive_from {teacher_path} holds no "
+                                      "readable config.json (a folder written by "
+                                      "save_pretrained)")
+                self_params = self.params.model_copy(update={"derive_from": teacher})
+                config = HFCausalLM(self_params, self.node).hf_config()
+            else:
+                config = self.hf_config()
+        module = build_causal_lm(path=path, config=config,
+                                 attn_implementation=p.attn_implementation,
+                                 load_weights=weights, meta=context.meta)
+        if p.init_layers is not None and weights and teacher_path is not None:
+            from dgraph.components.models._torch_hf import init_from_teacher_layers
+
+            init_from_teacher_layers(module, teacher_path, p.init_layers)
+        return module
