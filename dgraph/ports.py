@@ -134,6 +134,9 @@ class Port:
     shape: str | None = None
     doc: str = ""
     optional: bool = False
+    # How to reconcile a size mismatch at this port, when a projector is not the answer
+    # (a vocabulary, for instance); replaces the generic projector hint.
+    mismatch_hint: str = ""
 
     def describe(self, params: Mapping[str, Any] | None = None) -> str:
         return f"{self.type}{format_shape(parse_shape(self.shape, params))}"

@@ -32,7 +32,8 @@ def spec_json_schema() -> dict[str, Any]:
     for name, cls in COMPONENTS.items():
         params = copy.deepcopy(cls.Params.model_json_schema(mode="validation"))
         for key, value in params.pop("$defs", {}).items():
-            defs.setdefault(f"{name}__{key}", value)
+            # refs inside a nested model point at its siblings: rename them the same way
+            defs.setdefault(f"{name}__{key}", _rename_refs(value, name))
         params = _rename_refs(params, name)
         params.pop("title", None)
         conditions.append({

@@ -105,3 +105,14 @@ def test_other_mistakes_fail_schema_validation(
     assert found, f"setting {'.'.join(path)}={value!r} passed the schema"
     if expected is not None:
         assert expected in found
+
+
+def test_every_ref_in_the_schema_resolves() -> None:
+    import json as _json
+    import re as _re
+
+    from dgraph.schema import spec_json_schema
+
+    schema = spec_json_schema()
+    refs = set(_re.findall(r'"#/\$defs/([^"]+)"', _json.dumps(schema)))
+    assert refs and sorted(r for r in refs if r not in schema["$defs"]) == []

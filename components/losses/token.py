@@ -33,10 +33,14 @@ _OUT = {
 }
 _MASK = Port("Mask", "B, T", "1 = the position counts (loss_mask: not prompt, not padding)",
              optional=True)
+_VOCAB_HINT = ("use one tokenizer for teacher and student, or sequence-level KD "
+               "(lm_sampler + token_ce, see the llm_seqkd spec), or a vocabulary-alignment "
+               "component between them")
 _PAIR = {
-    "student": Port("Logits", "B, T, vocab", "student next-token scores"),
+    "student": Port("Logits", "B, T, vocab", "student next-token scores",
+                    mismatch_hint=_VOCAB_HINT),
     "teacher": Port("Logits", "B, T, vocab", "teacher next-token scores over the same "
-                    "vocabulary (same tokenizer)"),
+                    "vocabulary (same tokenizer)", mismatch_hint=_VOCAB_HINT),
     "mask": _MASK,
 }
 

@@ -569,7 +569,10 @@ def _shape_problem(edge, dst_port, index, dim, got, want, want_from, expected, f
         fixes.append(f"set '{got_param}' of '{got_node}' to {want_size}")
     if want_param and want_node and (want_node, want_param) != (got_node, got_param):
         fixes.append(f"set '{want_param}' of '{want_node}' to {got_size}")
-    fixes.append(f"put a projector mapping {got_size} to {want_size} in between")
+    if dst_port.mismatch_hint:
+        fixes.append(dst_port.mismatch_hint)
+    else:
+        fixes.append(f"put a projector mapping {got_size} to {want_size} in between")
     if dim is not None and dim.symbol:
         expected = expected.replace(f"{name}", f"{name}={want_size}", 1)
     return Problem(
