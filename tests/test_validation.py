@@ -330,7 +330,8 @@ def test_misspelt_zoo_name(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = validate(capsys, "adversarial_ty")
     assert (code, out) == (1, "")
     assert err == (
-        "error[spec-not-found]: spec 'adversarial_ty' not found: no such file, and no zoo spec of that name\n"
+        "error[spec-not-found]: spec 'adversarial_ty' not found: no such file, and no zoo "
+        "spec of that name\n"
         "    expected: a .yaml/.yml/.json spec file, or a zoo spec name: "
         + ", ".join(zoo_names()) + "\n"
         "    found:    'adversarial_ty'\n"

@@ -2,8 +2,8 @@
 
 from dgraph.components.data.digits import Digits
 from dgraph.components.data.tensor_file import TensorFile
-from dgraph.components.data.text import JsonlPairs, TextLM  # noqa: F401
-from dgraph.components.data.topk_cache import LMTopKCache  # noqa: F401
+from dgraph.components.data.text import JsonlPairs, TextLM
+from dgraph.components.data.topk_cache import LMTopKCache
 from dgraph.components.data.toy2d import Toy2D
 
-__all__ = ["Digits", "TensorFile", "Toy2D"]
+__all__ = ["Digits", "JsonlPairs", "LMTopKCache", "TensorFile", "TextLM", "Toy2D"]

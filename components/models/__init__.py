@@ -1,5 +1,5 @@
 """Model components: networks usable as teacher, student or any other model, projectors
-between feature spaces, and learnable tensors."""
+between feature spaces, targets, learnable tensors and synthetic data."""
 
 from dgraph.components.models.cnn import CNN
 from dgraph.components.models.diffusion import UNet2D
@@ -7,11 +7,12 @@ from dgraph.components.models.hf import HFCausalLM
 from dgraph.components.models.learnable import LearnableTensor
 from dgraph.components.models.mlp import MLP, MLPMap
 from dgraph.components.models.projectors import Conv1x1Projector, LinearProjector
-from dgraph.components.models.random_nets import RandomConvNet  # noqa: F401
-from dgraph.components.models.synthetic import SyntheticDigits  # noqa: F401
+from dgraph.components.models.random_nets import RandomConvNet
+from dgraph.components.models.synthetic import SyntheticDigits
 from dgraph.components.models.targets import EMATarget
-from dgraph.components.models.token_projector import TokenProjector  # noqa: F401
+from dgraph.components.models.token_projector import TokenProjector
 
 __all__ = [
-    "CNN", "Conv1x1Projector", "EMATarget", "LearnableTensor", "LinearProjector", "MLP", "MLPMap",
+    "CNN", "Conv1x1Projector", "EMATarget", "HFCausalLM", "LearnableTensor", "LinearProjector",
+    "MLP", "MLPMap", "RandomConvNet", "SyntheticDigits", "TokenProjector", "UNet2D",
 ]

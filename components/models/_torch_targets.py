@@ -37,5 +37,6 @@ class EMAModule(nn.Module):
             torch._foreach_copy_(mine, theirs)
         else:
             torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
-        for target_buffer, source_buffer in zip(self.model.buffers(), source.buffers(), strict=True):
+        pairs = zip(self.model.buffers(), source.buffers(), strict=True)
+        for target_buffer, source_buffer in pairs:
             target_buffer.copy_(source_buffer)

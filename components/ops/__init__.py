@@ -1,8 +1,8 @@
-"""Parameter-free operations."""
+"""Parameter-free operations and samplers."""
 
 from dgraph.components.ops.basic import Detach, Flatten
-from dgraph.components.ops.normalize import L2Normalize  # noqa: F401
+from dgraph.components.ops.lm_sampler import LMSampler
+from dgraph.components.ops.normalize import L2Normalize
 from dgraph.components.ops.samplers import GaussianNoise
-from dgraph.components.ops.lm_sampler import LMSampler  # noqa: F401
 
-__all__ = ["Detach", "Flatten", "GaussianNoise"]
+__all__ = ["Detach", "Flatten", "GaussianNoise", "L2Normalize", "LMSampler"]

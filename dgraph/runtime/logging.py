@@ -51,6 +51,11 @@ class RunLogger:
                                                  completed=start_step, losses="")
         self.show = progress
 
+    def image(self, tag: str, array) -> None:
+        """An ``H x W x 3`` uint8 image (the graph picture)."""
+        if self._tb is not None:
+            self._tb.add_image(tag, array, 0, dataformats="HWC")
+
     def text(self, tag: str, text: str) -> None:
         if self._tb is not None:
             self._tb.add_text(tag, text, 0)

@@ -590,7 +590,10 @@ class Trainer:
             from dgraph.viz import render
         except ImportError:  # pragma: no cover - viz is part of the package
             return
+        from dgraph.viz.raster import to_image
+
         render(self.graph, str(self.run_dir / "graph.svg"))
+        logger.image("graph", to_image(self.graph))
         mermaid = render(self.graph, str(self.run_dir / "graph.mmd"))
         logger.text("graph", "```mermaid\n" + str(mermaid) + "\n```\n\nSee graph.svg in the "
                     "run directory for the drawing.")

@@ -45,7 +45,15 @@ def test_run_directory_holds_everything(tmp_path):
         assert {"loss/total/main", "lr/main", "grad_norm/main",
                 "throughput/samples_per_s"} <= set(record)
     assert [r["step"] for r in records if "eval/teacher/accuracy" in r] == [20, 40]
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 1})
+    events.Reload()
+    assert {"loss/ce", "loss/total/main", "lr/main", "eval/teacher/accuracy"} <= set(
+        events.Tags()["scalars"])
+    assert events.Tags()["images"] == ["graph"]
+    picture = events.Images("graph")[0]
+    assert picture.width > 200 and picture.height > 50
     assert (run / "checkpoints" / "step_00000040.pt").exists()
     weights = load_file(str(run / "final" / "teacher.safetensors"))
     assert weights["head.weight"].shape == (10, 256)
