@@ -40,7 +40,7 @@ from dgraph.runtime.checkpoint import (
 from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.evaluate import evaluate
 from dgraph.runtime.logging import RunLogger
-from dgraph.spec import Spec, load_spec, zoo_names
+from dgraph.spec import ScheduleSpec, Spec, load_spec, zoo_names
 from dgraph.spec.source import read_spec_text
 
 __all__ = ["Trainer", "train", "resolve_device", "default_run_dir"]
@@ -110,6 +110,7 @@ class Trainer:
         self._load_initial_weights()
         self.program: Program = compile_graph(graph)
         self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
+        self._constant_weights: dict[tuple[str, str], dict[str, float]] = {}
         self._followers = self._targets_following()
         self.stages = _stages(self.spec)
         self.total_steps = self.stages[-1].end
@@ -300,10 +301,16 @@ class Trainer:
 
     # -- the step ----------------------------------------------------------------------------
     def _weights(self, plan: UpdatePlan, stage: _Stage, step: int) -> dict[str, float]:
-        weights = {}
-        for loss in plan.losses:
-            schedule = stage.weights.get(loss, plan.spec.weight_of(loss))
-            weights[loss] = value_at(schedule, step)
+        key = (plan.name, stage.name)
+        constant = self._constant_weights.get(key)
+        if constant is not None:
+            return constant
+        schedules = {loss: stage.weights.get(loss, plan.spec.weight_of(loss))
+                     for loss in plan.losses}
+        weights = {loss: value_at(s, step) for loss, s in schedules.items()}
+        if not any(isinstance(s, ScheduleSpec) for s in schedules.values()):
+            # Fixed weights: computed once, not on every step.
+            self._constant_weights[key] = weights
         return weights
 
     def _draw(self, plan: UpdatePlan, cache: dict[str, dict[str, torch.Tensor]]) -> dict:
@@ -390,7 +397,9 @@ class Trainer:
         # A check per step costs a device sync on GPU; there it is done at logging steps.
         if self.device.type != "cpu" and (self.step + 1) % self.train_cfg.log_every:
             return
-        if torch.isfinite(total.detach()).all():
+        # On CPU, reading the scalar is cheaper than a isfinite kernel and a reduction.
+        value = total.detach()
+        if math.isfinite(value.item()) if value.numel() == 1 else bool(torch.isfinite(value).all()):
             return
         culprit = self._first_nonfinite(plan, batch)
         raise NonFiniteError(
