@@ -25,7 +25,6 @@ Configurations:
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 import tempfile
@@ -35,27 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import build_trainer, interleave, ints, resolve_device, yaml_list
 from safetensors.torch import save_file
 
 TEMPERATURE = 4.0
 W_KD, W_CE = 0.9, 0.1
 LR = 1e-3
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return torch.device(choice)
-
-
-def _yaml_list(values: list[int]) -> str:
-    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
@@ -91,14 +75,14 @@ def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
           teacher:
             kind: teacher
             type: mlp
-            params: {{in_features: {cfg['in_features']}, hidden: {_yaml_list(cfg['teacher'])},
+            params: {{in_features: {cfg['in_features']}, hidden: {yaml_list(cfg['teacher'])},
                      num_classes: {cfg['classes']}}}
             init: {{weights: teacher.safetensors}}
             inputs: {{x: data.x}}
           student:
             kind: student
             type: mlp
-            params: {{in_features: {cfg['in_features']}, hidden: {_yaml_list(cfg['student'])},
+            params: {{in_features: {cfg['in_features']}, hidden: {yaml_list(cfg['student'])},
                      num_classes: {cfg['classes']}}}
             inputs: {{x: data.x}}
           kd:
@@ -126,15 +110,6 @@ def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
     path = folder / "spec.yaml"
     path.write_text(textwrap.dedent(spec))
     return path
-
-
-def build_trainer(spec_path: Path, run_dir: Path):
-    from dgraph.graph import validate
-    from dgraph.runtime.train import Trainer
-    from dgraph.spec import load_spec
-
-    graph, _warnings = validate(load_spec(spec_path))
-    return Trainer(graph, run_dir, progress=False, log=lambda _m: None)
 
 
 def loader_indices(loader, steps: int, device: torch.device) -> list[torch.Tensor]:
@@ -212,16 +187,6 @@ class HandKD:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def timed_block(fn, steps: int, sync) -> float:
-    """Seconds per step of ``steps`` calls of ``fn`` (device work included)."""
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / steps
-
-
 def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
                warmup: int, breakdown: bool = False) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -287,19 +252,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
             fn()
     sync()
 
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    names = list(arms)
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(timed_block(arms[name], block, sync))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    times = interleave(arms, rounds=rounds, block=block, sync=sync)
     dgraph_s, hand_s = times["dgraph"], times["hand"]
     ratios = [d / h for d, h in zip(dgraph_s, hand_s, strict=True)]
 
@@ -339,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.set_num_threads (0: leave the default)")
     g = parser.add_argument_group("realistic config sizes")
     g.add_argument("--in-features", type=int, default=1024)
-    g.add_argument("--teacher-hidden", type=_ints, default=[4096, 4096])
-    g.add_argument("--student-hidden", type=_ints, default=[2048, 2048])
+    g.add_argument("--teacher-hidden", type=ints, default=[4096, 4096])
+    g.add_argument("--student-hidden", type=ints, default=[2048, 2048])
     g.add_argument("--classes", type=int, default=1000)
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--examples", type=int, default=4096, help="random training examples")

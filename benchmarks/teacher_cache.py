@@ -23,7 +23,6 @@ with the number of steps after which the cache has paid for itself.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 import tempfile
@@ -33,27 +32,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import build_trainer, interleave, ints, resolve_device, yaml_list
 from safetensors.torch import save_file
 
 TEMPERATURE = 4.0
 W_KD, W_CE = 0.9, 0.1
 LR = 1e-3
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return torch.device(choice)
-
-
-def _yaml_list(values: list[int]) -> str:
-    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def write_spec(folder: Path, args, device: torch.device, *, cached: bool) -> Path:
@@ -79,14 +63,14 @@ def write_spec(folder: Path, args, device: torch.device, *, cached: bool) -> Pat
           teacher:
             kind: teacher
             type: mlp
-            params: {{in_features: {args.in_features}, hidden: {_yaml_list(args.teacher_hidden)},
+            params: {{in_features: {args.in_features}, hidden: {yaml_list(args.teacher_hidden)},
                      num_classes: {args.classes}}}
             init: {{weights: teacher.safetensors}}{cache}
             inputs: {{x: data.x}}
           student:
             kind: student
             type: mlp
-            params: {{in_features: {args.in_features}, hidden: {_yaml_list(args.student_hidden)},
+            params: {{in_features: {args.in_features}, hidden: {yaml_list(args.student_hidden)},
                      num_classes: {args.classes}}}
             inputs: {{x: data.x}}
           kd:
@@ -116,42 +100,6 @@ def write_spec(folder: Path, args, device: torch.device, *, cached: bool) -> Pat
     return path
 
 
-def build_trainer(spec_path: Path, run_dir: Path):
-    from dgraph.graph import validate
-    from dgraph.runtime.train import Trainer
-    from dgraph.spec import load_spec
-
-    graph, _warnings = validate(load_spec(spec_path))
-    return Trainer(graph, run_dir, progress=False, log=lambda _m: None)
-
-
-def timed_block(fn, steps: int, sync) -> float:
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / steps
-
-
-def interleave(fns: dict, *, rounds: int, block: int, sync) -> dict[str, list[float]]:
-    """Seconds per step of each function, one block per function per round, order rotated."""
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(timed_block(fns[name], block, sync))
-    finally:
-        if enabled:
-            gc.enable()
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
@@ -162,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-features", type=int, default=64, help="64 for digits")
     parser.add_argument("--classes", type=int, default=10, help="10 for digits")
     parser.add_argument("--examples", type=int, default=4096, help="random examples")
-    parser.add_argument("--teacher-hidden", type=_ints, default=[2048, 2048, 2048])
-    parser.add_argument("--student-hidden", type=_ints, default=[64])
+    parser.add_argument("--teacher-hidden", type=ints, default=[2048, 2048, 2048])
+    parser.add_argument("--student-hidden", type=ints, default=[64])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--block", type=int, default=10, help="steps per side per round")
