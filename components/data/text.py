@@ -116,8 +116,21 @@ _TOKEN_PORTS = {
 }
 
 
+class _TokenizedSource(Component):
+    """What both text sources share: the vocabulary size comes from the tokenizer params."""
+
+    def port_params(self) -> dict[str, Any]:
+        values = self.params.model_dump()
+        values["vocab_size"] = self.params.tokenizer.size
+        return values
+
+    @property
+    def vocab_size(self) -> int:
+        return self.params.tokenizer.size
+
+
 @component("text_lm", roles=("data",))
-class TextLM(Component):
+class TextLM(_TokenizedSource):
     """Plain text chunked into next-token sequences of ``seq_len`` tokens.
 
     The text (default: the shipped corpus) is tokenized once; the last ``eval_fraction`` of
@@ -134,15 +147,6 @@ class TextLM(Component):
         "prompt_ids": Port("Tokens", "B, {prompt_len}", "the sequence's first tokens"),
         "prompt_mask": Port("Mask", "B, {prompt_len}", "1 = real prompt token"),
     }
-
-    def port_params(self) -> dict[str, Any]:
-        values = self.params.model_dump()
-        values["vocab_size"] = self.params.tokenizer.size
-        return values
-
-    @property
-    def vocab_size(self) -> int:
-        return self.params.tokenizer.size
 
     def build(self, context: BuildContext):
         from dgraph.components.data._torch_text import build_text_lm
@@ -175,7 +179,7 @@ class JsonlPairsParams(_TextCommon):
 
 
 @component("jsonl_pairs", roles=("data",))
-class JsonlPairs(Component):
+class JsonlPairs(_TokenizedSource):
     """Prompt/response pairs from a JSONL file, for supervised fine-tuning and distillation.
 
     Each example is ``prompt + response (+ <eos>)``, truncated to ``max_len + 1`` tokens: the
@@ -194,15 +198,6 @@ class JsonlPairs(Component):
         "prompt_ids": Port("Tokens", "B, {max_prompt_len}", "prompts, left-padded"),
         "prompt_mask": Port("Mask", "B, {max_prompt_len}", "1 = real prompt token"),
     }
-
-    def port_params(self) -> dict[str, Any]:
-        values = self.params.model_dump()
-        values["vocab_size"] = self.params.tokenizer.size
-        return values
-
-    @property
-    def vocab_size(self) -> int:
-        return self.params.tokenizer.size
 
     def build(self, context: BuildContext):
         from dgraph.components.data._torch_text import build_jsonl_pairs
