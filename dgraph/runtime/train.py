@@ -360,6 +360,9 @@ class Trainer:
                 self.scaler.unscale_(optimizer)
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+            elif self._logs_after(step):
+                # Gradients are cleared below, so the norm is taken now, on logging steps only.
+                terms["grad_norm"] = _grad_norm(params)
             if self.scaler is not None:
                 self.scaler.step(optimizer)
                 self.scaler.update()
@@ -395,7 +398,7 @@ class Trainer:
 
     def _check_finite(self, total: torch.Tensor, plan: UpdatePlan, batch: dict) -> None:
         # A check per step costs a device sync on GPU; there it is done at logging steps.
-        if self.device.type != "cpu" and (self.step + 1) % self.train_cfg.log_every:
+        if self.device.type != "cpu" and not self._logs_after(self.step):
             return
         # On CPU, reading the scalar is cheaper than a isfinite kernel and a reduction.
         value = total.detach()
@@ -519,7 +522,6 @@ class Trainer:
                            progress=self.progress, start_step=self.step)
         self._write_graph_pictures(logger)
         eval_every = self.train_cfg.eval.every
-        log_every = self.train_cfg.log_every
         summary: dict[str, float] = {}
         samples = 0
         import time
@@ -537,7 +539,7 @@ class Trainer:
                         terms[update] = self._run_update(update, stage, self.step, shared)
                 samples += sum(next(iter(b.values())).shape[0] for b in shared.values())
                 self.step += 1
-                if self.step % log_every == 0 or self.step == self.total_steps:
+                if self._logs_after(self.step - 1):
                     now = time.perf_counter()
                     values = self._log_values(terms, stage)
                     values["throughput/samples_per_s"] = samples / max(now - tick, 1e-9)
@@ -568,6 +570,11 @@ class Trainer:
                 json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return summary
 
+    def _logs_after(self, step: int) -> bool:
+        """Whether the (0-based) step ``step`` ends with a logged record."""
+        done = step + 1
+        return done % self.train_cfg.log_every == 0 or done == self.total_steps
+
     def _log_values(self, terms: dict[str, dict[str, torch.Tensor]],
                     stage: _Stage) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -580,8 +587,6 @@ class Trainer:
                     values[f"grad_norm/{update}"] = value
                 else:
                     values[f"loss/{key}"] = value
-            if "grad_norm" not in update_terms:
-                values[f"grad_norm/{update}"] = _grad_norm(self.trainable_params[update])
             values[f"lr/{update}"] = float(self.optimizers[update].param_groups[0]["lr"])
         for update in terms:
             if not math.isfinite(values.get(f"loss/total/{update}", 0.0)):
@@ -617,11 +622,12 @@ def _scheduler_state(scheduler) -> dict[str, Any]:
     return state
 
 
-def _grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
-    # Gradients are cleared after each optimizer step; the norm of the last step is not
-    # kept, so this reports 0 unless clip_grad_norm is set (which records it).
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """The total 2-norm of the parameters' gradients (what clip_grad_norm_ reports)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def _prepare_run_dir(run_dir: Path, spec: Spec, *, resume: bool, overwrite: bool) -> None:

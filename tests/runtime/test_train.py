@@ -44,6 +44,7 @@ def test_run_directory_holds_everything(tmp_path):
     for record in train_records:
         assert {"loss/total/main", "lr/main", "grad_norm/main",
                 "throughput/samples_per_s"} <= set(record)
+        assert record["grad_norm/main"] > 0  # taken before the gradients are cleared
     assert [r["step"] for r in records if "eval/teacher/accuracy" in r] == [20, 40]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
