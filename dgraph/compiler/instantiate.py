@@ -19,7 +19,7 @@ from dgraph.graph.model import Graph
 from dgraph.registry import BuildContext
 from dgraph.runtime.data import DataSource
 
-__all__ = ["Instances", "TapRecorder", "instantiate"]
+__all__ = ["Instances", "TapRecorder", "build_context", "instantiate"]
 
 
 class TapRecorder:
@@ -72,7 +72,7 @@ def _tap_problem(graph: Graph, node: str, path: str, module: nn.Module) -> Probl
     names = [n for n, _ in module.named_modules() if n]
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
     listing = close or names[:8]
-    edge = next(e for e in graph.edges if e.src == node and e.src_port == path)
+    edge = next(e for e in graph.edges_from(node) if e.src_port == path)
     return Problem(
         code="unknown-tap",
         message=f"'{node}.{path}' taps no submodule: '{graph.nodes[node].spec.type}' has no "
@@ -86,11 +86,24 @@ def _tap_problem(graph: Graph, node: str, path: str, module: nn.Module) -> Probl
     )
 
 
+def build_context(graph: Graph, name: str, *, device: str, seed: int,
+                  run_dir: Path | None, modules: dict[str, nn.Module]) -> BuildContext:
+    """What a node's ``build`` gets: where it is, and the modules built so far (the module a
+    target or sampler names is passed as ``source_module``)."""
+    spec_dir = graph.spec.path.parent if graph.spec.path else None
+    context = BuildContext(node=name, device=device, seed=seed, spec_dir=spec_dir,
+                           run_dir=run_dir)
+    context.extras["modules"] = modules
+    source = graph.nodes[name].component.references().get("source")
+    if source in modules:
+        context.extras["source_module"] = modules[source]
+    return context
+
+
 def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int = 0,
                 run_dir: Path | None = None) -> Instances:
     """Build every node. ``device='meta'`` builds shapes only (no memory, no weights)."""
     device_str = str(device)
-    spec_dir = graph.spec.path.parent if graph.spec.path else None
     inst = Instances()
     problems: list[Problem] = []
     order = graph.topological_order()
@@ -104,12 +117,8 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
         node = graph.nodes[name]
         if node.spec.shares is not None:
             continue
-        context = BuildContext(node=name, device=device_str, seed=seed, spec_dir=spec_dir,
-                               run_dir=run_dir)
-        context.extras["modules"] = inst.modules
-        source = node.component.references().get("source")
-        if source in inst.modules:
-            context.extras["source_module"] = inst.modules[source]
+        context = build_context(graph, name, device=device_str, seed=seed, run_dir=run_dir,
+                                modules=inst.modules)
         try:
             if node.kind == "data":
                 built = node.component.build(context)

@@ -601,7 +601,7 @@ def _check_cycles(graph: Graph, out: _Collector) -> None:
     for cycle in sorted(cycles):
         ring = " -> ".join([*cycle, cycle[0]])
         hops = list(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
-        wires = [next(e for e in graph.edges if e.src == a and e.dst == b) for a, b in hops]
+        wires = [next(e for e in graph.edges_from(a) if e.dst == b) for a, b in hops]
         edge = wires[-1]
         out.problems.append(
             Problem(

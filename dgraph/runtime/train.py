@@ -24,7 +24,7 @@ import torch
 
 from dgraph import __version__
 from dgraph.compiler.codegen import Program, UpdatePlan, compile_graph
-from dgraph.compiler.instantiate import Instances, instantiate
+from dgraph.compiler.instantiate import Instances, build_context, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups, value_at
 from dgraph.errors import CheckpointError, DgraphError, NonFiniteError
 from dgraph.graph import Graph, validate
@@ -288,11 +288,10 @@ class Trainer:
             state = self.instances.modules[src].state_dict()
             self.instances.modules[dst].load_state_dict(state)
         for name in stage.reinit:
-            node = self.graph.nodes[name]
-            from dgraph.registry import BuildContext
-
-            fresh = node.component.build(BuildContext(node=name, device=str(self.device),
-                                                      seed=self.train_cfg.seed + stage.start))
+            context = build_context(self.graph, name, device=str(self.device),
+                                    seed=self.train_cfg.seed + stage.start,
+                                    run_dir=self.run_dir, modules=self.instances.modules)
+            fresh = self.graph.nodes[name].component.build(context)
             self.instances.modules[name].load_state_dict(fresh.to(self.device).state_dict())
         if stage.start > 0:
             # A new stage starts its optimizers afresh (the roles of nodes may have changed).
