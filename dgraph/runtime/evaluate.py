@@ -7,6 +7,7 @@ and the random-number generators forked, so evaluating never changes the trainin
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 
 import torch
 
@@ -57,10 +58,9 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     metrics = [n for n, node in graph.nodes.items() if node.kind == "metric"]
     metric_totals: dict[str, dict[str, float]] = {n: defaultdict(float) for n in metrics}
     examples = 0
-    cached = [n for n, node in graph.nodes.items() if node.spec.cache is not None]
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), (amp or _null)():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), (amp or nullcontext)():
             iterators = {n: iterate_once(t, batch_size) for n, t in eval_data.items()}
             while True:
                 batch = {}
@@ -101,17 +101,8 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     finally:
         for name, module in instances.modules.items():
             module.train(modes[name])
-    del cached
     results = {key: sums[key] / counts[key] for key in sums if counts[key]}
     for metric in metrics:
         summary = graph.nodes[metric].component.summarize(dict(metric_totals[metric]), examples)
         results.update({f"{metric}/{key}": value for key, value in summary.items()})
     return dict(sorted(results.items()))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
