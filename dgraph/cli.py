@@ -1,7 +1,8 @@
 """The ``dgraph`` command: validate | viz | compile | train | export | list | schema.
 
-Exit codes: 0 success (a valid spec), 1 a problem with the spec or the run, 2 a usage error.
-A bad spec never prints a Python traceback; set ``DGRAPH_DEBUG=1`` to see one for bugs.
+Exit codes: 0 success (a valid spec), 1 a problem with the spec or the run, 2 a usage error,
+3 a bug in dgraph. A bad spec never prints a Python traceback; set ``DGRAPH_DEBUG=1`` to see
+one for bugs. ``dgraph validate --json`` prints one JSON object on every path, failures too.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def _load_and_validate(args: argparse.Namespace, *, dry_run: bool):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 valid, 1 not valid, 3 a bug in dgraph. With ``--json`` stdout is one JSON object
+    on every path (``{"valid": ..., "problems": [...]}``), never a traceback."""
     from dgraph.errors import Problem
 
     problems: list[Problem] = []
     ok = True
+    status = 1
     try:
         spec, graph, warnings = _load_and_validate(args, dry_run=not args.static)
         problems = list(warnings)
@@ -53,16 +57,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except SpecError as exc:
         ok = False
         problems = [exc.problem()]
-    except DgraphError as exc:
+    except DgraphError as exc:  # a plug-in, registry or other located failure
         if not args.json:
             raise
         ok = False
-        location = getattr(exc, "location", None)
-        problems = [Problem(code="spec-error", message=str(exc) if location is None
-                            else str(exc).removeprefix(f"{location}: "), location=location)]
+        problems = [_problem_of(exc)]
+    except Exception as exc:  # a bug in dgraph; --json still answers in JSON
+        if not args.json:
+            raise
+        if os.environ.get("DGRAPH_DEBUG"):
+            traceback.print_exc()
+        ok, status = False, 3
+        problems = [_internal_problem(exc)]
     if args.json:
-        print(json.dumps({"valid": ok, "problems": [p.to_json() for p in problems]}, indent=2))
-        return 0 if ok else 1
+        _print_json(ok, problems)
+        return 0 if ok else status
     if ok:
         _print_problems(problems)
         nodes = len(graph.nodes)
@@ -73,6 +82,68 @@ def cmd_validate(args: argparse.Namespace) -> int:
     count = sum(p.severity == "error" for p in problems)
     print(f"{count} error{'s' if count != 1 else ''}: the spec is not valid", file=sys.stderr)
     return 1
+
+
+def _print_json(ok: bool, problems) -> None:
+    print(json.dumps({"valid": ok, "problems": [p.to_json() for p in problems]}, indent=2))
+
+
+def _problem_of(exc: DgraphError):
+    """A DgraphError that is not a spec problem, as a Problem (code from its class name)."""
+    import re
+
+    from dgraph.errors import Location, Problem
+
+    location = getattr(exc, "location", None)
+    location = location if isinstance(location, Location) else None
+    message = str(exc)
+    if location is not None:
+        message = message.removeprefix(f"{location}: ")
+    code = re.sub(r"(?<!^)(?=[A-Z])", "-", type(exc).__name__).lower()
+    node, port = getattr(exc, "node", None), getattr(exc, "port", None)
+    return Problem(code=code if code != "dgraph-error" else "error", message=message,
+                   location=location, node=node if isinstance(node, str) else None,
+                   port=port if isinstance(port, str) else None)
+
+
+def _internal_problem(exc: BaseException):
+    from dgraph.errors import Problem
+
+    return Problem(code="internal-error", message=f"{type(exc).__name__}: {exc}",
+                   suggestion="this is a bug in dgraph; rerun with DGRAPH_DEBUG=1 for a "
+                   "traceback and report it")
+
+
+def _json_validate(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for ``dgraph validate --json``."""
+    return bool(argv) and argv[0] == "validate" and "--json" in argv
+
+
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse, but ``validate --json`` also reports a usage error as JSON (exit 2)."""
+    if not _json_validate(argv):
+        return parser.parse_args(argv)
+    import contextlib
+    import io
+
+    from dgraph.errors import Problem
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            lines = err.getvalue().strip().splitlines()
+            message = lines[-1].split(": error: ", 1)[-1] if lines else "bad command line"
+            _print_json(False, [Problem(code="usage", message=message,
+                                        expected="dgraph validate SPEC [--json] [--static] "
+                                        "[--set KEY=VALUE ...]",
+                                        suggestion="`dgraph validate --help` describes the "
+                                        "arguments")])
+        raise
+    finally:
+        sys.stderr.write(err.getvalue())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -172,11 +243,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dgraph.runtime.train import train
+    from dgraph.runtime.logging import finite_json
+    from dgraph.runtime.train import TrainingInterrupted, train
 
-    summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
-                    overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    try:
+        summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
+                        overwrite=args.overwrite, progress=not args.quiet)
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a checkpoint was written
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    # Strict JSON, like summary.json: a non-finite metric is null (a warning named it).
+    print(json.dumps(finite_json(summary)[0], indent=2, sort_keys=True, allow_nan=False))
     return 0
 
 
@@ -186,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dgraph.runtime.train import train
+    from dgraph.runtime.train import TrainingInterrupted, train
 
     console = Console()
     out = Path(args.out)
@@ -201,8 +278,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides = [*extra, *(args.set or [])]
         shown = "".join(f" --set {o}" for o in overrides)
         console.print(f"[bold]dgraph train {spec} --out {out / spec}{shown}[/bold]")
-        summary = train(spec, overrides=overrides, out=out / spec, overwrite=True,
-                        progress=not args.quiet)
+        # --overwrite deletes only what an earlier demo run wrote (see dgraph.runtime.rundir).
+        try:
+            summary = train(spec, overrides=overrides, out=out / spec, overwrite=True,
+                            progress=not args.quiet)
+        except TrainingInterrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return exc.exit_code
         rows.append((role, spec, summary[f"{node}/accuracy"]))
     table = Table(title="digits: accuracy on 360 held-out images")
     table.add_column("model")
@@ -216,8 +298,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dgraph.exporters.cli import run_export
+    from dgraph.exporters.cli import run_check, run_export
 
+    parser = args.export_parser
+    if args.check is not None:
+        extra = [flag for flag, given in (("RUN_DIR", args.run_dir), ("-o", args.output),
+                                          ("--node", args.node), ("--opset", args.opset),
+                                          ("--fp16", args.fp16), ("--no-check", args.no_check))
+                 if given]
+        if extra:
+            parser.error(f"--check re-verifies an existing file and takes only --run and "
+                         f"--provider, not {', '.join(extra)}")
+        return run_check(args)
+    if args.run is not None:
+        parser.error("--run goes with --check FILE.onnx")
+    if args.run_dir is None or args.output is None:
+        parser.error("export needs RUN_DIR and -o FILE.onnx (or --check FILE.onnx)")
     return run_export(args)
 
 
@@ -263,15 +359,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="export a trained node to ONNX and verify it")
-    p.add_argument("run_dir", help="a run directory written by `dgraph train`")
+    p = sub.add_parser(
+        "export", help="export a trained node to ONNX and verify it",
+        usage="dgraph export RUN_DIR -o FILE.onnx [options]\n"
+              "       dgraph export --check FILE.onnx [--run RUN_DIR] [--provider P]")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                   help="a run directory written by `dgraph train`")
     p.add_argument("--node", help="node to export (default: the spec's export node/student)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", metavar="FILE.onnx",
+                   help="the .onnx file to write; replaced only once the new one is verified")
     p.add_argument("--opset", type=int, default=None)
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-check", action="store_true", help="skip onnxruntime verification")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--check", metavar="FILE.onnx",
+                   help="re-verify an exported file: weights hash, metadata and, with its run "
+                        "directory, onnxruntime against torch")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="with --check: the run to compare against (default: the one recorded "
+                        "in the file, if it still exists)")
+    p.set_defaults(func=cmd_export, export_parser=p)
 
     p = sub.add_parser("list", help="list component types, their ports and params")
     p.add_argument("kind", nargs="?", help="only types usable as this kind (e.g. loss)")
@@ -283,7 +390,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse_args(_parser(), argv)
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:
@@ -295,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if _json_validate(argv):
+            from dgraph.errors import Problem
+
+            _print_json(False, [Problem(code="interrupted", message="interrupted")])
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in dgraph, not in the user's spec

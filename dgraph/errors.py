@@ -161,7 +161,17 @@ class PluginError(DgraphError):
 
 
 class ComponentRuntimeError(DgraphError):
-    """A component raised while the compiled graph ran; names the node and its kind."""
+    """A component raised while the compiled graph ran; names the node and its kind.
+
+    ``node`` (and ``port``, when one input or output is to blame) say where, for callers
+    that report the failure in their own form.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None,
+                 port: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+        self.port = port
 
 
 class NonFiniteError(DgraphError):

@@ -137,6 +137,9 @@ class Port:
     # How to reconcile a size mismatch at this port, when a projector is not the answer
     # (a vocabulary, for instance); replaces the generic projector hint.
     mismatch_hint: str = ""
+    # For an output: the input port whose semantic type it takes (a generic op's ``y`` has
+    # the type of whatever feeds its ``x``); ``type`` is then the fallback when it is unfed.
+    like: str | None = None
 
     def describe(self, params: Mapping[str, Any] | None = None) -> str:
         return f"{self.type}{format_shape(parse_shape(self.shape, params))}"

@@ -68,13 +68,16 @@ class BuildContext:
         return self.device == "meta"
 
     def resolve_path(self, path: str) -> Path:
-        """A path written in the spec, relative to the spec's folder when not absolute."""
+        """A path written in the spec: absolute as given, relative to the spec's folder.
+
+        A relative path always means the spec's folder, whether or not the file is there: it
+        never falls back to the working directory (which only stands in for a spec that has
+        no file). ``~`` is the user's home folder.
+        """
         candidate = Path(path).expanduser()
-        if not candidate.is_absolute() and self.spec_dir is not None:
-            local = self.spec_dir / candidate
-            if local.exists() or not candidate.exists():
-                return local
-        return candidate
+        if candidate.is_absolute() or self.spec_dir is None:
+            return candidate
+        return self.spec_dir / candidate
 
 
 class Registry(Generic[T]):
@@ -124,9 +127,11 @@ class Registry(Generic[T]):
 
 
 class Params(BaseModel):
-    """Base of every component's parameter model: unknown parameters are rejected."""
+    """Base of every component's parameter model: unknown parameters are rejected, and every
+    float is finite (also one written as the text "NaN" or "Infinity")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=False,
+                              allow_inf_nan=False)
 
 
 class NoParams(Params):

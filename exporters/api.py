@@ -1,9 +1,18 @@
-"""``export_run``: a trained node of a run directory -> a verified ONNX file."""
+"""``export_run``: a trained node of a run directory -> a verified ONNX file.
+
+The file is written into a staging folder that dgraph creates next to ``-o`` and moved into
+place (``os.replace``, with any external-data file) only once it is verified; on any failure
+the staging folder is removed and a file already at ``-o`` is left as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -94,17 +103,121 @@ def _output_dims(subject: ExportSubject, values: tuple[torch.Tensor, ...],
     return out
 
 
+def _check_destination(output: Path) -> None:
+    """Refuse an ``-o`` dgraph cannot or must not replace, before the (long) export."""
+    parent = output.parent
+    if output.is_symlink():
+        raise ExportError(
+            f"-o {output} is a symbolic link; dgraph replaces the file at -o as a whole and "
+            f"would replace the link itself: pass the path it points to "
+            f"({os.path.realpath(output)}) or another path"
+        )
+    if output.is_dir():
+        raise ExportError(f"-o {output} is a directory; name the .onnx file to write, e.g. "
+                          f"-o {output / 'model.onnx'}")
+    if output.exists() and not output.is_file():
+        raise ExportError(f"-o {output} exists and is not a regular file; choose another path")
+    if not parent.exists():
+        raise ExportError(f"-o {output}: the folder {parent} does not exist; create it first "
+                          f"(mkdir -p {parent}) or choose another path")
+    if not parent.is_dir():
+        raise ExportError(f"-o {output}: {parent} is not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"-o {output}: the folder {parent} is not writable (no permission, "
+                          "or a read-only file system); choose -o in a writable folder")
+
+
+@contextlib.contextmanager
+def _staging(output: Path) -> Iterator[Path]:
+    """A path named like ``output`` in a fresh folder next to it, removed on the way out."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".dgraph-export",
+                                       dir=output.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write {output}: {exc.strerror or exc} in "
+                          f"{output.parent}; choose -o in a writable folder") from None
+    try:
+        yield folder / output.name
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # only ever the folder made above
+
+
+def _external_files(path: Path) -> list[str]:
+    """The external-data files ``path`` refers to (relative to its folder)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    _metadata.check_external_data(model, path)
+    found: list[str] = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in found:
+                    found.append(entry.value)
+    return found
+
+
+def _publish(staged: Path, output: Path) -> None:
+    """Move the verified file (external data first) from the staging folder to ``output``."""
+    try:
+        for name in _external_files(staged):
+            os.replace(staged.parent / name, output.parent / name)
+        os.replace(staged, output)
+    except OSError as exc:
+        raise ExportError(f"cannot move the verified file into place at {output}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def _verification_error(report: verify.Verification, precision: str, tolerance: float,
+                        note: str, model: str = "the torch model") -> ExportError:
+    """The located error of a failed parity check (shared with ``dgraph export --check``)."""
+    worst = report.worst
+    assert worst is not None
+    failing = [c for c in report.cases if not c.passed]
+    if worst.problems:
+        name, problem = next(iter(worst.problems.items()))
+        found = f"worst on output '{name}' with {worst.where()}: {problem}"
+        if problem.startswith("NaN"):
+            hint = ("hint: an output holding NaN is never verified (NaN equals nothing); "
+                    "find why the model computes NaN on these inputs")
+        elif problem.startswith("shape"):
+            hint = "hint: the exported graph computes another shape than the module"
+        else:
+            hint = ("hint: an infinity matches only the same infinity at the same place; "
+                    "an overflow (fp16 holds magnitudes up to 65504) or a changed mask "
+                    "gives infinities on one side")
+    else:
+        found = (f"worst on output '{worst.output}' with {worst.where()}: max abs diff "
+                 f"{worst.max_abs:.3g}, max rel diff {worst.max_rel:.3g}, above the "
+                 f"{precision} tolerance {tolerance:g}")
+        hint = None
+    text = (f"verification failed: the ONNX file differs from {model} on {len(failing)} of "
+            f"{len(report.cases)} cases, {found}. ")
+    if hint:
+        text += f"{hint}. "
+    return ExportError(text + note)
+
+
+def _output_note(output: Path, *, unverified: bool = True) -> str:
+    note = f"{output} was not written (a file already there is unchanged)"
+    if unverified:
+        note += "; --no-check writes the unverified file for inspection"
+    return note
+
+
 def export_run(run_dir: str | Path, output: str | Path, *, node: str | None = None,
                opset: int | None = None, fp16: bool = False, provider: str = "cpu",
                check: bool = True, log: Callable[[str], None] | None = None) -> ExportResult:
     """Export ``node`` (default: the spec's export node or student) of the run ``run_dir``
     to ``output`` and, unless ``check`` is False, verify it with onnx.checker and
     onnxruntime. Raises :class:`~dgraph.errors.ExportError` on any failure, including a
-    verification above tolerance (the file is kept for inspection)."""
+    verification above tolerance or non-finite weights or outputs; ``output`` is replaced
+    only by a file that passed (or, with ``check=False``, by a complete file)."""
     say = log or (lambda _message: None)
     if check:
         verify.require_onnxruntime(provider)  # fail before a long export, not after
     output = Path(output)
+    _check_destination(output)
     subject = load_subject(run_dir, node)
     opset = opset or subject.spec.export.opset
     tolerance = subject.spec.export.tolerance
@@ -119,8 +232,13 @@ def export_run(run_dir: str | Path, output: str | Path, *, node: str | None = No
     example = _example_inputs(subject, sizes)
     names = [i.name for i in subject.inputs]
     declared_outputs = [o.name for o in subject.outputs]
-    with torch.no_grad():
-        probe = subject.module(**dict(zip(names, example, strict=False)))
+    try:
+        with torch.no_grad():
+            probe = subject.module(**dict(zip(names, example, strict=False)))
+    except Exception as exc:
+        shapes = ", ".join(f"{n}: {list(t.shape)}" for n, t in zip(names, example, strict=True))
+        raise ExportError(f"{node_desc} fails on example inputs ({shapes}): "
+                          f"{type(exc).__name__}: {exc}") from None
     if not isinstance(probe, dict):
         raise ExportError(f"{node_desc} returned {type(probe).__name__}, not a dict of ports")
     output_names = [n for n in declared_outputs if torch.is_tensor(probe.get(n))]
@@ -143,59 +261,79 @@ def export_run(run_dir: str | Path, output: str | Path, *, node: str | None = No
         inputs = list(subject.inputs)
     dynamic = [i.dynamic for i in subject.inputs]
     output_dynamic = [o.dynamic for o in outputs]
-    result = onnx_export.export_module(exported, tuple(example), output, opset=opset,
-                                       dynamic=dynamic, output_dynamic=output_dynamic,
-                                       what=node_desc)
-    if result.exporter == onnx_export.DYNAMO:
-        say(f"exporter: {result.description}")
-    else:
-        say(f"exporter: {result.description}; the current exporter failed: "
-            f"{result.fallback_reason}")
-    for info in inputs:
-        axes = ", ".join(info.dynamic.values())
-        say(f"  input   {info.describe()}" + (f"  dynamic: {axes}" if axes else ""))
-    for info in outputs:
-        say(f"  output  {info.describe()}")
-    for note in notes:
-        say(f"  note: {note}")
+    with _staging(output) as staged:
+        result = onnx_export.export_module(exported, tuple(example), staged, opset=opset,
+                                           dynamic=dynamic, output_dynamic=output_dynamic,
+                                           what=node_desc)
+        if result.exporter == onnx_export.DYNAMO:
+            say(f"exporter: {result.description}")
+        else:
+            say(f"exporter: {result.description}; the current exporter failed: "
+                f"{result.fallback_reason}")
+        for info in inputs:
+            axes = ", ".join(info.dynamic.values())
+            say(f"  input   {info.describe()}" + (f"  dynamic: {axes}" if axes else ""))
+        for info in outputs:
+            say(f"  output  {info.describe()}")
+        for note in notes:
+            say(f"  note: {note}")
 
-    props = _metadata.build_metadata(subject, inputs, outputs, exporter=result.exporter,
-                                     opset=opset, precision=precision)
-    docs = {i.name: i.port.doc for i in (*inputs, *outputs) if i.port.doc}
-    _metadata.write_metadata(output, props, docs,
-                             doc_string=f"dgraph {node_desc} of spec "
-                                        f"'{subject.spec.display_name}'")
-    outcome = ExportResult(path=output, node=subject.name, exporter=result.exporter,
-                           fallback_reason=result.fallback_reason, opset=opset,
-                           precision=precision, inputs=inputs, outputs=outputs,
-                           metadata=props, notes=notes)
-    if not check:
-        say(f"wrote {output} (not verified: --no-check)")
-        return outcome
+        digest = _weights_digest(staged, output)
+        if digest.nonfinite is not None:
+            key, count, total = digest.nonfinite
+            raise ExportError(
+                f"cannot export {node_desc}: the exported {precision} weights are not finite: "
+                f"'{key}' holds {count} NaN or infinite values of {total}"
+                + (" (float16 holds magnitudes up to 65504; export in fp32)" if fp16 else "")
+                + f". {_output_note(output, unverified=False)}"
+            )
+        props = _metadata.build_metadata(subject, inputs, outputs, exporter=result.exporter,
+                                         opset=opset, precision=precision,
+                                         weights_sha256=digest.sha256)
+        docs = {i.name: i.port.doc for i in (*inputs, *outputs) if i.port.doc}
+        try:
+            _metadata.write_metadata(staged, props, docs,
+                                     doc_string=f"dgraph {node_desc} of spec "
+                                                f"'{subject.spec.display_name}'")
+        except OSError as exc:
+            raise ExportError(f"cannot write {output}: {exc.strerror or exc}") from None
+        outcome = ExportResult(path=output, node=subject.name, exporter=result.exporter,
+                               fallback_reason=result.fallback_reason, opset=opset,
+                               precision=precision, inputs=inputs, outputs=outputs,
+                               metadata=props, notes=notes)
+        if not check:
+            _publish(staged, output)
+            say(f"wrote {output} (not verified: --no-check)")
+            return outcome
 
-    verify.check_onnx(output)
-    say("onnx.checker: ok")
-    session = verify.onnxruntime_session(output, provider)
-    ort = verify.require_onnxruntime(provider)
-    outcome.verification = verify.compare(subject, session, fp32, output_names,
-                                          tolerance=tolerance, fp16=fp16, provider=provider)
-    report = outcome.verification
-    say(f"onnxruntime {ort.__version__} ({verify.PROVIDERS[provider]}) vs torch "
-        f"{torch.__version__} eager, {precision}, tolerance {tolerance:g} on max abs or max "
-        "rel (= max abs / max |torch|):")
-    say(report.table())
-    for skipped in report.skipped:
-        say(f"  skipped {skipped}")
-    if not report.passed:
-        worst = report.worst
-        assert worst is not None
-        failing = [c for c in report.cases if not c.passed]
-        raise ExportError(
-            f"verification failed: the ONNX file differs from the torch model on "
-            f"{len(failing)} of {len(report.cases)} cases, worst on output '{worst.output}' "
-            f"with {worst.where()}: max abs diff {worst.max_abs:.3g}, max rel diff "
-            f"{worst.max_rel:.3g}, above the {precision} tolerance {tolerance:g}. "
-            f"{output} was written but does not match the model"
-        )
+        verify.check_onnx(staged, shown=output)
+        say("onnx.checker: ok")
+        session = verify.onnxruntime_session(staged, provider, shown=output)
+        ort = verify.require_onnxruntime(provider)
+        outcome.verification = verify.compare(subject, session, fp32, output_names,
+                                              tolerance=tolerance, fp16=fp16,
+                                              provider=provider)
+        del session
+        report = outcome.verification
+        say(f"onnxruntime {ort.__version__} ({verify.PROVIDERS[provider]}) vs torch "
+            f"{torch.__version__} eager, {precision}, tolerance {tolerance:g} on max abs or "
+            "max rel (= max abs / max |torch|):")
+        say(report.table())
+        for skipped in report.skipped:
+            say(f"  skipped {skipped}")
+        if not report.passed:
+            raise _verification_error(report, precision, tolerance, _output_note(output))
+        _publish(staged, output)
     say(f"wrote {output}: verified on {len(report.cases)} cases")
     return outcome
+
+
+def _weights_digest(staged: Path, output: Path) -> _metadata.WeightsDigest:
+    import onnx
+
+    try:
+        model = onnx.load(str(staged), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"the exporter wrote an unreadable file for {output}: "
+                          f"{type(exc).__name__}: {exc}") from None
+    return _metadata.weights_digest(model, staged.parent)

@@ -234,9 +234,9 @@ def export_module(wrapper: PortModule, args: tuple, path: Path, *, opset: int,
                   what: str = "the model") -> ExportInfo:
     """Write ``wrapper`` to ``path``: the dynamo exporter first, TorchScript if it fails.
 
-    ``dynamic`` gives, per input, axis -> symbol for the dimensions that vary.
+    ``dynamic`` gives, per input, axis -> symbol for the dimensions that vary. The folder of
+    ``path`` must exist (``export_run`` writes into a staging folder it created).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper.eval()
     try:
         _export_dynamo(wrapper, args, path, opset, dynamic)

@@ -3,6 +3,15 @@
 A run directory holds ``spec.resolved.yaml`` and ``final/<node>.safetensors``. Only the exported
 node is built (teachers and their weights are never needed); its ports decide the ONNX input
 and output names, dtypes and dynamic axes; the data nodes feeding it give real inputs.
+
+Relative paths of the spec (a ``tensor_file``'s ``path``, a model folder) resolve exactly as
+they did in ``dgraph train``: against the folder of the spec that was trained, which training
+records as ``spec_dir`` in the metadata of ``final/<node>.safetensors``. No other folder is
+searched; a run that does not record it (trained by an older dgraph) resolves them against the
+working directory only, as the spec's folder is unknown.
+
+The weights are read with safetensors only, and refused before anything is exported when they
+do not fit the spec's architecture (names, shapes) or hold NaN or infinite values.
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ class ExportSubject:
     data: dict[str, DataSource] = field(default_factory=dict)
     data_problem: str | None = None  # why real inputs are unavailable, when they are
     label_names: list[str] | None = None
+    spec_dir: Path | None = None  # where relative paths of the spec resolve (as in train)
 
     @property
     def spec_hash(self) -> str:
@@ -121,29 +131,12 @@ class ExportSubject:
         return min(counts) if counts else 0
 
 
-def _spec_dirs(run_dir: Path) -> list[Path]:
-    """Where relative paths of a resolved spec may point: the spec was elsewhere."""
-    candidates = [run_dir, run_dir.parent, Path.cwd()]
-    out: list[Path] = []
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if resolved not in out:
-            out.append(resolved)
-    return out
-
-
-def _build(node: Node, name: str, run_dir: Path, *, extras: dict[str, Any] | None = None):
-    """Build a node's runtime object, trying the places relative paths may be relative to."""
-    last: Exception | None = None
-    for spec_dir in _spec_dirs(run_dir):
-        context = BuildContext(node=name, device="cpu", spec_dir=spec_dir, run_dir=run_dir,
-                               extras=dict(extras or {}))
-        try:
-            return node.component.build(context)
-        except (DgraphError, OSError, ValueError) as exc:
-            last = exc
-    assert last is not None
-    raise last
+def _build(node: Node, name: str, run_dir: Path, spec_dir: Path | None, *,
+           extras: dict[str, Any] | None = None):
+    """Build a node's runtime object with relative paths resolved as ``dgraph train`` did."""
+    context = BuildContext(node=name, device="cpu", spec_dir=spec_dir, run_dir=run_dir,
+                           extras=dict(extras or {}))
+    return node.component.build(context)
 
 
 def _load_run(run_dir: Path) -> tuple[Spec, str, Graph]:
@@ -154,7 +147,10 @@ def _load_run(run_dir: Path) -> tuple[Spec, str, Graph]:
     if not resolved.is_file():
         raise ExportError(f"{run_dir} is not a dgraph run directory: it has no "
                           "spec.resolved.yaml (written by `dgraph train`)")
-    text = resolved.read_text()
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read {resolved}: {_reason(exc)}") from None
     spec = load_spec(resolved)
     graph, _warnings = validate(spec)
     return spec, text, graph
@@ -210,25 +206,107 @@ def _weights_path(graph: Graph, name: str, run_dir: Path) -> Path:
     )
 
 
-def _load_weights(module: nn.Module, path: Path, node: Node, name: str) -> None:
+def _reason(exc: BaseException) -> str:
+    """An exception in words: the system's for an OSError (with its file), else type: text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _read_weights(path: Path, node: Node, name: str) -> tuple[dict[str, torch.Tensor],
+                                                             dict[str, str]]:
+    """The tensors and metadata of ``final/<node>.safetensors`` (never a pickle)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        state = load_file(str(path))
+            meta = dict(handle.metadata() or {})
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except OSError as exc:
+        raise ExportError(f"cannot read the final weights of node '{name}' from {path}: "
+                          f"{exc.strerror or exc}") from None
     except Exception as exc:
-        raise ExportError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        raise ExportError(
+            f"cannot read the final weights of node '{name}' from {path}: {_reason(exc)}. "
+            "The file is truncated or is not a safetensors file (an interrupted copy or a "
+            "full disk); copy it again from where the run was trained, or retrain the run"
+        ) from None
     if meta.get("type") and meta["type"] != node.spec.type:
         raise ExportError(f"{path} holds weights of a '{meta['type']}' node, but node '{name}' "
                           f"is a '{node.spec.type}' in the run's spec")
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    return state, meta
+
+
+def _fit_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, node: Node,
+                 name: str, spec: Spec) -> None:
+    """Refuse weights whose names or shapes differ from the architecture the spec builds."""
+    where = spec.source.where(("nodes", name, "params"))
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ExportError(
-            f"the weights in {path} do not fit node '{name}' ('{node.spec.type}'): missing "
-            f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+            f"the weights in {path} do not fit node '{name}' ('{node.spec.type}') as the run's "
+            f"spec describes it ({where}): missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. hint: the run's spec.resolved.yaml was changed after "
+            "training, or final/ holds weights of another run; export with the spec the run "
+            "was trained with"
         )
+    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if wrong:
+        first = wrong[0]
+        others = f" ({len(wrong)} of {len(expected)} tensors differ)" if len(wrong) > 1 else ""
+        raise ExportError(
+            f"the weights in {path} do not fit node '{name}' ('{node.spec.type}') as the run's "
+            f"spec describes it ({where}): tensor '{first}' has shape "
+            f"{_shape(state[first].shape)} in the file, the spec's architecture expects "
+            f"{_shape(expected[first].shape)}{others}. hint: the run's spec.resolved.yaml "
+            "was changed after training, or final/ holds weights of another run; export "
+            "with the spec the run was trained with"
+        )
+
+
+def _check_finite_weights(state: dict[str, torch.Tensor], order: list[str], path: Path,
+                          name: str) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor of ``state``."""
+    bad: list[tuple[str, int, int, int]] = []
+    for key in order:
+        tensor = state[key]
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nans = int(torch.isnan(tensor).sum())
+        bad.append((key, nans, int((~finite).sum()) - nans, tensor.numel()))
+    if not bad:
+        return
+    key, nans, infs, total = bad[0]
+    others = (f"; {len(bad)} of {len(order)} tensors hold non-finite values" if len(bad) > 1
+              else "")
+    raise ExportError(
+        f"cannot export node '{name}': its final weights in {path} are not finite: "
+        f"'{key}' holds {nans} NaN and {infs} infinite values of {total}{others}. hint: the "
+        "run diverged; export an earlier run whose weights are finite, or retrain (a lower "
+        "learning rate or clip_grad_norm on the update usually helps)"
+    )
+
+
+def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path, node: Node,
+                  name: str, spec: Spec) -> None:
+    _fit_weights(module, state, path, node, name, spec)
+    _check_finite_weights(state, list(module.state_dict()), path, name)
+    module.load_state_dict(state, strict=True)
+
+
+def _spec_dir(meta: dict[str, str]) -> Path | None:
+    """The folder of the spec the run was trained from, as training recorded it."""
+    recorded = meta.get("spec_dir")
+    return Path(recorded) if recorded else None
 
 
 def _bound_sizes(graph: Graph, name: str, node: Node) -> dict[tuple[str, int], int]:
@@ -274,7 +352,7 @@ def _resolve_dims(port_name: str, port: Port, params: dict[str, Any],
     return dims
 
 
-def _load_data(graph: Graph, name: str, run_dir: Path
+def _load_data(graph: Graph, name: str, run_dir: Path, spec_dir: Path | None
                ) -> tuple[dict[str, tuple[str, str]], dict[str, DataSource], str | None]:
     """Which data port feeds each input, the data sources, and why not if they cannot."""
     feeds: dict[str, tuple[str, str]] = {}
@@ -290,9 +368,13 @@ def _load_data(graph: Graph, name: str, run_dir: Path
     if problem is None:
         for data_node in sorted({src for src, _ in feeds.values()}):
             try:
-                built = _build(graph.nodes[data_node], data_node, run_dir)
-            except (DgraphError, OSError, ValueError) as exc:
-                problem = f"data node '{data_node}' cannot be loaded: {exc}"
+                built = _build(graph.nodes[data_node], data_node, run_dir, spec_dir)
+            except Exception as exc:  # the check then runs on random inputs only, and says so
+                reason = exc if isinstance(exc, DgraphError) else _reason(exc)
+                problem = f"data node '{data_node}' cannot be loaded: {reason}"
+                if spec_dir is None:
+                    problem += (" (this run does not record its spec's folder, so relative "
+                                f"paths were read from the working directory {Path.cwd()})")
                 break
             if not isinstance(built, DataSource):
                 problem = f"data node '{data_node}' built no DataSource"
@@ -323,27 +405,29 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
     name = _pick_node(graph, node, run_dir)
     weights = _weights_path(graph, name, run_dir)
     target = graph.nodes[name]
+    state, meta = _read_weights(weights, target, name)
+    spec_dir = _spec_dir(meta)
     extras: dict[str, Any] = {"architecture_only": True}
-    if target.kind == "target":
-        source = target.component.references().get("source")
-        if source is not None:
-            extras["source_module"] = _build(graph.nodes[source], source, run_dir,
-                                             extras={"architecture_only": True})
     try:
-        module = _build(target, name, run_dir, extras=extras)
+        if target.kind == "target":
+            source = target.component.references().get("source")
+            if source is not None:
+                extras["source_module"] = _build(graph.nodes[source], source, run_dir,
+                                                 spec_dir, extras={"architecture_only": True})
+        module = _build(target, name, run_dir, spec_dir, extras=extras)
     except DgraphError:
         raise
     except Exception as exc:
         raise ExportError(f"node '{name}' ('{target.spec.type}') failed to build: "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{_reason(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ExportError(f"node '{name}' ('{target.spec.type}') builds a "
                           f"{type(module).__name__}, not a torch module; it cannot be exported")
-    _load_weights(module, weights, target, name)
+    _load_weights(module, state, weights, target, name, spec)
     module.eval()
     module.requires_grad_(False)
 
-    feeds, data, problem = _load_data(graph, name, run_dir)
+    feeds, data, problem = _load_data(graph, name, run_dir, spec_dir)
     params = target.component.port_params()
     bound = _bound_sizes(graph, name, target)
     connected = {e.dst_port for e in graph.edges_into(name)}
@@ -371,7 +455,8 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
         problem = "some inputs are not fed by a data source"
     subject = ExportSubject(run_dir=run_dir, spec=spec, spec_text=text, graph=graph, name=name,
                             node=target, module=module, weights=weights, inputs=inputs,
-                            outputs=outputs, data=data, data_problem=problem)
+                            outputs=outputs, data=data, data_problem=problem,
+                            spec_dir=spec_dir)
     subject.label_names = _label_names(graph, name, data, outputs)
     return subject
 

@@ -6,7 +6,12 @@ size, right-padded masks, diffusion steps, normal floats) and from the spec's da
 
 For each case and output the report gives ``max abs = max |ort - torch|`` and
 ``max rel = max abs / max |torch|`` (relative to the output's scale). A case passes when either
-is within the tolerance.
+is within the tolerance and no value is NaN.
+
+Non-finite outputs: a NaN on either side fails the case (NaN never equals anything, and the
+check must not pass a model that computes NaN). An infinity agrees only with the same infinity
+at the same place on the other side (a masked vocabulary's ``-inf`` logits are legitimate);
+an infinity on one side only fails. Differences are measured over the values finite on both.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def require_onnxruntime(provider: str = "cpu") -> Any:
     return onnxruntime
 
 
-def onnxruntime_session(path: Path, provider: str = "cpu") -> Any:
+def onnxruntime_session(path: Path, provider: str = "cpu", *, shown: Path | None = None) -> Any:
+    """An onnxruntime session of ``path`` (``shown`` is the name used in messages)."""
     ort = require_onnxruntime(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -69,8 +75,8 @@ def onnxruntime_session(path: Path, provider: str = "cpu") -> Any:
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:
-        raise ExportError(f"onnxruntime cannot load {path}: {type(exc).__name__}: {exc}") \
-            from None
+        raise ExportError(f"onnxruntime cannot load {shown or path}: {type(exc).__name__}: "
+                          f"{exc}") from None
     if PROVIDERS[provider] not in session.get_providers():
         raise ExportError(
             f"--provider {provider}: onnxruntime could not start {PROVIDERS[provider]} (it "
@@ -80,15 +86,15 @@ def onnxruntime_session(path: Path, provider: str = "cpu") -> Any:
     return session
 
 
-def check_onnx(path: Path) -> None:
+def check_onnx(path: Path, *, shown: Path | None = None) -> None:
     """``onnx.checker`` with full shape inference; raises :class:`ExportError`."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"onnx.checker rejects {path}: {type(exc).__name__}: {exc}") \
-            from None
+        raise ExportError(f"onnx.checker rejects {shown or path}: {type(exc).__name__}: "
+                          f"{exc}") from None
 
 
 @dataclass
@@ -102,6 +108,7 @@ class Case:
     output: str = ""
     passed: bool = True
     per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # output -> what is non-finite
 
     def where(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
@@ -132,9 +139,11 @@ class Verification:
         head = ["inputs", *symbols, "output", "max abs", "max rel", "result"]
         rows = [head]
         for case in self.cases:
+            result = "pass" if case.passed else "FAIL"
+            if case.problems:
+                result += " (" + "; ".join(f"{k}: {v}" for k, v in case.problems.items()) + ")"
             rows.append([case.inputs, *[str(case.sizes.get(s, "-")) for s in symbols],
-                         case.output, f"{case.max_abs:.2e}", f"{case.max_rel:.2e}",
-                         "pass" if case.passed else "FAIL"])
+                         case.output, f"{case.max_abs:.2e}", f"{case.max_rel:.2e}", result])
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                  for row in rows]
@@ -205,22 +214,41 @@ def _numpy(tensor: torch.Tensor, fp16: bool) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-def _difference(ort_out: np.ndarray, ref: torch.Tensor) -> tuple[float, float]:
+def _count(mask: torch.Tensor) -> int:
+    return int(mask.sum())
+
+
+def _difference(ort_out: np.ndarray, ref: torch.Tensor) -> tuple[float, float, str | None]:
+    """(max abs, max rel, what is non-finite or mismatched, if anything) of one output."""
     got = torch.from_numpy(np.asarray(ort_out)).to(torch.float64)
-    want = ref.detach().to(torch.float64)
+    want = ref.detach().cpu().to(torch.float64)
     if got.shape != want.shape:
-        return math.inf, math.inf
+        return (math.inf, math.inf, f"shape {list(got.shape)} from onnxruntime, "
+                f"{list(want.shape)} from torch")
     if got.numel() == 0:
-        return 0.0, 0.0
-    diff = (got - want).abs()
-    nan_mismatch = torch.isnan(got) != torch.isnan(want)
-    if bool(nan_mismatch.any()):
-        return math.inf, math.inf
-    diff = torch.nan_to_num(diff, nan=0.0)
+        return 0.0, 0.0, None
+    problem = None
+    nan_got, nan_want = torch.isnan(got), torch.isnan(want)
+    inf_got, inf_want = torch.isinf(got), torch.isinf(want)
+    if bool(nan_got.any() or nan_want.any()):
+        problem = (f"NaN in {_count(nan_want)} torch and {_count(nan_got)} onnxruntime values "
+                   f"of {got.numel()}")
+    else:
+        unmatched = (inf_got | inf_want) & (got != want)
+        if bool(unmatched.any()):
+            problem = (f"{_count(unmatched)} of {got.numel()} values are infinite on one side "
+                       f"only or with opposite signs (torch: {_count(inf_want)} infinite, "
+                       f"onnxruntime: {_count(inf_got)})")
+    if problem is not None:
+        return math.inf, math.inf, problem
+    finite = ~(inf_got | inf_want)  # same infinities at the same places agree
+    if not bool(finite.any()):
+        return 0.0, 0.0, None
+    diff = (got[finite] - want[finite]).abs()
     max_abs = float(diff.max())
-    scale = float(torch.nan_to_num(want.abs(), nan=0.0).max())
+    scale = float(want[finite].abs().max())
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    return max_abs, max_rel
+    return max_abs, max_rel, None
 
 
 def compare(subject, session: Any, reference: Callable[..., tuple[torch.Tensor, ...]],
@@ -279,11 +307,14 @@ def compare(subject, session: Any, reference: Callable[..., tuple[torch.Tensor, 
             expected = reference(*ref_inputs)
         got = session.run(output_names, feed)
         case = Case(label, dict(sizes))
-        for name, ort_out, ref in zip(output_names, got, expected, strict=False):
-            max_abs, max_rel = _difference(ort_out, ref)
+        for name, ort_out, ref in zip(output_names, got, expected, strict=True):
+            max_abs, max_rel, problem = _difference(ort_out, ref)
             case.per_output[name] = (max_abs, max_rel)
+            if problem is not None:
+                case.problems[name] = problem
             if not case.output or min(max_abs, max_rel) > min(case.max_abs, case.max_rel):
                 case.max_abs, case.max_rel, case.output = max_abs, max_rel, name
-        case.passed = all(min(a, r) <= tolerance for a, r in case.per_output.values())
+        case.passed = not case.problems and all(
+            min(a, r) <= tolerance for a, r in case.per_output.values())
         cases.append(case)
     return Verification(cases, tolerance, "fp16" if fp16 else "fp32", provider, skipped)

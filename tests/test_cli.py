@@ -104,9 +104,10 @@ def test_list_unknown_kind_exits_2(kind: str, hint: str,
 def test_compile_kd_prints_the_step_function(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "compile", "kd")
     assert (code, err) == (0, "")
-    assert out.startswith("# dgraph compiled program for spec 'kd'\n")
+    assert out.startswith("# dgraph compiled program (spec text appears only in string "
+                          "literals)\nSPEC_NAME = 'kd'\n")
     assert "\ndef step_main(batch, w):\n" in out
-    assert "    total = w['kd'] * kd__loss + w['ce'] * ce__loss\n" in out
+    assert "    total = w['kd'] * v_kd__loss + w['ce'] * v_ce__loss\n" in out
     compile(out, "<dgraph compile kd>", "exec")  # the printed program is valid Python
 
 

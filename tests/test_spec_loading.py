@@ -146,8 +146,7 @@ def test_yaml_merge_keys_are_located_at_their_mapping(tmp_path: Path) -> None:
          "a spec must be a mapping at the top level, found list", (1, 1)),
         ("dgraph: 1\n1: x\n", "bad-key", "keys must be strings, found int 1", (2, 1)),
         ("dgraph: 1\nname: !!python/object:os.system x\n", "yaml-tag",
-         "YAML tags are not allowed in a spec, found 'tag:yaml.org,2002:python/object:os.system'",
-         (2, 7)),
+         "YAML tag '!!python/object:os.system' is not allowed in a spec", (2, 7)),
         ("dgraph: 1\ndgraph: 1\n", "yaml-syntax",
          'cannot parse the spec: found duplicate key "dgraph" with value "1" (original value: '
          '"1") (while constructing a mapping)', (2, 1)),

@@ -12,8 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from dgraph.components._inputs import (
+    check_model_folder,
+    existing_path,
+    input_error,
+    run_dir_path,
+)
 
-from dgraph.errors import SpecError
+from dgraph.errors import Location, Problem, SpecError, ValidationError
 from dgraph.registry import BuildContext
 from dgraph.runtime.data import DataSource
 
@@ -69,46 +75,115 @@ def _train_bpe(texts: Sequence[str], vocab_size: int):
 
 def build_tokenizer(p: TokenizerParams, texts: Sequence[str] = (),
                     context: BuildContext | None = None):
-    """The tokenizer the parameters describe; checks its size against ``p.size``."""
-    from tokenizers import Tokenizer
+    """The tokenizer the parameters describe; checks its size against ``p.size``.
 
+    With a ``context`` (a node being built) every problem is a located error on the node's
+    ``tokenizer`` parameters; ``save_to`` writes only inside the run directory."""
     if p.kind == "byte":
         tok = byte_tokenizer()
     elif p.kind == "file":
-        path = context.resolve_path(p.path) if context else Path(p.path or "")
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise SpecError(f"tokenizer file {path} does not exist")
-        tok = Tokenizer.from_file(str(path))
+        tok = _tokenizer_file(p, context)
     else:
         tok = _train_bpe(texts, p.size)
+
+    def fail(param: str, message: str, expected: str, found: str, hint: str) -> Exception:
+        if context is None:
+            return SpecError(message, expected=expected, found=found, suggestion=hint)
+        return input_error(context, f"tokenizer.{param}", message, code="bad-tokenizer",
+                           expected=expected, found=found, hint=hint)
+
     actual = tok.get_vocab_size(with_added_tokens=True)
     if actual > p.size:
-        raise SpecError(f"the {p.kind} tokenizer has {actual} ids but vocab_size is {p.size}; "
-                        f"set tokenizer.vocab_size to {actual} (and the models' vocab_size)")
+        raise fail("vocab_size", f"the {p.kind} tokenizer has {actual} ids but vocab_size is "
+                   f"{p.size}", expected=f"vocab_size >= the tokenizer's {actual} ids",
+                   found=f"vocab_size: {p.size}",
+                   hint=f"set tokenizer.vocab_size to {actual} (and the models' vocab_size)")
     for i, special in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(special) != i:
-            raise SpecError(f"tokenizer: '{special}' must have id {i} (found "
-                            f"{tok.token_to_id(special)})")
+            raise fail("path" if p.kind == "file" else "kind",
+                       f"the tokenizer gives '{special}' the id {tok.token_to_id(special)}",
+                       expected=f"'{special}' with id {i} ('<pad>' = 0, '<eos>' = 1)",
+                       found=f"'{special}' = {tok.token_to_id(special)}",
+                       hint="save a tokenizer whose first special tokens are <pad> and <eos>")
     if p.save_to and context is not None and not context.meta:
-        base = context.run_dir if context.run_dir is not None else context.spec_dir
-        folder = Path(p.save_to) if Path(p.save_to).is_absolute() or base is None \
-            else base / p.save_to
-        folder.mkdir(parents=True, exist_ok=True)
-        tok.save(str(folder / "tokenizer.json"))
+        folder = run_dir_path(context, "tokenizer.save_to", p.save_to)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tok.save(str(folder / "tokenizer.json"))
     return tok
+
+
+def _tokenizer_path(p: TokenizerParams, context: BuildContext) -> Path:
+    """The ``tokenizer.json`` that ``tokenizer.path`` names (a file, or a folder holding one
+    whose ``tokenizer_config.json`` names no custom code); checked, not read."""
+    what = "a tokenizer.json saved by the tokenizers library, or a folder holding one"
+    path = existing_path(context, "tokenizer.path", p.path or "", kind="file or folder",
+                         what=what)
+    if path.is_dir():
+        check_model_folder(context, "tokenizer.path", path, what=what,
+                           expected="a tokenizer folder whose tokenizer_config.json names "
+                           "no custom code")
+        if not (path / "tokenizer.json").is_file():
+            raise input_error(context, "tokenizer.path", f"{path} holds no tokenizer.json",
+                              code="missing-file", expected=what,
+                              found="a folder without tokenizer.json",
+                              hint="save the tokenizer with tokenizer.save(...) or "
+                              "save_pretrained into that folder")
+        path = path / "tokenizer.json"
+    return path
+
+
+def _tokenizer_file(p: TokenizerParams, context: BuildContext | None):
+    """A saved ``tokenizer.json`` (or a folder holding one), read by ``tokenizers`` (which
+    runs no code); a folder whose ``tokenizer_config.json`` names custom code is refused."""
+    from tokenizers import Tokenizer
+
+    if context is None:
+        path = Path(p.path or "")
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if not path.is_file():
+            raise SpecError(f"tokenizer file {path} does not exist")
+        return Tokenizer.from_file(str(path))
+    what = "a tokenizer.json saved by the tokenizers library"
+    path = _tokenizer_path(p, context)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
+        raise input_error(context, "tokenizer.path", f"{path} is not a readable tokenizer "
+                          "file", expected=what,
+                          found=f"{type(exc).__name__}: {str(exc).strip()[:200]}",
+                          hint="write it with tokenizers' Tokenizer.save") from None
 
 
 def _encode(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def _read_text(path: str | None, context: BuildContext, default: str) -> Path:
-    resolved = CORPUS_DIR / default if path is None else context.resolve_path(path)
-    if not resolved.is_file():
-        raise SpecError(f"text file {resolved} does not exist")
-    return resolved
+def _check_inputs(p: TextLMParams | JsonlPairsParams, context: BuildContext,
+                  what: str) -> None:
+    """The dry run reads no text, but the files the parameters name must be there."""
+    if p.path is not None:
+        existing_path(context, "path", p.path, kind="file", what=what)
+    if p.tokenizer.kind == "file":
+        _tokenizer_path(p.tokenizer, context)
+
+
+def _read_text(path: str | None, context: BuildContext, default: str, what: str
+               ) -> tuple[Path, str]:
+    """The file ``params.path`` names (default: the shipped one) and its UTF-8 text."""
+    resolved = CORPUS_DIR / default if path is None else \
+        existing_path(context, "path", path, kind="file", what=what)
+    try:
+        return resolved, resolved.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise input_error(context, "path", f"{resolved} is not UTF-8 text", expected=what,
+                          found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start} is not UTF-8", hint="convert the file to UTF-8"
+                          ) from None
+    except OSError as exc:
+        raise input_error(context, "path", f"{resolved} cannot be read", expected=what,
+                          found=f"{type(exc).__name__}: {exc.strerror or exc}",
+                          hint="check the file and its permissions") from None
 
 
 def _chunks(ids: torch.Tensor, seq_len: int, stride: int) -> torch.Tensor:
@@ -143,12 +218,12 @@ def build_text_lm(p: TextLMParams, context: BuildContext) -> DataSource:
     info: dict[str, object] = {"vocab_size": p.tokenizer.size, "seq_len": p.seq_len}
     if context.meta:
         # Only shapes matter in a dry run; no text is read or tokenized.
+        _check_inputs(p, context, "a UTF-8 text file")
         return DataSource(train=_meta_split(p.batch_size, p.seq_len, p.prompt_len),
                           eval=_meta_split(p.batch_size, p.seq_len, p.prompt_len),
                           batch_size=p.batch_size, shuffle=p.shuffle, drop_last=p.drop_last,
                           info=info)
-    path = _read_text(p.path, context, "shakespeare.txt")
-    text = path.read_text(encoding="utf-8")
+    path, text = _read_text(p.path, context, "shakespeare.txt", "a UTF-8 text file")
     cut = int(len(text) * (1.0 - p.eval_fraction))
     train_text, eval_text = text[:cut], text[cut:]
     tok = build_tokenizer(p.tokenizer, [train_text], context)
@@ -158,7 +233,11 @@ def build_text_lm(p: TextLMParams, context: BuildContext) -> DataSource:
     if p.max_examples is not None:
         windows = windows[: p.max_examples]
     if len(windows) == 0:
-        raise SpecError(f"{path}: too little text for one sequence of {p.seq_len} tokens")
+        raise input_error(context, "path", f"{path} holds too little text for one sequence",
+                          code="bad-data", expected=f"more than {p.seq_len} tokens of "
+                          "training text", found=f"{int(train_ids.numel())} tokens",
+                          hint="use a longer text, a smaller seq_len or a smaller "
+                          "eval_fraction")
     evaluation = None
     if p.eval_fraction > 0:
         eval_ids = torch.tensor(_encode(tok, eval_text), dtype=torch.long)
@@ -204,29 +283,41 @@ def encode_pairs(pairs: Sequence[tuple[list[int], list[int]]], max_len: int,
 
 def build_jsonl_pairs(p: JsonlPairsParams, context: BuildContext) -> DataSource:
     info: dict[str, object] = {"vocab_size": p.tokenizer.size, "seq_len": p.max_len}
+    what = f"a JSONL file: one {{\"{p.prompt_key}\": ..., \"{p.response_key}\": ...}} per line"
     if context.meta:
+        _check_inputs(p, context, what)
         return DataSource(train=_meta_split(p.batch_size, p.max_len, p.max_prompt_len),
                           eval=_meta_split(p.batch_size, p.max_len, p.max_prompt_len),
                           batch_size=p.batch_size, shuffle=p.shuffle, drop_last=p.drop_last,
                           info=info)
-    path = _read_text(p.path, context, "shakespeare_dialogue.jsonl")
+    path, text = _read_text(p.path, context, "shakespeare_dialogue.jsonl", what)
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
             records.append((str(obj[p.prompt_key]), str(obj[p.response_key])))
         except (ValueError, KeyError, TypeError) as exc:
-            raise SpecError(f"{path}:{number}: expected a JSON object with '{p.prompt_key}' "
-                            f"and '{p.response_key}' ({type(exc).__name__}: {exc})") from None
+            found = (f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError)
+                     else f"an object without the key {exc}")
+            raise ValidationError([Problem(
+                code="bad-data", location=Location(str(path), number, 1), node=context.node,
+                message=f"params.path: line {number} of {path} is not a prompt/response "
+                "pair", expected=f"a JSON object with '{p.prompt_key}' and "
+                f"'{p.response_key}'", found=found,
+                suggestion="fix the line, or set prompt_key / response_key to the file's "
+                "keys")]) from None
     n_eval = int(len(records) * p.eval_fraction)
     train_records = records[: len(records) - n_eval]
     eval_records = records[len(records) - n_eval:]
     if p.max_examples is not None:
         train_records = train_records[: p.max_examples]
     if not train_records:
-        raise SpecError(f"{path}: no training pairs")
+        raise input_error(context, "path", f"{path} leaves no training pairs", code="bad-data",
+                          expected="at least one prompt/response pair for training",
+                          found=f"{len(records)} pairs, {n_eval} held out by eval_fraction",
+                          hint="add pairs or lower eval_fraction")
     tok = build_tokenizer(p.tokenizer, [a + b for a, b in train_records], context)
 
     def encode(recs):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from dgraph.components._inputs import existing_path, input_error
 from torch import nn
 
 from dgraph.errors import SpecError
@@ -18,6 +19,8 @@ __all__ = ["build_topk_cache", "cache_path", "read_topk_cache", "write_topk_cach
 
 _TEXT_PORTS = ("input_ids", "targets", "attention_mask", "loss_mask", "prompt_ids",
                "prompt_mask")
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # the params' closed set
+_CACHE = "a top-k cache (.safetensors) written by write_topk_cache"
 
 
 @torch.no_grad()
@@ -88,42 +91,71 @@ def read_topk_cache(path: str | Path) -> tuple[dict, dict | None, dict[str, str]
 
 
 def cache_path(p: LMTopKCacheParams, context: BuildContext) -> Path:
-    path = Path(p.path).expanduser()
-    if path.is_absolute():
-        return path
-    if context.run_dir is not None:
-        return context.run_dir.parent / path
-    return context.resolve_path(p.path)
+    """Where the cache is read: ``params.path`` (relative to the spec's folder) when it
+    exists, else this run's own copy ``<run dir>/cache/<file name>``, which a ``teacher``
+    writes: a component writes only inside the run directory."""
+    given = context.resolve_path(p.path)
+    if given.exists() or context.run_dir is None:
+        return given
+    return context.run_dir / "cache" / Path(p.path).name
 
 
 def _teacher_module(t: TopKTeacher, context: BuildContext) -> nn.Module:
     from dgraph.components.models.hf import HFCausalLM, HFCausalLMParams
 
     params = HFCausalLMParams(path=t.path, config=t.config)
-    module = HFCausalLM(params, "teacher").build(
-        BuildContext(node="teacher", spec_dir=context.spec_dir, run_dir=context.run_dir))
+    # Built as part of this node: its errors point at params.teacher.* of the data node.
+    inner = BuildContext(node=context.node, spec_dir=context.spec_dir, run_dir=context.run_dir,
+                         extras={"spec_source": context.extras.get("spec_source"),
+                                 "param_prefix": "teacher."})
+    module = HFCausalLM(params, context.node).build(inner)
     if t.config is None:
         return module
+    from dgraph.errors import CheckpointError
     from dgraph.runtime.checkpoint import load_weights
 
     if t.weights is not None:
-        weights = context.resolve_path(t.weights)
+        weights = existing_path(context, "teacher.weights", t.weights, kind="file",
+                                what="a state dict (.safetensors) for the teacher's config")
+        param = "teacher.weights"
     else:
-        from dgraph.runtime.train import train
-        from dgraph.spec import zoo_names
-
-        base = context.run_dir.parent if context.run_dir is not None else Path("runs")
-        candidates = [Path(t.run or ""), base / (t.run or ""), Path("runs") / (t.run or "")]
-        found = [c / "final" / f"{t.node}.safetensors" for c in candidates
-                 if (c / "final" / f"{t.node}.safetensors").exists()]
-        if not found and t.run in zoo_names():
-            train(t.run, out=base / t.run, progress=False)
-            found = [base / t.run / "final" / f"{t.node}.safetensors"]
-        if not found:
-            raise SpecError(f"lm_topk_cache: no weights for the teacher in run '{t.run}'")
-        weights = found[0]
-    module.load_state_dict(load_weights(weights))
+        weights = _teacher_run_weights(t, context)
+        param = "teacher.run"
+    try:
+        module.load_state_dict(load_weights(weights))
+    except (CheckpointError, RuntimeError) as exc:
+        raise input_error(context, param, f"{weights} does not fit the teacher's config",
+                          expected="the state dict of an hf_causal_lm with teacher.config",
+                          found=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                          hint="point it at the weights trained with that config") from None
     return module
+
+
+def _teacher_run_weights(t: TopKTeacher, context: BuildContext) -> Path:
+    """``final/<node>.safetensors`` of the teacher's run: a run directory relative to the
+    spec's folder or next to this run's; a zoo spec's run is trained inside this run's
+    directory when it is found nowhere (a component writes only there)."""
+    from dgraph.runtime.train import train
+    from dgraph.spec import zoo_names
+
+    run = t.run or ""
+    candidates = [context.resolve_path(run)]
+    if context.run_dir is not None:
+        candidates.append(context.run_dir.parent / run)
+    found = [c / "final" / f"{t.node}.safetensors" for c in candidates
+             if (c / "final" / f"{t.node}.safetensors").is_file()]
+    if found:
+        return found[0]
+    if run in zoo_names() and context.run_dir is not None:
+        out = context.run_dir / "teacher_runs" / run
+        train(run, out=out, progress=False)
+        return out / "final" / f"{t.node}.safetensors"
+    raise input_error(context, "teacher.run", f"no weights for the teacher in run '{run}'",
+                      code="missing-file",
+                      expected=f"a run directory holding final/{t.node}.safetensors",
+                      found="looked in " + ", ".join(str(c / "final") for c in candidates),
+                      hint=f"train it first (dgraph train <spec> --out {candidates[-1]}), or "
+                      "give teacher.weights")
 
 
 def build_topk_cache(p: LMTopKCacheParams, context: BuildContext) -> DataSource:
@@ -150,26 +182,48 @@ def build_topk_cache(p: LMTopKCacheParams, context: BuildContext) -> DataSource:
     path = cache_path(p, context)
     if not path.exists():
         if p.teacher is None:
-            raise SpecError(f"lm_topk_cache: {path} does not exist; write it with "
-                            "dgraph.components.data._torch_topk.write_topk_cache, or give "
-                            "the node a 'teacher' to write it on the first run")
+            raise input_error(context, "path", f"{path} does not exist", code="missing-file",
+                              expected=_CACHE, found=f"'{p.path}': no such file",
+                              hint="relative paths are relative to the spec's folder; write "
+                              "the cache with dgraph.components.data._torch_topk."
+                              "write_topk_cache, or give the node a 'teacher' to write it on "
+                              "the first run")
+        if context.run_dir is None:
+            raise input_error(context, "path", f"{path} does not exist and there is no run "
+                              "directory to write it into", code="missing-file",
+                              expected=_CACHE, found=f"'{p.path}': no such file",
+                              hint="train the spec (the run writes the cache in its "
+                              "directory), or write it with write_topk_cache")
         from ._torch_text import build_jsonl_pairs, build_text_lm
 
         source = build_text_lm(data, context) if p.text is not None else \
             build_jsonl_pairs(data, context)  # type: ignore[arg-type]
         write_topk_cache(path, _teacher_module(p.teacher, context), source, p.k,
-                         dtype=getattr(torch, p.dtype))
-    train, evaluation, metadata = read_topk_cache(path)
-    got_k = train["topk_logprobs"].shape[-1]
-    got_len = train["input_ids"].shape[1]
+                         dtype=_DTYPES[p.dtype])
+    path = existing_path(context, "path", str(path), kind="file", what=_CACHE)
+    try:
+        train, evaluation, metadata = read_topk_cache(path)
+        got_k = train["topk_logprobs"].shape[-1]
+        got_len = train["input_ids"].shape[1]
+    except Exception as exc:  # not safetensors, or not a cache (missing tensors)
+        found = (f"no tensor {exc}" if isinstance(exc, KeyError)
+                 else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        raise input_error(context, "path", f"{path} is not a top-k cache", expected=_CACHE,
+                          found=found, hint="write it with write_topk_cache, or give the "
+                          "node a 'teacher' and a new path") from None
     if got_k != p.k or got_len != data.seq_len:
-        raise SpecError(f"lm_topk_cache: {path} holds k={got_k}, sequences of {got_len} "
-                        f"tokens; the spec says k={p.k}, {data.seq_len} tokens (delete the "
-                        "file to rewrite it)")
+        raise input_error(context, "path", f"{path} was written for other parameters",
+                          code="bad-data", expected=f"k={p.k}, sequences of {data.seq_len} "
+                          "tokens (as the spec says)", found=f"k={got_k}, sequences of "
+                          f"{got_len} tokens", hint="point path at a new file to write "
+                          "the cache again")
     vocab = int(metadata.get("vocab_size", "0") or 0)
     if vocab and vocab != data.tokenizer.size:
-        raise SpecError(f"lm_topk_cache: the cache was written by a teacher with vocabulary "
-                        f"{vocab}, but the tokenizer has {data.tokenizer.size} ids")
+        raise input_error(context, "path", f"{path} was written by a teacher with another "
+                          "vocabulary", code="bad-data",
+                          expected=f"a teacher vocabulary of {data.tokenizer.size} ids (the "
+                          "tokenizer's)", found=f"vocab_size {vocab}",
+                          hint="use the tokenizer the teacher was trained with")
     return DataSource(train=train, eval=evaluation, batch_size=batch_size,
                       shuffle=data.shuffle, drop_last=data.drop_last,
                       info={"cache": str(path), "k": p.k, **json.loads(

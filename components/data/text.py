@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
@@ -54,11 +54,21 @@ class TokenizerParams(Params):
         None, gt=len(SPECIAL_TOKENS), description="bpe: the size to train to; file: the "
         "tokenizer's size (checked when loaded); byte: 258 (may be omitted)"
     )
-    path: str | None = Field(None, description="file: the tokenizer.json to load")
+    path: str | None = Field(None, description="file: the tokenizer.json to load (or a "
+                             "folder holding one), relative to the spec's folder")
     save_to: str | None = Field(
-        None, description="also write tokenizer.json into this folder (e.g. next to a model "
-        "saved with save_pretrained); relative to the run directory"
+        None, description="also write tokenizer.json into this folder of the run directory "
+        "(e.g. next to a model saved with save_pretrained); a relative path without '..'"
     )
+
+    @field_validator("save_to")
+    @classmethod
+    def _inside_run(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or value.startswith("~")
+                                  or ".." in Path(value).parts):
+            raise ValueError(f"save_to '{value}' leaves the run directory; components write "
+                             "only inside it: give a relative folder without '..'")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TokenizerParams:

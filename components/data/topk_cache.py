@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from dgraph.components._inputs import check_config_dict
+from pydantic import Field, field_validator, model_validator
 
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
@@ -28,12 +29,24 @@ __all__ = ["LMTopKCache", "LMTopKCacheParams", "TopKTeacher"]
 class TopKTeacher(Params):
     """The teacher that writes the cache when the file is missing (an hf_causal_lm)."""
 
-    path: str | None = Field(None, description="a save_pretrained folder")
+    path: str | None = Field(None, description="a save_pretrained folder (relative to the "
+                             "spec's folder)")
     config: dict[str, Any] | None = Field(None, description="a transformers config dict")
-    weights: str | None = Field(None, description="a .safetensors state dict for config")
-    run: str | None = Field(None, description="a run (directory or zoo spec name) whose "
-                            "final/<node>.safetensors holds the weights; trained if missing")
-    node: str = Field("teacher", description="the node inside that run")
+    weights: str | None = Field(None, description="a .safetensors state dict for config "
+                                "(relative to the spec's folder)")
+    run: str | None = Field(None, description="a run (a directory relative to the spec's "
+                            "folder, a sibling of the run directory, or a zoo spec name) whose "
+                            "final/<node>.safetensors holds the weights; a zoo spec's run is "
+                            "trained inside this run's directory if missing")
+    node: str = Field("teacher", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                      description="the node inside that run")
+
+    @field_validator("config")
+    @classmethod
+    def _plain_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_config_dict(value, "config")
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> TopKTeacher:
@@ -47,8 +60,9 @@ class TopKTeacher(Params):
 class LMTopKCacheParams(Params):
     """Parameters of :class:`LMTopKCache`."""
 
-    path: str = Field(description="the cache file (.safetensors); relative paths are under "
-                      "the run directory's parent folder (shared by runs), else the spec's")
+    path: str = Field(description="the cache file (.safetensors), relative to the spec's "
+                      "folder. When it is missing and 'teacher' is given, the run writes it "
+                      "inside its run directory (cache/<file name>) and reads it from there")
     k: int = Field(16, gt=0, description="teacher log-probabilities kept per token")
     # Plain dicts, checked against text_lm's / jsonl_pairs' parameter models: the JSON Schema
     # then describes them as objects (nested parameter models two levels deep are not

@@ -16,8 +16,9 @@ __all__ = ["Toy2D"]
 
 class Toy2DParams(Params):
     modes: int = Field(8, ge=1, le=64, description="Gaussians on the ring")
-    radius: float = Field(2.0, gt=0, description="ring radius")
-    std: float = Field(0.05, gt=0, description="standard deviation of each Gaussian")
+    radius: float = Field(2.0, gt=0, allow_inf_nan=False, description="ring radius")
+    std: float = Field(0.05, gt=0, allow_inf_nan=False,
+                       description="standard deviation of each Gaussian")
     train_size: int = Field(8192, ge=16)
     eval_size: int = Field(2048, ge=16)
     seed: int = Field(0, ge=0, description="seed of the fixed sample")

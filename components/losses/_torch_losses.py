@@ -1,12 +1,16 @@
 """The torch modules behind the loss components (imported only when a graph is built).
 
 Each ``forward`` takes the input ports as keyword arguments and returns ``{"loss": scalar}``.
+Narrow floats (fp16, bf16) are computed in float32. An empty batch gives a loss of 0 that is
+still connected to the inputs (backward gives zero gradients): every mean is a sum divided by
+``max(count, 1)``, with the count taken from shapes (no host sync).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from dgraph.components.losses._torch_divergence import at_least_float32, kl_div_terms
 from torch import nn
 
 __all__ = [
@@ -18,6 +22,11 @@ __all__ = [
     "HintonKDLoss",
     "MSELoss",
 ]
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements; 0 (connected to ``x``) when there are none."""
+    return x.sum() / max(x.numel(), 1)
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
@@ -42,14 +51,15 @@ class CrossEntropyLoss(nn.Module):
                 f"cross_entropy expects logits [B, C] and target [B]; found logits "
                 f"{list(logits.shape)} and target {list(target.shape)}"
             )
-        target = target.long()
-        if mask is None:
+        logits, target = at_least_float32(logits), target.long()
+        if mask is None and logits.shape[0] > 0:
             # The fast path (one kernel each way): every target is a label. Negative targets
             # are still ignored, but a batch with none left would give NaN: wire `mask`.
             return {"loss": F.cross_entropy(logits, target, ignore_index=-1,
                                             label_smoothing=self.label_smoothing)}
-        target = torch.where(mask.reshape(target.shape).bool(), target,
-                             torch.full_like(target, -1))
+        if mask is not None:
+            target = torch.where(mask.reshape(target.shape).bool(), target,
+                                 torch.full_like(target, -1))
         # Summed, then divided by the number of labelled examples: the same numbers as
         # PyTorch's mean reduction, but 0 rather than NaN for a batch with no label at all.
         total = F.cross_entropy(logits, target, reduction="sum", ignore_index=-1,
@@ -59,7 +69,12 @@ class CrossEntropyLoss(nn.Module):
 
 
 class HintonKDLoss(nn.Module):
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` with batch-mean reduction."""
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` with batch-mean reduction.
+
+    Exact at ``-inf`` logits: a class the teacher gives probability 0 adds nothing (PyTorch's
+    ``kl_div`` computes ``0 * -inf = nan`` there); one the student gives 0 but the teacher
+    does not makes the loss ``+inf``, which is the true KL.
+    """
 
     def __init__(self, temperature: float = 4.0, *, scale_by_t2: bool = True) -> None:
         super().__init__()
@@ -68,10 +83,11 @@ class HintonKDLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         _same_shape(student, teacher, "student", "teacher")
-        log_p_s = F.log_softmax(student.float() / self.temperature, dim=-1)
-        log_p_t = F.log_softmax(teacher.float() / self.temperature, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-        return {"loss": kl * self.scale}
+        log_p_s = F.log_softmax(at_least_float32(student) / self.temperature, dim=-1)
+        log_p_t = F.log_softmax(at_least_float32(teacher) / self.temperature, dim=-1)
+        # batchmean: divided by the batch size (a shape, so no host sync); 0 for an empty batch.
+        factor = self.scale / max(student.shape[0], 1)
+        return {"loss": kl_div_terms(log_p_t, log_p_s, dim=None) * factor}
 
 
 class MSELoss(nn.Module):
@@ -84,7 +100,9 @@ class MSELoss(nn.Module):
     def forward(self, prediction: torch.Tensor,
                 target: torch.Tensor) -> dict[str, torch.Tensor]:
         _same_shape(prediction, target, "prediction", "target")
-        return {"loss": F.mse_loss(prediction, target, reduction=self.reduction)}
+        total = F.mse_loss(at_least_float32(prediction), at_least_float32(target),
+                           reduction="sum")
+        return {"loss": total if self.reduction == "sum" else total / max(prediction.numel(), 1)}
 
 
 class FeatureMSELoss(nn.Module):
@@ -96,10 +114,11 @@ class FeatureMSELoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         _same_shape(student, teacher, "student", "teacher")
+        total = F.mse_loss(at_least_float32(student), at_least_float32(teacher),
+                           reduction="sum")
         if self.reduction == "mean":
-            return {"loss": F.mse_loss(student, teacher)}
-        per_example = (student - teacher).pow(2).flatten(1).sum(dim=1)
-        return {"loss": 0.5 * per_example.mean()}
+            return {"loss": total / max(student.numel(), 1)}
+        return {"loss": total * (0.5 / max(student.shape[0], 1))}
 
 
 class CosineFeatureLoss(nn.Module):
@@ -114,19 +133,21 @@ class CosineFeatureLoss(nn.Module):
         if student.dim() < 2:
             raise ValueError(f"cosine_feature needs at least 2 dimensions [B, C, ...], found "
                              f"{list(student.shape)}")
-        cosine = F.cosine_similarity(student, teacher, dim=1, eps=self.eps)
-        return {"loss": (1.0 - cosine).mean()}
+        cosine = F.cosine_similarity(at_least_float32(student), at_least_float32(teacher),
+                                     dim=1, eps=self.eps)
+        return {"loss": (1.0 - cosine).sum() / max(cosine.numel(), 1)}
 
 
 class GANCriticLossModule(nn.Module):
     """``mean(softplus(-real)) + mean(softplus(fake))``."""
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": F.softplus(-real).mean() + F.softplus(fake).mean()}
+        return {"loss": _mean(F.softplus(-at_least_float32(real)))
+                + _mean(F.softplus(at_least_float32(fake)))}
 
 
 class GANGeneratorLossModule(nn.Module):
     """``mean(softplus(-fake))``."""
 
     def forward(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": F.softplus(-fake).mean()}
+        return {"loss": _mean(F.softplus(-at_least_float32(fake)))}

@@ -3,7 +3,10 @@
 Every module returns ``{"loss": sum / count, "sum": sum, "count": count}``: ``sum`` adds the
 per-token terms over positions with ``mask`` true and ``count`` is the number of such
 positions (a float). Under gradient accumulation the runtime back-propagates the ``sum``s and
-divides by the total ``count``, so the result does not depend on how a batch is split.
+divides by the total ``count``, so the result does not depend on how a batch is split. No
+position at all (an empty batch, or a mask with no true entry) gives ``loss = sum = count = 0``,
+still connected to the inputs (backward gives zero gradients). Narrow floats (fp16, bf16) are
+computed in float32.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from dgraph.components.losses._torch_divergence import (
+    at_least_float32,
+    generalized_jsd,
+    kl_div_terms,
+    kl_with_probs,
+)
 from torch import nn
 
 __all__ = [
@@ -41,7 +50,13 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 def masked_reduce(per_token: torch.Tensor, mask: torch.Tensor | None
                   ) -> dict[str, torch.Tensor]:
-    """``{"loss", "sum", "count"}`` of a ``[B, T]`` tensor over the positions in ``mask``."""
+    """``{"loss", "sum", "count"}`` of a ``[B, T]`` tensor over the positions in ``mask``.
+
+    Positions outside the mask are selected away (``where``, not a product), so an infinite
+    or NaN term there changes nothing in the value. Its gradient is then 0 as well, except
+    where the term itself has no finite derivative (an infinite KL, a row of only ``-inf``
+    logits): give masked positions finite logits, e.g. 0, rather than ``-inf`` everywhere.
+    """
     if mask is None:
         total = per_token.sum()
         count = torch.tensor(float(per_token.numel()), device=per_token.device)
@@ -56,27 +71,9 @@ def masked_reduce(per_token: torch.Tensor, mask: torch.Tensor | None
 
 
 def token_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``KL(p || q)`` per position over the last dimension (``0 log 0 = 0``)."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
-
-
-def generalized_jsd(log_s: torch.Tensor, log_t: torch.Tensor, beta: float) -> torch.Tensor:
-    """Generalized JSD of the GKD paper (Agarwal et al., 2024) per position.
-
-    ``JSD(beta) = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)`` with the mixture
-    ``m = beta * p_t + (1 - beta) * p_s``. Since ``JSD(beta) / beta -> KL(p_t || p_s)`` as
-    ``beta -> 0`` and ``JSD(beta) / (1 - beta) -> KL(p_s || p_t)`` as ``beta -> 1``, the
-    endpoints are defined as those limits, as in TRL's GKD trainer: ``beta = 0`` is the
-    forward KL and ``beta = 1`` the reverse KL.
-    """
-    if beta <= 0.0:
-        return token_kl(log_t, log_s)
-    if beta >= 1.0:
-        return token_kl(log_s, log_t)
-    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta),
-                                         log_s + math.log(1.0 - beta)]), dim=0)
-    return beta * token_kl(log_t, log_m) + (1.0 - beta) * token_kl(log_s, log_m)
+    """``KL(p || q)`` per position over the last dimension (``0 log 0 = 0``, exactly: a zero
+    ``p`` contributes neither value nor gradient; ``p > 0`` with ``q = 0`` gives ``+inf``)."""
+    return kl_div_terms(log_p, log_q)
 
 
 class _Softened(nn.Module):
@@ -86,7 +83,10 @@ class _Softened(nn.Module):
         self.scale = self.temperature ** 2 if scale_by_t2 else 1.0
 
     def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits.float() / self.temperature, dim=-1)
+        z = at_least_float32(logits)
+        if self.temperature != 1.0:  # a constant of the module: no data-dependent branch
+            z = z / self.temperature
+        return F.log_softmax(z, dim=-1)
 
 
 class TokenKLLoss(_Softened):
@@ -132,7 +132,7 @@ class TokenCELoss(nn.Module):
         if logits.shape[:-1] != targets.shape:
             raise ValueError(f"logits {list(logits.shape)} and targets {list(targets.shape)} "
                              "must agree on [B, T]")
-        per = F.cross_entropy(logits.float().flatten(0, -2), targets.reshape(-1).long(),
+        per = F.cross_entropy(at_least_float32(logits).flatten(0, -2), targets.reshape(-1).long(),
                               reduction="none", label_smoothing=self.label_smoothing)
         return masked_reduce(per.view(targets.shape), mask)
 
@@ -172,18 +172,28 @@ class TokenTopKKLLoss(_Softened):
                              f"student vocabulary has {student.shape[-1]} ids: the cache was "
                              "written with another tokenizer")
         log_q = log_q_all.gather(-1, index)
-        log_p = topk_logprobs.float()
+        log_p = at_least_float32(topk_logprobs)
         if self.missing_mass == "renormalize":
             log_p = F.log_softmax(log_p / self.temperature, dim=-1)
             per = token_kl(log_p, log_q)
         else:
-            eps = torch.finfo(log_p.dtype).tiny
-            p_other = (1.0 - log_p.exp().sum(-1)).clamp_min(0.0)
-            q_other = (1.0 - log_q.exp().sum(-1)).clamp_min(eps)
-            other = torch.where(p_other > 0, p_other * (p_other.clamp_min(eps).log()
-                                                        - q_other.log()),
-                                torch.zeros_like(p_other))
-            per = token_kl(log_p, log_q) + other
+            tiny = torch.finfo(log_q_all.dtype).tiny
+            p = log_p.exp()
+            # The teacher's mass outside its top k is known only as 1 - sum (the cache holds
+            # nothing else), so it carries the cache's rounding.
+            p_other = (1.0 - p.sum(-1)).clamp_min(0.0)
+            # The student's is summed directly in log space, over the tokens outside the top
+            # k: 1 - sum_K q cancels in float32 once the student puts nearly all its mass in
+            # the top k. The extra entry log(tiny) floors q_other at the smallest normal float
+            # (as before), so that rounding noise in p_other against a student with nothing
+            # outside (k = vocabulary size) stays a negligible finite term, not +inf.
+            floor = log_q_all.new_full((*log_q_all.shape[:-1], 1), math.log(tiny))
+            outside = torch.cat([log_q_all, floor], dim=-1)
+            outside.scatter_(-1, index, float("-inf"))
+            log_q_other = torch.logsumexp(outside, dim=-1)
+            log_p_other = torch.where(p_other > 0, p_other, 1.0).log()
+            other = p_other * torch.where(p_other > 0, log_p_other - log_q_other, 0.0)
+            per = kl_with_probs(p, log_p, log_q) + other
         return masked_reduce(per * self.scale, mask)
 
 
@@ -200,7 +210,7 @@ class TokenFeatureLoss(nn.Module):
             raise ValueError(f"student hidden states {list(student.shape)} and teacher "
                              f"{list(teacher.shape)} differ: put a token_projector in front "
                              "of the student")
-        s, t = student.float(), teacher.float()
+        s, t = at_least_float32(student), at_least_float32(teacher)
         if self.metric == "mse":
             per = (s - t).pow(2).mean(-1)
         else:

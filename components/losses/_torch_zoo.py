@@ -3,12 +3,17 @@
 KL divergence (forward / reverse), attention transfer, RKD distance and angle, DKD, CRD and
 distribution matching. Each ``forward`` takes the input ports as keyword arguments and returns
 ``{"loss": scalar}``. The formulas are written out in the declaring modules' docstrings.
+Narrow floats (fp16, bf16) are computed in float32. A batch too small to hold one term (no
+example; fewer than 2 for RKD distance, 3 for RKD angle) gives 0, connected to the inputs so
+that backward gives zero gradients. The KL-based losses are exact at ``-inf`` logits (see
+``_torch_divergence``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from dgraph.components.losses._torch_divergence import at_least_float32, kl_div_terms
 from torch import nn
 
 __all__ = [
@@ -21,6 +26,15 @@ __all__ = [
     "RKDDistanceLoss",
     "attention_map",
 ]
+
+
+def _zero(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """A zero that depends on both inputs: backward through it gives zero gradients.
+
+    The sum of an empty slice, not ``0 * sum``: an infinite input must not make it NaN.
+    """
+    s, t = at_least_float32(student).flatten()[:0], at_least_float32(teacher).flatten()[:0]
+    return s.sum() + t.sum()
 
 
 def _same_batch(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -43,19 +57,22 @@ class KLDivLoss(nn.Module):
         if student.shape != teacher.shape:
             raise ValueError(f"kl_div: 'student' has shape {list(student.shape)} but 'teacher' "
                              f"has shape {list(teacher.shape)}; they must be equal")
-        log_s = F.log_softmax(student.float() / self.temperature, dim=-1)
-        log_t = F.log_softmax(teacher.float() / self.temperature, dim=-1)
+        log_s = F.log_softmax(at_least_float32(student) / self.temperature, dim=-1)
+        log_t = F.log_softmax(at_least_float32(teacher) / self.temperature, dim=-1)
         if self.direction == "forward":  # KL(p_t || p_s)
-            kl = (log_t.exp() * (log_t - log_s)).sum(-1)
+            kl = kl_div_terms(log_t, log_s, dim=None)
         else:  # reverse: KL(p_s || p_t)
-            kl = (log_s.exp() * (log_s - log_t)).sum(-1)
-        return {"loss": kl.mean() * self.scale}
+            kl = kl_div_terms(log_s, log_t, dim=None)
+        # The mean over every row (all dimensions but the classes'); 0 for an empty batch.
+        return {"loss": kl * (self.scale / max(student.shape[:-1].numel(), 1))}
 
 
 # -- attention transfer --------------------------------------------------------------------------
 def attention_map(features: torch.Tensor, p: float, eps: float) -> torch.Tensor:
     """``a = Q / ||Q||_2`` with ``Q = mean_c |F|^p`` flattened over positions: ``[B, H*W]``."""
-    q = features.float().abs().pow(p).mean(dim=1).flatten(1)
+    # p >= 1 (the parameter's bound): |F|^p has a finite derivative at F = 0, where ReLU
+    # features often are; for p < 1 it is infinite there and the gradient would be NaN.
+    q = at_least_float32(features).abs().pow(p).mean(dim=1).flatten(1)
     return q / q.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
@@ -74,9 +91,9 @@ class AttentionTransferLoss(nn.Module):
                 f"student {list(student.shape)} and teacher {list(teacher.shape)}"
             )
         diff = attention_map(student, self.p, self.eps) - attention_map(teacher, self.p, self.eps)
-        if self.reduction == "norm":
-            return {"loss": diff.norm(dim=1).mean()}
-        return {"loss": diff.pow(2).mean()}
+        if self.reduction == "norm":  # the norm's gradient at 0 is taken as 0 by torch
+            return {"loss": diff.norm(dim=1).sum() / max(len(diff), 1)}
+        return {"loss": diff.pow(2).sum() / max(diff.numel(), 1)}
 
 
 # -- RKD -----------------------------------------------------------------------------------------
@@ -93,7 +110,7 @@ class RKDDistanceLoss(nn.Module):
         self.delta, self.eps = float(delta), float(eps)
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        d = _pairwise_distances(x.float().flatten(1), self.eps)
+        d = _pairwise_distances(at_least_float32(x).flatten(1), self.eps)
         n = len(x)
         mean = d.sum() / max(n * (n - 1), 1)
         return d / mean.clamp_min(self.eps)
@@ -101,8 +118,8 @@ class RKDDistanceLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         _same_batch(student, teacher, "rkd_distance")
         n = len(student)
-        if n < 2:
-            raise ValueError("rkd_distance needs at least 2 examples in the batch")
+        if n < 2:  # no pair: nothing to match (a shape, so no host sync)
+            return {"loss": _zero(student, teacher)}
         d_s, d_t = self._normalised(student), self._normalised(teacher)
         off = 1 - torch.eye(n, device=student.device)
         per_pair = F.smooth_l1_loss(d_s, d_t, beta=self.delta, reduction="none")
@@ -117,7 +134,7 @@ class RKDAngleLoss(nn.Module):
         self.delta, self.eps = float(delta), float(eps)
 
     def _cosines(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().flatten(1)
+        x = at_least_float32(x).flatten(1)
         # e[i, j] = (x_j - x_i) / ||x_j - x_i||
         e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2, eps=self.eps)
         return torch.bmm(e, e.transpose(1, 2))  # [i, j, k] = <e_ij, e_ik>, the angle at x_i
@@ -125,8 +142,8 @@ class RKDAngleLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         _same_batch(student, teacher, "rkd_angle")
         n = len(student)
-        if n < 3:
-            raise ValueError("rkd_angle needs at least 3 examples in the batch")
+        if n < 3:  # no triplet of distinct examples
+            return {"loss": _zero(student, teacher)}
         off = 1 - torch.eye(n, device=student.device)
         distinct = off.unsqueeze(2) * off.unsqueeze(1) * off.unsqueeze(0)
         a_s, a_t = self._cosines(student), self._cosines(teacher)
@@ -135,6 +152,29 @@ class RKDAngleLoss(nn.Module):
 
 
 # -- DKD -----------------------------------------------------------------------------------------
+def _dkd_parts(z: torch.Tensor, gt: torch.Tensor,
+               target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log b, log q)`` of DKD for tempered logits ``z [B, C]``, in log space.
+
+    ``log b = [log p_g, log(1 - p_g)]`` (``[B, 2]``) and ``log q`` (``[B, C]``) the
+    log-softmax over the non-target classes, ``-inf`` at the target. Both come from
+    ``L = logsumexp_{c != g} z_c - z_g = log((1 - p_g) / p_g)``:
+    ``log p_g = -softplus(L)`` and ``log(1 - p_g) = -softplus(-L)``, exact in float32 even
+    when ``p_g`` is within rounding of 1, where ``1 - p_g`` cancels (DKD's own code computes
+    it so). When no non-target class has mass (all ``-inf``) ``L = -inf``, ``p_g = 1`` and
+    ``q`` is all ``-inf`` (weight 0 in KD = TCKD + (1 - p_g) NCKD): the KL terms then vanish
+    with zero gradients. The logsumexp of such a row would send ``0 * nan`` backwards, so it is
+    taken over zeros and its result replaced.
+    """
+    z_rest = z.masked_fill(gt, float("-inf"))
+    empty = z_rest.detach().amax(dim=1, keepdim=True) == float("-inf")
+    lse_rest = torch.logsumexp(z_rest.masked_fill(empty, 0.0), dim=1, keepdim=True)
+    log_q = z_rest - lse_rest  # -inf at g, and everywhere in an empty row
+    log_odds = (lse_rest - z.gather(1, target.unsqueeze(1))).masked_fill(empty, float("-inf"))
+    log_b = torch.cat([-F.softplus(log_odds), -F.softplus(-log_odds)], dim=1)
+    return log_b, log_q
+
+
 class DKDLoss(nn.Module):
     """``alpha * TCKD + beta * NCKD`` (both times ``T^2``, batch mean)."""
 
@@ -148,22 +188,16 @@ class DKDLoss(nn.Module):
             raise ValueError(f"dkd expects student and teacher logits [B, C] of equal shape; "
                              f"found {list(student.shape)} and {list(teacher.shape)}")
         t = self.temperature
-        zs, zt = student.float() / t, teacher.float() / t
+        zs, zt = at_least_float32(student) / t, at_least_float32(teacher) / t
         target = target.reshape(-1).long()
         # Examples without a label (negative target) use the teacher's predicted class.
         target = torch.where(target >= 0, target, zt.argmax(-1))
         gt = F.one_hot(target, zs.shape[1]).bool()
-        g_s = zs.softmax(-1).gather(1, target.unsqueeze(1))
-        g_t = zt.softmax(-1).gather(1, target.unsqueeze(1))
-        b_s = torch.cat([g_s, 1 - g_s], dim=1).clamp_min(1e-12)
-        b_t = torch.cat([g_t, 1 - g_t], dim=1).clamp_min(1e-12)
-        tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean()
-        # Softmax over the non-target classes only: the target logit is pushed to -inf.
-        masked_s = zs.masked_fill(gt, float("-inf"))
-        masked_t = zt.masked_fill(gt, float("-inf"))
-        log_q_s = F.log_softmax(masked_s, -1).masked_fill(gt, 0.0)
-        log_q_t = F.log_softmax(masked_t, -1).masked_fill(gt, 0.0)
-        nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(1).mean()
+        log_b_s, log_q_s = _dkd_parts(zs, gt, target)
+        log_b_t, log_q_t = _dkd_parts(zt, gt, target)
+        per_batch = 1.0 / max(len(zs), 1)  # batch mean; 0 for an empty batch
+        tckd = kl_div_terms(log_b_t, log_b_s, dim=None) * per_batch
+        nckd = kl_div_terms(log_q_t, log_q_s, dim=None) * per_batch
         return {"loss": (self.alpha * tckd + self.beta * nckd) * t * t}
 
 
@@ -193,7 +227,7 @@ class CRDLoss(nn.Module):
         else:
             neg = torch.bmm(bank[negatives], anchor.unsqueeze(2)).squeeze(2)
         logits = torch.cat([pos, neg], dim=1) / self.temperature
-        return -F.log_softmax(logits, dim=1)[:, 0].mean()
+        return -F.log_softmax(logits, dim=1)[:, 0].sum() / max(len(logits), 1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,7 +243,7 @@ class CRDLoss(nn.Module):
                 f"crd: example index {int(index.max())} is outside the memory bank of "
                 f"num_data={self.num_data} entries; set num_data to the training set's size"
             )
-        s, t = student.float(), teacher.float()
+        s, t = student.float(), teacher.float()  # the banks are float32
         negatives = torch.randint(self.num_data, (len(s), self.num_negatives), device=s.device)
         loss = self._nce(s, t, self.memory_teacher, negatives)
         if self.symmetric:
@@ -236,11 +270,12 @@ class DistributionMatchingLoss(nn.Module):
 
     def forward(self, real: torch.Tensor, real_labels: torch.Tensor, synthetic: torch.Tensor,
                 synthetic_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        real, synthetic = real.float().flatten(1), synthetic.float().flatten(1)
+        real = at_least_float32(real).flatten(1)
+        synthetic = at_least_float32(synthetic).flatten(1)
         c = self.num_classes
-        onehot_r = F.one_hot(real_labels.reshape(-1).long().clamp_min(0), c).float()
+        onehot_r = F.one_hot(real_labels.reshape(-1).long().clamp_min(0), c).to(real.dtype)
         onehot_r = onehot_r * (real_labels.reshape(-1, 1) >= 0)
-        onehot_s = F.one_hot(synthetic_labels.reshape(-1).long(), c).float()
+        onehot_s = F.one_hot(synthetic_labels.reshape(-1).long(), c).to(synthetic.dtype)
         count_r, count_s = onehot_r.sum(0), onehot_s.sum(0)
         mean_r = onehot_r.t() @ real / count_r.clamp_min(1).unsqueeze(1)
         mean_s = onehot_s.t() @ synthetic / count_s.clamp_min(1).unsqueeze(1)

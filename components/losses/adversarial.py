@@ -2,6 +2,9 @@
 
 With logits ``d`` from the critic: critic loss ``softplus(-d_real) + softplus(d_fake)``
 (mean over the batch); generator loss ``softplus(-d_fake)`` (Goodfellow et al., 2014).
+An empty set of scores adds 0 (connected to the inputs); a logit of ``-inf`` on the side
+that should be high gives ``+inf`` (the true loss), on the other side exactly 0. fp16/bf16
+logits are computed in float32.
 """
 
 from __future__ import annotations

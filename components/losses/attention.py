@@ -22,7 +22,11 @@ __all__ = ["AttentionTransfer", "AttentionTransferParams"]
 class AttentionTransferParams(Params):
     """Parameters of :class:`AttentionTransfer`."""
 
-    p: float = Field(2.0, gt=0.0, le=16.0, description="exponent of |F| in the attention map")
+    # p >= 1, as in the paper: for p < 1, d|F|^p/dF is infinite at F = 0, where ReLU features
+    # often are, so training would get NaN gradients. An eps guard (|F| + eps)^p would instead
+    # add about eps^p to every position, which is not small for small p (1e-12^0.1 = 0.06).
+    p: float = Field(2.0, ge=1.0, le=16.0, description="exponent of |F| in the attention map "
+                     "(at least 1: below, the map has an infinite gradient at F = 0)")
     reduction: Literal["norm", "mean_squared"] = Field(
         "norm",
         description="'norm': the paper's mean_b ||a_s - a_t||_2; 'mean_squared': the authors' "
@@ -40,6 +44,8 @@ class AttentionTransfer(Component):
     ``loss = (1/B) sum_b ||a(S)_b - a(T)_b||_2``; ``reduction: mean_squared``:
     ``loss = (1/(B*H*W)) sum_{b,i} (a(S)[b,i] - a(T)[b,i])^2``. Put ``beta/2`` in the
     objective weight (the paper uses ``beta = 1000`` with the mean-squared form).
+    ``p >= 1`` keeps the gradient finite at ``F = 0``. An empty batch gives 0 (connected to
+    the inputs: backward gives zero gradients); fp16/bf16 maps are computed in float32.
     """
 
     Params = AttentionTransferParams

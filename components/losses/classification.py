@@ -34,7 +34,12 @@ class CrossEntropy(Component):
     ``digits`` source writes them. With ``mask`` connected, a batch with no counted example
     gives 0 (and is still differentiable). Without ``mask`` the loss is PyTorch's mean
     cross-entropy ignoring negative targets, the cheapest form; a batch whose targets are all
-    negative then gives NaN, so connect ``mask`` whenever labels can be missing.
+    negative then gives NaN, so connect ``mask`` whenever labels can be missing. An empty batch
+    (``B = 0``) gives 0 either way, connected to the inputs (backward gives zero gradients).
+    A ``-inf`` logit is a class of probability 0: exact and finite unless it is the target's
+    (``+inf``, the true cross-entropy) or ``label_smoothing > 0`` (the smoothed target puts
+    ``eps/C`` on every class, so the loss is ``+inf`` too). fp16/bf16 logits are computed in
+    float32.
     """
 
     Params = CrossEntropyParams
@@ -68,6 +73,12 @@ class HintonKD(Component):
     ``kl_div(..., reduction="batchmean")`` times ``T^2`` (``scale_by_t2: false`` drops the
     ``T^2``). The loss does not detach ``teacher``: whether a gradient reaches the teacher is
     decided by the compiler (a frozen teacher runs without gradients).
+
+    ``-inf`` logits (masked classes) are exact: a class with ``p_t = 0`` adds exactly 0, with
+    zero gradients, even where the student is ``-inf`` too; a class with ``p_t > 0`` and
+    ``p_s = 0`` makes the loss ``+inf`` (the true KL; the runtime reports a non-finite loss).
+    A row of only ``-inf`` logits is no distribution and gives NaN. An empty batch gives 0,
+    connected to the inputs. fp16/bf16 logits are computed in float32.
     """
 
     Params = HintonKDParams

@@ -46,7 +46,9 @@ class CRD(Component):
     ``t_i`` as anchor and the student bank ``M_s``; ``loss = L_s + L_t`` (``L_s`` alone when
     not ``symmetric``). After the loss, in training mode only, the banks follow:
     ``M[n_i] <- normalize(m * M[n_i] + (1 - m) * e_i)``. Banks start as random unit vectors.
-    Feed ``index`` from the data node (``digits`` with ``with_index: true``).
+    Feed ``index`` from the data node (``digits`` with ``with_index: true``). An empty
+    batch gives 0, connected to the inputs (backward gives zero gradients); fp16/bf16
+    embeddings are computed in float32.
     """
 
     Params = CRDParams

@@ -27,7 +27,9 @@ class DistributionMatching(Component):
     ``loss = sum_c || (1/|R_c|) sum_{i in R_c} psi(x_i) - (1/|S_c|) sum_{j in S_c} psi(s_j) ||^2``
     where ``R_c`` / ``S_c`` are the real / synthetic examples of class ``c`` in this step
     (real examples with a negative label are ignored; a class absent from either side adds
-    nothing) and ``psi`` is the embedding network of the step.
+    nothing) and ``psi`` is the embedding network of the step. An empty batch on either side
+    leaves no class present and gives 0, connected to the inputs. fp16/bf16 embeddings are
+    computed in float32.
     """
 
     Params = DistributionMatchingParams

@@ -2,6 +2,8 @@
 
 The feature losses take the teacher's tensor as an input like any other; they never detach it,
 because whether a gradient reaches the teacher is the compiler's decision (frozen or not).
+Every mean is a sum divided by ``max(N, 1)``: an empty batch gives 0, connected to the inputs
+(backward gives zero gradients). fp16/bf16 inputs are computed in float32.
 """
 
 from __future__ import annotations

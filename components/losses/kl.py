@@ -34,6 +34,9 @@ class KLDiv(Component):
     ``forward``: ``loss = (1/B) sum_b sum_c p_t[b,c] (log p_t[b,c] - log p_s[b,c])``;
     ``reverse``: ``loss = (1/B) sum_b sum_c p_s[b,c] (log p_s[b,c] - log p_t[b,c])``;
     times ``T^2`` when ``scale_by_t2``. The teacher is not detached (the compiler decides).
+    Terms with ``p[b,c] = 0`` (a ``-inf`` logit) are exactly 0 with zero gradients; ``p > 0``
+    where the other side is 0 gives ``+inf``, the true KL. An empty batch gives 0, connected
+    to the inputs. fp16/bf16 logits are computed in float32.
     """
 
     Params = KLDivParams

@@ -18,7 +18,9 @@ class LMPerplexity(Component):
     Per batch it outputs ``sum`` (the summed next-token NLL), ``count`` (the number of
     unmasked tokens), ``nll = sum / count`` and ``perplexity = exp(nll)``. Over a whole eval
     set, sum ``sum`` and ``count`` across batches and call :meth:`summarize`: the perplexity
-    of the set is not the mean of the batches' perplexities.
+    of the set is not the mean of the batches' perplexities. A batch with no unmasked token
+    gives ``sum = count = nll = 0`` and ``perplexity = 1``. A ``-inf`` logit at a target token
+    gives an infinite NLL (the true one); elsewhere ``-inf`` logits are exact.
     """
 
     Params = NoParams

@@ -3,6 +3,9 @@
 Both compare the *relations* between the examples of a batch, so student and teacher
 features may have different widths. ``huber`` is the smooth-L1 loss
 ``l(x) = 0.5 x^2 / delta if |x| < delta else |x| - 0.5 delta`` (``delta = 1``).
+A batch with no pair (distance: fewer than 2 examples) or no triplet (angle: fewer than 3)
+gives 0, connected to the inputs (backward gives zero gradients), e.g. a last partial batch of
+one example. fp16/bf16 features are computed in float32.
 """
 
 from __future__ import annotations

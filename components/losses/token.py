@@ -9,7 +9,17 @@ the gradients by the total ``count`` of the k micro-batches, so splitting a batc
 micro-batches gives the same loss and gradients as the whole batch.
 
 ``mask`` (``[B, T]``, e.g. a data source's ``loss_mask``) selects the positions that count:
-prompt and padding positions are 0. Without it every position counts.
+prompt and padding positions are 0. Without it every position counts. No position at all (an
+empty batch, a mask with no true entry) gives ``loss = sum = count = 0``, connected to the
+inputs (backward gives zero gradients).
+
+``-inf`` logits (masked or padded vocabulary entries) are exact: an entry whose weight
+probability is 0 adds exactly 0 and no gradient, also where both sides are ``-inf``; an entry
+where the weight is positive but the other side's probability is 0 makes the KL ``+inf`` (the
+true value; the runtime reports it). The JSD is always finite. A position whose logits are all
+``-inf`` has no distribution (NaN); masked positions need not be meaningful but should hold
+finite logits, since a NaN or infinite term there still yields a NaN gradient. fp16/bf16
+logits are computed in float32.
 
 The student's and the teacher's logits share the symbol ``vocab`` (``[B, T, vocab]``): a
 teacher and a student with different vocabularies are a validation error naming both sizes.

@@ -24,13 +24,11 @@ class UNet2DModule(nn.Module):
 
 
 def build_unet2d(kwargs: dict[str, Any]) -> UNet2DModule:
+    """A ``UNet2DModel`` built from keyword arguments (never ``from_pretrained``: no folder,
+    no Hub, no code). diffusers' ``TypeError``/``ValueError`` on a bad config propagate."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
         raise DgraphError("component 'unet2d' needs diffusers: pip install \"dgraph[hf]\"") \
             from None
-    try:
-        model = UNet2DModel(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise DgraphError(f"unet2d: diffusers rejected the config: {exc}") from None
-    return UNet2DModule(model)
+    return UNet2DModule(UNet2DModel(**kwargs))

@@ -57,13 +57,16 @@ def build_causal_lm(*, path: Path | None, config: dict[str, Any] | None,
                     load_weights: bool = True, meta: bool = False) -> CausalLMModule:
     """A causal LM from a saved folder (``path``) or a config dict; ``load_weights=False``
     builds the architecture only (random weights). ``meta`` is the dry run: shapes only, with
-    the eager attention path, which has no data-dependent checks on the mask."""
+    the eager attention path, which has no data-dependent checks on the mask.
+
+    Never runs code from a model folder or the Hub: every transformers call gets
+    ``trust_remote_code=False`` (so it cannot ask on stdin) and ``local_files_only``."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
         raise DgraphError("component 'hf_causal_lm' needs transformers: "
                           'pip install "dgraph[hf]"') from None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"trust_remote_code": False}
     if meta:
         extra["attn_implementation"] = "eager"
     elif attn_implementation is not None:
@@ -76,7 +79,8 @@ def build_causal_lm(*, path: Path | None, config: dict[str, Any] | None,
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
                                                          **extra)
         else:
-            hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                                   trust_remote_code=False)
             model = AutoModelForCausalLM.from_config(hf_config, **extra)
     else:
         assert config is not None
@@ -117,7 +121,8 @@ def init_from_teacher_layers(student: CausalLMModule, teacher_path: Path,
     weight (embeddings, final norm, head) whose shape matches (DistilBERT-style init)."""
     from transformers import AutoModelForCausalLM
 
-    teacher = AutoModelForCausalLM.from_pretrained(str(teacher_path), local_files_only=True)
+    teacher = AutoModelForCausalLM.from_pretrained(str(teacher_path), local_files_only=True,
+                                                   trust_remote_code=False)
     t_state = {f"model.{k}": v for k, v in teacher.state_dict().items()}
     s_state = student.state_dict()
     t_layers, t_others = _layer_keys(t_state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dgraph.components._inputs import check_config_dict, input_error
 from pydantic import Field, field_validator
 
 from dgraph.ports import Port
@@ -40,6 +41,7 @@ class UNet2DParams(Params):
         for key in ("in_channels", "out_channels"):
             if key in value and not _positive_int(value[key]):
                 raise ValueError(f"config.{key} must be a positive int, found {value[key]!r}")
+        check_config_dict(value, "config")
         return value
 
     def unet_kwargs(self) -> dict[str, Any]:
@@ -83,4 +85,11 @@ class UNet2D(Component):
     def build(self, context: BuildContext):
         from dgraph.components.models._torch_diffusion import build_unet2d
 
-        return build_unet2d(self.params.unet_kwargs())
+        try:
+            return build_unet2d(self.params.unet_kwargs())
+        except (TypeError, ValueError) as exc:
+            raise input_error(context, "config", "diffusers' UNet2DModel rejected the config",
+                              code="bad-param", expected="keyword arguments of "
+                              "diffusers.UNet2DModel", found=f"{type(exc).__name__}: {exc}",
+                              hint="see the UNet2DModel documentation of the installed "
+                              "diffusers for the accepted keys and block types") from None

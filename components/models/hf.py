@@ -2,16 +2,24 @@
 
 The declaration imports neither torch nor transformers: the vocabulary size that the ``logits``
 port's shape needs comes from the ``config`` parameter, or from ``config.json`` in the ``path``
-folder (read as JSON, no weights loaded). ``build`` imports transformers.
+folder (read as JSON, no weights loaded; a relative folder, which means the spec's folder, is
+read when the node is built, in the dry run). ``build`` imports transformers, with
+``trust_remote_code=False``: a folder whose config names custom code (``auto_map``) is refused.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from dgraph.components._inputs import (
+    check_config_dict,
+    check_model_folder,
+    existing_path,
+    input_error,
+)
+from pydantic import Field, field_validator, model_validator
 
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
@@ -71,6 +79,14 @@ def read_hf_config(path: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _static_config(raw: str) -> dict[str, Any] | None:
+    """A folder's config.json read without a spec folder (static validation): only for an
+    absolute path, since a relative one means the spec's folder, known when the node is
+    built (the dry run then finds the sizes)."""
+    folder = Path(raw).expanduser()
+    return read_hf_config(folder) if folder.is_absolute() else None
+
+
 def _vocab_size(config: dict[str, Any] | None) -> int | None:
     if not config:
         return None
@@ -93,9 +109,10 @@ class HFCausalLMParams(Params):
         "{model_type: gpt2, n_layer: 2, n_embd: 32, n_head: 2, vocab_size: 100}; "
         "the model starts from random weights"
     )
-    attn_implementation: str | None = Field(
-        None, description="transformers attention implementation ('eager', 'sdpa'); "
-        "None: the library's default"
+    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2",
+                                 "flash_attention_3"] | None = Field(
+        None, description="transformers attention implementation ('eager', 'sdpa', ...); "
+        "None: the library's default. Kernels from the Hub are not accepted"
     )
     derive_from: str | dict[str, Any] | None = Field(
         None, description="build a student from a teacher's config: a saved model folder "
@@ -108,11 +125,25 @@ class HFCausalLMParams(Params):
     intermediate_size: int | None = Field(None, gt=0, description="derive_from: MLP width")
     overrides: dict[str, Any] | None = Field(
         None, description="derive_from: any other config keys to change")
-    init_layers: list[int] | None = Field(
+    init_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="derive_from a folder: initialise student layer i from teacher "
         "layer init_layers[i] (and the embeddings, final norm and head from the teacher), "
         "DistilBERT-style; needs the teacher's width"
     )
+
+    @field_validator("config", "overrides")
+    @classmethod
+    def _plain_config(cls, value: dict[str, Any] | None, info) -> dict[str, Any] | None:
+        if value is not None:
+            check_config_dict(value, info.field_name)
+        return value
+
+    @field_validator("derive_from")
+    @classmethod
+    def _plain_teacher(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(value, dict):
+            check_config_dict(value, "derive_from")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> HFCausalLMParams:
@@ -138,8 +169,6 @@ class HFCausalLMParams(Params):
             if self.num_layers is not None and len(self.init_layers) != self.num_layers:
                 raise ValueError(f"init_layers names {len(self.init_layers)} teacher layers "
                                  f"but num_layers is {self.num_layers}")
-            if any(i < 0 for i in self.init_layers):
-                raise ValueError("init_layers must be teacher layer indices >= 0")
         return self
 
 
@@ -173,7 +202,7 @@ class HFCausalLM(Component):
             return dict(p.config)
         if p.derive_from is not None:
             teacher = dict(p.derive_from) if isinstance(p.derive_from, dict) \
-                else read_hf_config(p.derive_from)
+                else _static_config(p.derive_from)
             if teacher is None:
                 return None
             num_layers = p.num_layers if p.num_layers is not None else (
@@ -181,7 +210,7 @@ class HFCausalLM(Component):
             return derived_config(teacher, num_layers=num_layers, hidden_size=p.hidden_size,
                                   num_heads=p.num_heads,
                                   intermediate_size=p.intermediate_size, overrides=p.overrides)
-        return read_hf_config(p.path or "")
+        return _static_config(p.path or "")
 
     def port_params(self) -> dict[str, Any]:
         values = self.params.model_dump()
@@ -192,7 +221,7 @@ class HFCausalLM(Component):
         from dgraph.components.models._torch_hf import build_causal_lm
 
         p = self.params
-        path = None if p.path is None else context.resolve_path(p.path)
+        path = None if p.path is None else model_folder(context, "path", p.path)
         # The exporter loads the trained weights right after building: it asks for the
         # architecture only, like the meta-device dry run.
         weights = not (context.meta or context.extras.get("architecture_only", False))
@@ -200,23 +229,58 @@ class HFCausalLM(Component):
         teacher_path = None
         if p.derive_from is not None:
             if isinstance(p.derive_from, str):
-                teacher_path = context.resolve_path(p.derive_from)
+                teacher_path = model_folder(context, "derive_from", p.derive_from)
                 teacher = read_hf_config(teacher_path)
                 if teacher is None:
-                    from dgraph.errors import DgraphError
-
-                    raise DgraphError(f"hf_causal_lm: derive_from {teacher_path} holds no "
-                                      "readable config.json (a folder written by "
-                                      "save_pretrained)")
+                    raise input_error(
+                        context, "derive_from", f"{teacher_path / 'config.json'} is not a "
+                        "JSON object", expected="a folder written by save_pretrained",
+                        found="config.json that does not hold a JSON object",
+                        hint="re-write the folder with save_pretrained")
                 self_params = self.params.model_copy(update={"derive_from": teacher})
                 config = HFCausalLM(self_params, self.node).hf_config()
             else:
                 config = self.hf_config()
-        module = build_causal_lm(path=path, config=config,
-                                 attn_implementation=p.attn_implementation,
-                                 load_weights=weights, meta=context.meta)
-        if p.init_layers is not None and weights and teacher_path is not None:
-            from dgraph.components.models._torch_hf import init_from_teacher_layers
+        try:
+            module = build_causal_lm(path=path, config=config,
+                                     attn_implementation=p.attn_implementation,
+                                     load_weights=weights, meta=context.meta)
+            if p.init_layers is not None and weights and teacher_path is not None:
+                from dgraph.components.models._torch_hf import init_from_teacher_layers
 
-            init_from_teacher_layers(module, teacher_path, p.init_layers)
+                init_from_teacher_layers(module, teacher_path, p.init_layers)
+        except (OSError, ValueError) as exc:
+            if path is None and teacher_path is None:
+                raise
+            param, folder = ("path", path) if path is not None else ("derive_from",
+                                                                     teacher_path)
+            raise input_error(
+                context, param, f"transformers cannot load the model in {folder}",
+                expected="a folder written by save_pretrained (config.json and the "
+                "weights, e.g. model.safetensors)",
+                found=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
+                hint="re-write the folder with save_pretrained; models are never "
+                "downloaded") from None
         return module
+
+
+def model_folder(context: BuildContext, param: str, raw: str) -> Path:
+    """A saved transformers model folder named by the spec: it exists, holds a config.json,
+    and names no custom code (transformers would offer to run it)."""
+    what = "a folder written by save_pretrained (config.json and weights)"
+    folder = existing_path(context, param, raw, kind="folder", what=what)
+    if not (folder / "config.json").is_file():
+        raise input_error(context, param, f"{folder} holds no config.json",
+                          code="missing-file", expected=what,
+                          found=f"a folder without config.json ({_listing(folder)})",
+                          hint="point it at the folder save_pretrained wrote; models are "
+                          "never downloaded")
+    check_model_folder(context, param, folder, what=what)
+    return folder
+
+
+def _listing(folder: Path, limit: int = 5) -> str:
+    names = sorted(child.name for child in folder.iterdir())
+    if not names:
+        return "it is empty"
+    return "it holds " + ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")

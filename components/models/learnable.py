@@ -26,10 +26,14 @@ class LearnableTensorParams(Params):
     init: Literal["normal", "zeros", "ones", "uniform"] = Field(
         "normal", description="initial values: N(mean, std^2), 0, 1, or U(low, high)"
     )
-    mean: float = Field(0.0, description="mean of the normal initialisation")
-    std: float = Field(1.0, gt=0, description="standard deviation of the normal initialisation")
-    low: float = Field(0.0, description="lower bound of the uniform initialisation")
-    high: float = Field(1.0, description="upper bound of the uniform initialisation")
+    mean: float = Field(0.0, allow_inf_nan=False,
+                        description="mean of the normal initialisation")
+    std: float = Field(1.0, gt=0, allow_inf_nan=False,
+                       description="standard deviation of the normal initialisation")
+    low: float = Field(0.0, allow_inf_nan=False,
+                       description="lower bound of the uniform initialisation")
+    high: float = Field(1.0, allow_inf_nan=False,
+                        description="upper bound of the uniform initialisation")
     type: str = Field("Tensor", description="semantic type of the output port (e.g. Images)")
 
     @field_validator("type")

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
 
+from pydantic import Field, field_validator
+
+from dgraph.errors import did_you_mean
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
 
 __all__ = ["MLP", "MLPMap"]
 
+# The closed set of activations (the torch side maps each name to its module).
+Activation = Literal["relu", "gelu", "tanh", "silu"]
+ACTIVATION_NAMES = ("relu", "gelu", "tanh", "silu")
+
+
+def _known_activation(value: object) -> object:
+    if isinstance(value, str) and value not in ACTIVATION_NAMES:
+        hint = did_you_mean(value, ACTIVATION_NAMES)
+        raise ValueError(f"unknown activation '{value}'" + (f"; {hint}" if hint else "")
+                         + f" (one of: {', '.join(ACTIVATION_NAMES)})")
+    return value
+
 
 class MLPParams(Params):
     in_features: int = Field(gt=0, description="input width")
-    hidden: list[int] = Field(default_factory=lambda: [128], description="hidden layer widths")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [128], description="hidden layer widths (each >= 1)")
     num_classes: int = Field(gt=0, description="number of output logits")
-    activation: str = Field("relu", pattern="^(relu|gelu|tanh|silu)$")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Activation = Field("relu", description="nonlinearity after each hidden layer")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability after each "
+                           "hidden layer")
+
+    _activation = field_validator("activation", mode="before")(_known_activation)
 
 
 @component("mlp", roles=("teacher", "student", "model"))
@@ -43,9 +62,12 @@ class MLP(Component):
 
 class MLPMapParams(Params):
     in_features: int = Field(gt=0, description="input width")
-    hidden: list[int] = Field(default_factory=lambda: [128, 128], description="hidden widths")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [128, 128], description="hidden widths (each >= 1)")
     out_features: int = Field(gt=0, description="output width")
-    activation: str = Field("relu", pattern="^(relu|gelu|tanh|silu)$")
+    activation: Activation = Field("relu", description="nonlinearity after each hidden layer")
+
+    _activation = field_validator("activation", mode="before")(_known_activation)
 
 
 @component("mlp_map", roles=("teacher", "student", "model"))

@@ -56,7 +56,7 @@ class LMSamplerModule(nn.Module):
         model.eval()
         try:
             full = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                                  generation_config=config)
+                                  generation_config=config, trust_remote_code=False)
         finally:
             model.train(was_training)
         want = prompt_ids.shape[1] + p.max_new_tokens

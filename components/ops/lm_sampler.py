@@ -32,7 +32,8 @@ class LMSamplerParams(Params):
                              "step of generating; otherwise the data's sequences pass through")
     max_new_tokens: int = Field(32, gt=0, description="tokens generated after each prompt")
     do_sample: bool = Field(True, description="sample (true) or decode greedily (false)")
-    temperature: float = Field(1.0, gt=0.0, description="sampling temperature")
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False,
+                               description="sampling temperature")
     top_k: int | None = Field(None, gt=0, description="keep the k most likely tokens")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling mass")
     stop_at_eos: bool = Field(False, description="mask out what follows a generated <eos>")

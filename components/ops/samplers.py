@@ -12,7 +12,7 @@ __all__ = ["GaussianNoise"]
 
 class GaussianNoiseParams(Params):
     dim: int = Field(gt=0, description="features per sample")
-    std: float = Field(1.0, gt=0)
+    std: float = Field(1.0, gt=0, allow_inf_nan=False, description="standard deviation")
 
 
 @component("gaussian_noise", roles=("sampler",))

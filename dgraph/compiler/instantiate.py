@@ -94,6 +94,7 @@ def build_context(graph: Graph, name: str, *, device: str, seed: int,
     context = BuildContext(node=name, device=device, seed=seed, spec_dir=spec_dir,
                            run_dir=run_dir)
     context.extras["modules"] = modules
+    context.extras["spec_source"] = graph.spec.source  # locates a component's input errors
     source = graph.nodes[name].component.references().get("source")
     if source in modules:
         context.extras["source_module"] = modules[source]
@@ -131,17 +132,21 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
             raise
         except Exception as exc:
             raise ComponentRuntimeError(
-                f"node '{name}' ({node.kind} '{node.spec.type}') failed to build: "
-                f"{type(exc).__name__}: {exc}"
+                f"{node.location}: node '{name}' ({node.kind} '{node.spec.type}') failed to "
+                f"build: {type(exc).__name__}: {exc}", node=name
             ) from exc
+        expected = DataSource if node.kind == "data" else nn.Module
+        if not isinstance(built, expected):
+            raise ComponentRuntimeError(
+                f"{node.location}: node '{name}': component type '{node.spec.type}' built a "
+                f"{type(built).__name__}, expected a "
+                f"{'DataSource' if expected is DataSource else 'torch.nn.Module'} for a "
+                f"{node.kind} node", node=name
+            )
         if isinstance(built, DataSource):
+            problems += _data_problems(graph, name, built)
             inst.data[name] = built
             continue
-        if not isinstance(built, nn.Module):
-            raise ComponentRuntimeError(
-                f"node '{name}': component type '{node.spec.type}' built a "
-                f"{type(built).__name__}, expected a torch.nn.Module or DataSource"
-            )
         if device_str != "meta":
             built = built.to(device)
         if node.frozen:
@@ -163,6 +168,78 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
     if problems:
         raise ValidationError(problems)
     return inst
+
+
+# Ports whose values index something (classes, vocabulary entries): they must be integers.
+_INTEGER_TYPES = ("Labels", "Tokens")
+
+
+def _data_problems(graph: Graph, name: str, source: DataSource) -> list[Problem]:
+    """What makes a built data source unusable for training, found before the first step:
+    no examples, a batch larger than the training split (the loader would have to cut every
+    batch short), a port the graph reads but the source lacks, non-integer labels or tokens.
+    """
+    node = graph.nodes[name]
+    where = graph.spec.source
+    size = len(source)
+    problems: list[Problem] = []
+    if size == 0:
+        problems.append(Problem(
+            code="empty-dataset",
+            message="the data source has no training examples",
+            location=node.location,
+            node=name,
+            expected="at least one training example",
+            found="0 examples",
+            suggestion="check the source's parameters (path, filters, max_examples)",
+        ))
+    elif not 0 < source.batch_size <= size:
+        problems.append(Problem(
+            code="batch-larger-than-dataset",
+            message=f"batch_size {source.batch_size} is larger than the training split "
+            f"({size} examples)" if source.batch_size > size
+            else f"batch_size {source.batch_size} is not positive",
+            location=where.where(("nodes", name, "params", "batch_size")),
+            node=name,
+            expected=f"a batch_size between 1 and {size}",
+            found=f"batch_size {source.batch_size}",
+            suggestion=f"lower batch_size to at most {size}, or give the source more "
+            "examples",
+        ))
+    used = sorted({e.src_port for e in graph.edges_from(name) if not e.tap})
+    for port in used:
+        if port not in source.train:
+            edge = next(e for e in graph.edges_from(name) if e.src_port == port)
+            problems.append(Problem(
+                code="missing-data-port",
+                message=f"the data source built no '{port}' tensor, which {edge.dst} reads",
+                location=edge.location,
+                node=name,
+                port=port,
+                expected=f"a '{port}' tensor in the training split",
+                found="tensors " + (", ".join(f"'{k}'" for k in source.train) or "none"),
+                suggestion=f"read one of the tensors the source has, or check its '{port}' "
+                "parameters",
+            ))
+            continue
+        declared = node.outputs.get(port)
+        tensor = source.train[port]
+        if declared is not None and declared.type in _INTEGER_TYPES and (
+                tensor.is_floating_point() or tensor.is_complex()
+                or tensor.dtype == torch.bool):
+            problems.append(Problem(
+                code="data-dtype",
+                message=f"output '{port}' is {declared.type}, but the source built "
+                f"{str(tensor.dtype).removeprefix('torch.')} values",
+                location=node.location,
+                node=name,
+                port=port,
+                expected=f"an integer tensor (class or vocabulary indices) for {declared.type}",
+                found=str(tensor.dtype).removeprefix("torch."),
+                suggestion="store the labels as integers, or declare the port with a "
+                "floating type (Probs for soft labels)",
+            ))
+    return problems
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

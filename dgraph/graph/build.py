@@ -291,7 +291,32 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
                 suggestion=_close(src_port, src_node.outputs)
                 or f"`dgraph list {src_node.kind}` shows the ports of '{src_node.spec.type}'",
             )
+    _resolve_like_types(nodes, edges)
     return Graph(spec=spec, nodes=nodes, edges=edges), out.problems
+
+
+def _resolve_like_types(nodes: dict[str, Node], edges: list[Edge]) -> None:
+    """Give outputs declared ``like`` an input the semantic type of what feeds that input.
+
+    Part of building the graph (not a check): ``add(Logits, Logits)`` outputs ``Logits``.
+    Chains of generic ops settle within one pass per node; a cycle (reported later) stops.
+    """
+    feeding = {(e.dst, e.dst_port): e for e in edges}
+    generic = [(node, name, port) for node in nodes.values()
+               for name, port in node.outputs.items() if port.like is not None]
+    for _ in range(len(generic)):
+        changed = False
+        for node, name, port in generic:
+            edge = feeding.get((node.name, port.like or ""))
+            if edge is None or edge.src not in nodes:
+                continue
+            found = nodes[edge.src].output_port(edge.src_port).type
+            if node.outputs[name].type != found:
+                node.outputs[name] = Port(found, port.shape, port.doc, port.optional,
+                                          port.mismatch_hint, port.like)
+                changed = True
+        if not changed:
+            break
 
 
 def _check_dangling(graph: Graph, out: _Collector) -> None:

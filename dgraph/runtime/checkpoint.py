@@ -2,16 +2,15 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it
 loads with ``weights_only=True``. It is written to a temporary file, flushed, fsynced and
-renamed into place: a run killed at any moment leaves either the old or the new checkpoint.
-Final weights are written as safetensors, with the same care.
+renamed into place: a run killed at any moment leaves either the old or the new checkpoint,
+and a full disk raises a CheckpointError naming the file. Final weights are written as
+safetensors, with the same care.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from dgraph.errors import CheckpointError
+from dgraph.runtime.rundir import atomic_write, os_reason
 
 __all__ = [
     "atomic_write_bytes",
@@ -34,39 +34,8 @@ __all__ = [
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def capture_rng() -> dict[str, Any]:
@@ -97,9 +66,22 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``step_XXXXXXXX.pt`` atomically and prune all but the newest ``keep``."""
+    """Write ``step_XXXXXXXX.pt`` atomically and prune all but the newest ``keep``.
+
+    A write that fails (a full disk, a read-only folder) raises a CheckpointError naming the
+    file; the previous checkpoints are left as they were and no temporary file remains.
+    """
     path = directory / f"step_{step:08d}.pt"
-    _atomic(path, lambda handle: torch.save(state, handle))
+    try:
+        atomic_write(path, lambda handle: torch.save(state, handle))
+    except OSError as exc:
+        previous = latest_checkpoint(directory)
+        kept = (f"the previous checkpoint {previous} is intact" if previous is not None
+                else "no earlier checkpoint exists")
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({os_reason(exc)}); {kept}. Free space (or fix "
+            "the folder's permissions), then continue with --resume"
+        ) from None
     existing = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
     for old in existing[:-keep]:
         old.unlink(missing_ok=True)
@@ -134,7 +116,14 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     data = save(contiguous, metadata=metadata)
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write weights file {path} ({os_reason(exc)}); no part of it was written. "
+            "Free space (or fix the folder's permissions), then run again (with --resume to "
+            "finish a run)"
+        ) from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

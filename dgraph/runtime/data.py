@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dgraph.errors import DgraphError
+
 __all__ = ["BatchLoader", "DataSource"]
 
 
@@ -33,6 +35,13 @@ class DataSource:
 
     def __post_init__(self) -> None:
         for split_name, split in (("train", self.train), ("eval", self.eval or {})):
+            for name, t in split.items():
+                if not isinstance(t, torch.Tensor) or t.dim() == 0:
+                    found = ("a scalar tensor" if isinstance(t, torch.Tensor)
+                             else f"a {type(t).__name__}")
+                    raise ValueError(
+                        f"{split_name} value '{name}' is {found}; every value must be a tensor "
+                        "whose first dimension indexes examples")
             sizes = {name: int(t.shape[0]) for name, t in split.items()}
             if len(set(sizes.values())) > 1:
                 raise ValueError(f"{split_name} tensors have different lengths: {sizes}")
@@ -42,55 +51,84 @@ class DataSource:
 
 
 class BatchLoader:
-    """Seeded, resumable batching over a :class:`DataSource`'s tensors, already on device."""
+    """Seeded, resumable batching over a :class:`DataSource`'s tensors, already on device.
+
+    ``size`` is the number of examples (needed when no tensor is batched). A batch larger
+    than the data, or no data at all, is refused: it cannot be drawn, and cutting it short
+    silently would change what a spec means.
+    """
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool,
-                 drop_last: bool, seed: int, device: torch.device | str = "cpu") -> None:
+                 drop_last: bool, seed: int, device: torch.device | str = "cpu",
+                 size: int | None = None) -> None:
         self.tensors = {k: v.to(device) for k, v in tensors.items()}
-        self.size = next(iter(self.tensors.values())).shape[0]
-        self.batch_size = min(batch_size, self.size)
+        if size is None:
+            size = next(iter(self.tensors.values())).shape[0] if self.tensors else 0
+        self.size = int(size)
+        if self.size <= 0:
+            raise DgraphError("a batch loader needs at least one training example; the data "
+                              "source has none")
+        if not 0 < batch_size <= self.size:
+            raise DgraphError(
+                f"batch_size {batch_size} does not fit a dataset of {self.size} examples; "
+                f"use a batch_size between 1 and {self.size}"
+            )
+        self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
         self.position = 0  # batches already taken from this epoch
+        # (epoch, position) of the batch the last next() returned: batch_at() draws it again.
+        self.drawn: tuple[int, int] = (0, -1)
         self._order: torch.Tensor | None = None
+        self._per_epoch = (self.size // batch_size if drop_last
+                           else -(-self.size // batch_size))
 
     @property
     def batches_per_epoch(self) -> int:
-        if self.drop_last:
-            return self.size // self.batch_size
-        return -(-self.size // self.batch_size)
+        return self._per_epoch
+
+    def _order_of(self, epoch: int) -> torch.Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_generator_seed(self.seed, epoch))
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.arange(self.size)
+        device = next(iter(self.tensors.values())).device if self.tensors else None
+        if device is not None and device.type == "cuda":
+            # From pinned memory the copy is asynchronous: no stall of the GPU queue
+            # at each epoch boundary.
+            return order.pin_memory().to(device, non_blocking=True)
+        return order if device is None else order.to(device)
 
     def _epoch_order(self) -> torch.Tensor:
         if self._order is None:
-            if self.shuffle:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-                order = torch.randperm(self.size, generator=gen)
-            else:
-                order = torch.arange(self.size)
-            device = next(iter(self.tensors.values())).device
-            if device.type == "cuda":
-                # From pinned memory the copy is asynchronous: no stall of the GPU queue
-                # at each epoch boundary.
-                order = order.pin_memory().to(device, non_blocking=True)
-            else:
-                order = order.to(device)
-            self._order = order
+            self._order = self._order_of(self.epoch)
         return self._order
 
+    def _take(self, order: torch.Tensor, position: int) -> dict[str, torch.Tensor]:
+        start = position * self.batch_size
+        index = order[start: start + self.batch_size]
+        if not self.shuffle and index.numel() == self.size:
+            return dict(self.tensors)
+        return {name: t.index_select(0, index) for name, t in self.tensors.items()}
+
     def next(self) -> dict[str, torch.Tensor]:
-        if self.position >= self.batches_per_epoch:
+        if self.position >= self._per_epoch:
             self.epoch += 1
             self.position = 0
             self._order = None
         order = self._epoch_order()
-        start = self.position * self.batch_size
-        index = order[start: start + self.batch_size]
+        self.drawn = (self.epoch, self.position)
         self.position += 1
-        if not self.shuffle and index.numel() == self.size:
-            return dict(self.tensors)
-        return {name: t.index_select(0, index) for name, t in self.tensors.items()}
+        return self._take(order, self.drawn[1])
+
+    def batch_at(self, epoch: int, position: int) -> dict[str, torch.Tensor]:
+        """The batch that ``next()`` returned at ``(epoch, position)`` (for diagnosis)."""
+        order = self._order if epoch == self.epoch and self._order is not None \
+            else self._order_of(epoch)
+        return self._take(order, position)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -104,6 +142,19 @@ class BatchLoader:
         self.position = int(state["position"])
         self.seed = int(state["seed"])
         self._order = None
+
+
+def _generator_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's permutation.
+
+    torch generators take seeds in ``[-2**63, 2**64)``; a large ``train.seed`` times the
+    epoch stride would leave that range (an overflow error mid-training), so such values wrap
+    modulo ``2**64``. Seeds in range are used as they are, so existing runs draw as before.
+    """
+    value = seed * 1_000_003 + epoch
+    if not -(2**63) <= value < 2**64:
+        value %= 2**64
+    return value
 
 
 def iterate_once(tensors: dict[str, torch.Tensor],

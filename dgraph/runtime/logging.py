@@ -1,14 +1,58 @@
-"""Run logging: metrics.jsonl, TensorBoard events and a progress line, from rank 0 only."""
+"""Run logging: metrics.jsonl, TensorBoard events and a progress line, from rank 0 only.
+
+Every file is strict JSON: a non-finite value (NaN, inf) is written as ``null`` (see
+:func:`finite_json`). A run that starts at step N (a resume) first drops what a killed run
+logged after its checkpoint: metrics.jsonl keeps the rows with ``step <= N`` (rewritten
+atomically) and TensorBoard purges events from step N+1 on, so no step is logged twice.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLogger"]
+from dgraph.runtime.rundir import RunDirError, atomic_write_text, os_reason
+
+__all__ = ["RunLogger", "finite_json", "truncate_metrics"]
+
+
+def finite_json(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` with non-finite floats replaced by None, and the keys that were replaced."""
+    clean: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            clean[key] = None
+            bad.append(key)
+        else:
+            clean[key] = value
+    return clean, bad
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` logged at ``step`` or before (and drop a torn last line)."""
+    if not path.exists():
+        return
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path} ({os_reason(exc)})") from None
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a row a killed process was writing
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and \
+                record["step"] <= step and line.endswith("\n"):
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept), what="metrics file")
 
 
 class RunLogger:
@@ -27,10 +71,20 @@ class RunLogger:
         self.show = False
         if not enabled:
             return
-        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        from torch.utils.tensorboard import SummaryWriter
+        self._path = run_dir / "metrics.jsonl"
+        truncate_metrics(self._path, start_step)
+        tb = run_dir / "tb"
+        # Events a killed run wrote after its checkpoint are hidden from TensorBoard.
+        purge = start_step + 1 if tb.is_dir() and any(tb.iterdir()) else None
+        try:
+            self._metrics = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(str(run_dir / "tb"))
+            self._tb = SummaryWriter(str(tb), purge_step=purge)
+        except OSError as exc:
+            self.close()
+            raise RunDirError(f"cannot write {exc.filename or self._path} ({os_reason(exc)}); "
+                              "choose a writable --out") from None
         if progress and sys.stderr.isatty():
             from rich.progress import (
                 BarColumn,
@@ -67,9 +121,14 @@ class RunLogger:
                                                              self.start_time, 4)}
         if stage is not None:
             record["stage"] = stage
-        record.update(values)
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        record.update(finite_json(values)[0])
+        try:
+            self._metrics.write(json.dumps(record, allow_nan=False) + "\n")
+            self._metrics.flush()
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self._path} ({os_reason(exc)}); free space (or "
+                              "fix the folder's permissions), then continue with --resume") \
+                from None
         for key, value in values.items():
             self._tb.add_scalar(key, value, step)
         losses = "  ".join(f"{k.removeprefix('loss/')}={v:.4g}" for k, v in values.items()
@@ -93,8 +152,14 @@ class RunLogger:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
         if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            tb.flush()
+            tb.close()
         if self._metrics is not None:
-            self._metrics.close()
+            metrics, self._metrics = self._metrics, None
+            try:
+                metrics.close()
+            except OSError:
+                pass  # a failed flush was reported by the write that failed

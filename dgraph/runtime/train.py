@@ -1,8 +1,10 @@
 """The training runtime: ``dgraph train`` — updates at their ratios, stages, evaluation,
 checkpoints that resume bit-identically on CPU, and a run directory with everything in it.
 
-Rank-aware: under ``torchrun`` only rank 0 logs and writes checkpoints; distributed data
-parallelism itself is left to torch.distributed.
+Rank-aware: under ``torchrun`` only rank 0 logs, writes checkpoints and holds the run
+directory's lock (see :mod:`dgraph.runtime.rundir`); distributed data parallelism itself is
+left to torch.distributed. SIGINT and SIGTERM stop a run after the current step with a
+checkpoint (see :mod:`dgraph.runtime.shutdown`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import math
 import os
 import random
-import shutil
+import shlex
 import sys
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -26,7 +28,7 @@ from dgraph import __version__
 from dgraph.compiler.codegen import Program, UpdatePlan, compile_graph
 from dgraph.compiler.instantiate import Instances, build_context, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups, value_at
-from dgraph.errors import CheckpointError, DgraphError, NonFiniteError
+from dgraph.errors import CheckpointError, ComponentRuntimeError, DgraphError, NonFiniteError
 from dgraph.graph import Graph, validate
 from dgraph.runtime.checkpoint import (
     capture_rng,
@@ -39,11 +41,20 @@ from dgraph.runtime.checkpoint import (
 )
 from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.evaluate import evaluate
-from dgraph.runtime.logging import RunLogger
+from dgraph.runtime.logging import RunLogger, finite_json
+from dgraph.runtime.rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write_text,
+    open_run_dir,
+    os_reason,
+    spec_run_dir,
+)
+from dgraph.runtime.shutdown import StopSignals, TrainingInterrupted
 from dgraph.spec import ScheduleSpec, Spec, load_spec, zoo_names
 from dgraph.spec.source import read_spec_text
 
-__all__ = ["Trainer", "train", "resolve_device", "default_run_dir"]
+__all__ = ["Trainer", "TrainingInterrupted", "train", "resolve_device", "default_run_dir"]
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -56,7 +67,8 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def default_run_dir(spec: Spec) -> Path:
-    return Path(spec.train.out) if spec.train.out else Path("runs") / spec.display_name
+    """``train.out``, else ``runs/<name>``; a located SpecError when it leaves its base."""
+    return spec_run_dir(spec)
 
 
 @dataclass
@@ -121,10 +133,20 @@ class Trainer:
                                          "__index__": torch.arange(len(source))}.items()
                  if port in used[name]},
                 source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
-                seed=self.train_cfg.seed, device=self.device,
+                seed=self.train_cfg.seed, device=self.device, size=len(source),
             )
             for name, source in self.instances.data.items()
         }
+        # The non-finite check (see _check_finite): a sticky on-device flag, the number of
+        # optimizer steps it made skip since it was last read, and what those steps drew.
+        self._found_inf = torch.zeros((), device=self.device)
+        self._skipped = torch.zeros((), device=self.device)
+        self._one = torch.ones((), device=self.device)
+        self._unread: list[tuple[int, str, int, list[tuple[tuple[int, int], ...]]]] = []
+        self._shared_drawn: dict[str, tuple[int, int]] = {}
+        # Read the flag only at logging/checkpoint/eval steps where the optimizer can skip a
+        # step on the device (fused optimizers); elsewhere it is read every step.
+        self.defer_finite_checks = self.device.type == "cuda"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.trainable_params: dict[str, list[torch.nn.Parameter]] = {}
@@ -332,14 +354,34 @@ class Trainer:
         # gradients by the token count of all micro-batches, so splitting a batch into
         # micro-batches changes nothing.
         by_count = bool(plan.token_losses) and spec.accumulate > 1
+        # With loss scaling (fp16) non-finite gradients are the scaler's to skip; otherwise a
+        # step skips on the device only where the optimizer supports it (see _check_finite).
+        deferred = self.scaler is None and self.defer_finite_checks and \
+            getattr(optimizer, "_step_supports_amp_scaling", False)
         for repeat in range(spec.repeat):
             sum_total = count_total = None
+            totals: list[torch.Tensor] = []
+            # Where each micro-batch came from: (epoch, position) per data node, so that a
+            # failed step can be re-run on the same examples without keeping them.
+            draws: list[tuple[tuple[int, int], ...]] = []
             for micro in range(spec.accumulate):
-                batch = self._draw(plan, shared if repeat == 0 and micro == 0 else {})
-                with self.amp():
-                    result = plan.step(batch, weights)
+                cache = shared if repeat == 0 and micro == 0 else {}
+                reused = tuple(cache) if cache else ()
+                batch = self._draw(plan, cache)
+                drawn = tuple(self._shared_drawn[d] if d in reused else self.loaders[d].drawn
+                              for d in plan.data_nodes)
+                if cache is shared:
+                    self._shared_drawn.update(zip(plan.data_nodes, drawn, strict=True))
+                draws.append(drawn)
+                try:
+                    with self.amp():
+                        result = plan.step(batch, weights)
+                except DgraphError:
+                    raise
+                except Exception as exc:
+                    raise self._located_failure(plan, step, batch, exc) from exc
                 total, losses = result[0], result[1]
-                self._check_finite(total, plan, batch)
+                totals.append(total)
                 if by_count:
                     scaled = result[2]
                     sum_total = result[2].detach() + (0 if sum_total is None else sum_total)
@@ -348,7 +390,12 @@ class Trainer:
                     scaled = total / spec.accumulate if spec.accumulate > 1 else total
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
-                scaled.backward(inputs=params if plan.bystanders else None)
+                try:
+                    scaled.backward(inputs=params if plan.bystanders else None)
+                except DgraphError:
+                    raise
+                except Exception as exc:
+                    raise self._backward_failure(plan, step, exc) from exc
             if by_count:
                 count_total = count_total.clamp_min(1)
                 grads = [p.grad for p in params if p.grad is not None]
@@ -357,6 +404,19 @@ class Trainer:
                 total = sum_total / count_total
             if self.scaler is not None:
                 self.scaler.unscale_(optimizer)
+            else:
+                # One fused pass over the gradients sets the sticky flag when any is NaN/inf
+                # (multiplying by 1 changes no value); no host sync.
+                torch._amp_foreach_non_finite_check_and_unscale_(
+                    [p.grad for p in params if p.grad is not None], self._found_inf, self._one)
+            if deferred:
+                torch._amp_foreach_non_finite_check_and_unscale_(
+                    [t.detach() for t in totals], self._found_inf, self._one)
+                self._skipped.add_(self._found_inf)
+                self._unread.append((step, name, repeat, draws))
+            elif not (all(_finite(t) for t in totals)
+                      and (self.scaler is not None or not self._found_inf.item())):
+                self._check_finite((step, name, repeat, draws), totals)
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
             elif self._logs_after(step):
@@ -366,16 +426,24 @@ class Trainer:
                 self.scaler.step(optimizer)
                 self.scaler.update()
             else:
+                if deferred:
+                    # The fused kernels leave parameters and state alone (and take back the
+                    # step count) when found_inf is set: GradScaler's own mechanism.
+                    optimizer.grad_scale = None
+                    optimizer.found_inf = self._found_inf
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self._after_update(name)
         scheduler = self.schedulers.get(name)
         if scheduler is not None:
             scheduler.step()
+        if deferred and self._reads_after(step):
+            self._check_finite()
         terms["total"] = total
         for loss, value in zip(plan.losses, losses, strict=True):
             terms[loss] = value
         return terms
+
 
     def _after_update(self, update: str) -> None:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
@@ -395,24 +463,166 @@ class Trainer:
             ]
         return out
 
-    def _check_finite(self, total: torch.Tensor, plan: UpdatePlan, batch: dict) -> None:
-        # A check per step costs a device sync on GPU; there it is done at logging steps.
-        if self.device.type != "cpu" and not self._logs_after(self.step):
-            return
-        # On CPU, reading the scalar is cheaper than a isfinite kernel and a reduction.
-        value = total.detach()
-        if math.isfinite(value.item()) if value.numel() == 1 else bool(torch.isfinite(value).all()):
-            return
-        culprit = self._first_nonfinite(plan, batch)
+    def _located_failure(self, plan: UpdatePlan, step: int, batch: dict,
+                         exc: Exception) -> ComponentRuntimeError:
+        """The error for an exception from a generated step: the step's nodes are run again
+        one at a time (the slow path) on the same batch, to find the node that raises."""
+        where = f"step {step}: update '{plan.name}'"
+        try:
+            with self.amp():
+                values = self.program.run_nodes(self.instances, batch, plan.nodes)
+        except ComponentRuntimeError as located:
+            node = self.graph.nodes.get(located.node or "")
+            hint = "" if located.port is not None else \
+                ". Check the node's parameters against the inputs it was given"
+            return ComponentRuntimeError(
+                (f"{node.location}: " if node is not None else "") + f"{where}: {located}"
+                + hint, node=located.node, port=located.port)
+        except Exception:  # noqa: BLE001 - the original error is reported below
+            values = None
+        for loss in plan.losses if values is not None else ():
+            ports = ["loss", *(("sum", "count") if loss in plan.token_losses else ())]
+            for port in ports:
+                if (loss, port) not in values:
+                    node = self.graph.nodes[loss]
+                    return ComponentRuntimeError(
+                        f"{node.location}: {where}: loss node '{loss}' ({node.kind} "
+                        f"'{node.spec.type}') produced no output '{port}'; the component must "
+                        "return every output port it declares", node=loss, port=port)
+        compiled = " (train.compile is on: set it to false to rule torch.compile out)" \
+            if self.train_cfg.compile else ""
+        return ComponentRuntimeError(
+            f"{self.spec.source.where(('updates', plan.name))}: {where}: the step raised "
+            f"{type(exc).__name__}: {exc}; running its nodes one at a time on the same batch "
+            f"did not fail, so no node can be named{compiled}")
+
+    def _backward_failure(self, plan: UpdatePlan, step: int,
+                          exc: Exception) -> ComponentRuntimeError:
+        path = [n for n in plan.nodes if n in plan.grad_nodes]
+        return ComponentRuntimeError(
+            f"{self.spec.source.where(('updates', plan.name))}: "
+            f"step {step}: update '{plan.name}': back-propagation through "
+            f"{', '.join(repr(n) for n in path) or 'its nodes'} failed: "
+            f"{type(exc).__name__}: {exc}. A component that changes a tensor in place after "
+            "using it, or a custom autograd function, is the usual cause")
+
+    def _reads_after(self, step: int) -> bool:
+        """Whether the non-finite flag is read after ``step``: before anything is logged,
+        evaluated or saved, and at the end of a stage (its optimizers are then replaced)."""
+        done = step + 1
+        return (self._logs_after(step) or done % self.train_cfg.checkpoint_every == 0
+                or done % self.train_cfg.eval.every == 0 or done == self._stage_at(step).end)
+
+    def _check_finite(self, current: tuple | None = None,
+                      totals: list[torch.Tensor] | None = None) -> None:
+        """Read the non-finite flag; raise NonFiniteError for the first step it caught.
+
+        Every optimizer step checks its losses and gradients on the device: one fused pass
+        sets ``_found_inf`` when any of them is NaN or infinite. A flagged step must leave
+        parameters and optimizer state untouched (an Adam step with zeroed gradients would
+        still move the parameters and count a step), and the decision has to be made on the
+        device or read on the host:
+
+        - fused optimizers (``_step_supports_amp_scaling``; GradScaler relies on the same
+          mechanism) skip on the device when given ``found_inf``. On CUDA (where a read
+          would stall the queue) they run ahead unsynchronised: the flag is sticky, so every
+          step from the first bad one on is skipped, and it is read here after logging,
+          checkpoint, evaluation and stage-end steps (``_reads_after``) and before a
+          checkpoint is written. ``_unread`` records what each step drew, and ``_skipped``
+          counts the steps skipped, which locates the first bad one. Learning-rate schedules
+          and EMA targets (which follow an unchanged source) still advance on those steps;
+          the run stops at the read, before anything is logged or saved;
+        - other optimizers (the foreach ones, and every optimizer on CPU, where the read is
+          a fraction of a microsecond) have the flag read at once by ``_run_update``, which
+          calls this with the ``current`` step's record before the optimizer step.
+
+        With loss scaling (fp16) the GradScaler skips non-finite gradients itself, as it
+        expects some; only a non-finite loss raises. The error names the step and update, the
+        first parameter that holds or received a non-finite value, and the first node whose
+        output went non-finite when the step was re-run on the slow path.
+        """
+        if current is None:
+            if not self._unread or not self._found_inf.item():
+                self._unread.clear()
+                return
+        pending = int(self._skipped.item()) if self._unread else 0
+        if pending:
+            record, totals = self._unread[len(self._unread) - pending], None
+        else:
+            record = current if current is not None else self._unread[-1]
+        step, update, repeat, draws = record
+        plan = self.program.plans[update]
+        optimizer = self.optimizers[update]
+        batches = [self._batch_at(plan, drawn) for drawn in draws]
+        if totals is None:
+            # The gradients are gone: redo the step (parameters are as they were then, as
+            # every later step was skipped).
+            optimizer.zero_grad(set_to_none=True)
+            weights = self._weights(plan, self._stage_at(step), step)
+            totals = []
+            params = self.trainable_params[update]
+            for batch in batches:
+                with self.amp():
+                    total = plan.step(batch, weights)[0]
+                total.backward(inputs=params if plan.bystanders else None)
+                totals.append(total.detach())
+        parameter = self._first_nonfinite_parameter(update)
+        optimizer.zero_grad(set_to_none=True)
+        self._found_inf.zero_()
+        self._skipped.zero_()
+        self._unread.clear()
+        losses = [float(t.detach().float().sum()) for t in totals]
+        loss = next((v for v in losses if not math.isfinite(v)), losses[0])
+        culprit, micro = None, 0
+        for micro, batch in enumerate(batches):  # noqa: B007 - reported below
+            culprit = self._first_nonfinite(plan, batch)
+            if culprit is not None:
+                break
+        if culprit is not None:
+            node = self.graph.nodes[culprit[0]]
+            found = (f"the first node whose output went non-finite is '{culprit[0]}' "
+                     f"(port '{culprit[1]}', {node.kind} '{node.spec.type}'"
+                     + (f", micro-batch {micro + 1} of {len(batches)}" if len(batches) > 1
+                        else "") + ")")
+        else:
+            found = "no node output was non-finite when the step was re-run"
+        if parameter is None:
+            grads = "gradients finite" if self.scaler is None else \
+                "gradients finite once unscaled"
+        else:
+            grads = parameter
+        repeats = plan.spec.repeat
+        skipped = "The step was skipped" if not pending or pending == 1 else (
+            f"The step and the {pending - 1} step{'s' if pending > 2 else ''} after it were "
+            "skipped")
         raise NonFiniteError(
-            f"step {self.step}: update '{plan.name}' loss is {total.item()}; "
-            + (f"the first node whose output went non-finite is '{culprit[0]}' "
-               f"(port '{culprit[1]}', {self.graph.nodes[culprit[0]].kind} "
-               f"'{self.graph.nodes[culprit[0]].spec.type}')" if culprit else
-               "no node output was non-finite when the step was re-run")
-            + ". Lower the learning rate, clip gradients (clip_grad_norm), or check the "
-            "data; the last checkpoint is intact"
+            f"step {step}: update '{update}'"
+            + (f" (repeat {repeat + 1} of {repeats})" if repeats > 1 else "")
+            + f" went non-finite (loss {loss}; {grads}); {found}. {skipped}: parameters and "
+            "optimizer state are unchanged. Lower the learning rate, clip gradients "
+            "(clip_grad_norm), or check the data; the last checkpoint is intact"
         )
+
+    def _batch_at(self, plan: UpdatePlan, drawn: tuple[tuple[int, int], ...]) -> dict:
+        return {data_node: self.loaders[data_node].batch_at(*at)
+                for data_node, at in zip(plan.data_nodes, drawn, strict=True)}
+
+    def _first_nonfinite_parameter(self, update: str) -> str | None:
+        """'parameter 'node.name' ...' for the first parameter of ``update`` that holds a
+        non-finite value, else the first whose gradient is non-finite; None when neither."""
+        named: list[tuple[str, torch.nn.Parameter]] = []
+        for group in self.optimizers[update].param_groups:
+            node = group.get("node", "?")
+            names = {id(p): n for n, p in self.instances.modules[node].named_parameters()} \
+                if node in self.instances.modules else {}
+            named += [(f"{node}.{names.get(id(p), '?')}", p) for p in group["params"]]
+        for label, p in named:
+            if not bool(torch.isfinite(p.detach()).all()):
+                return f"parameter '{label}' holds non-finite values"
+        for label, p in named:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return f"first non-finite gradient: parameter '{label}'"
+        return None
 
     def _first_nonfinite(self, plan: UpdatePlan, batch: dict) -> tuple[str, str] | None:
         found: list[tuple[str, str]] = []
@@ -432,7 +642,8 @@ class Trainer:
                 if value.is_floating_point() and not torch.isfinite(value).all():
                     return (data_node, port)
         try:
-            with torch.no_grad():
+            # Under the step's autocast too: an fp16 overflow shows only there.
+            with torch.no_grad(), self.amp():
                 self.program.run_nodes(self.instances, batch, plan.nodes, check=check)
         except _Stop:
             pass
@@ -491,11 +702,12 @@ class Trainer:
             ) from None
         restore_rng(state["rng"])
 
-    def save(self) -> None:
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only); returns its path."""
         if self.rank != 0:
-            return
-        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state(),
-                        self.train_cfg.keep_checkpoints)
+            return None
+        return save_checkpoint(self.run_dir / "checkpoints", self.step, self.state(),
+                               self.train_cfg.keep_checkpoints)
 
     def save_final(self) -> None:
         if self.rank != 0:
@@ -508,10 +720,19 @@ class Trainer:
                 metadata = {"node": name, "type": node.spec.type, "kind": node.kind,
                             "spec": self.spec.display_name, "dgraph_version": __version__,
                             "params": json.dumps(node.spec.params, sort_keys=True)}
+                if self.spec.path is not None:  # `dgraph export` resolves paths against it
+                    metadata["spec_dir"] = str(self.spec.path.parent.resolve())
                 save_weights(final / f"{name}.safetensors", module.state_dict(), metadata)
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, *, resume: bool = False) -> dict[str, float]:
+    def run(self, *, resume: bool = False, command: str | None = None) -> dict[str, float]:
+        """Train to the last step, evaluate, write the final weights and ``summary.json``.
+
+        On SIGINT/SIGTERM the current step completes, a checkpoint is written, the logs are
+        closed and :class:`TrainingInterrupted` is raised; ``command`` (the shell command that
+        resumes this run) goes into its message. ``summary.json`` is strict JSON: a non-finite
+        metric is written as null, with a warning naming it (the returned dict keeps it).
+        """
         if resume:
             latest = latest_checkpoint(self.run_dir / "checkpoints")
             if latest is not None:
@@ -519,14 +740,17 @@ class Trainer:
                 self.say(f"resuming from {latest} (step {self.step})")
         logger = RunLogger(self.run_dir, enabled=self.rank == 0, total_steps=self.total_steps,
                            progress=self.progress, start_step=self.step)
-        self._write_graph_pictures(logger)
         eval_every = self.train_cfg.eval.every
         summary: dict[str, float] = {}
         samples = 0
+        saved: Path | None = None  # the checkpoint of the current step, once written
+        stop = StopSignals()
         import time
 
         tick = time.perf_counter()
         try:
+            self._write_graph_pictures(logger)
+            stop.install()
             while self.step < self.total_steps:
                 stage = self._stage_at(self.step)
                 if self.step == stage.start:
@@ -556,18 +780,44 @@ class Trainer:
                         if shown:
                             logger.line(f"step {self.step}: {shown}")
                     summary = metrics
+                saved = None
                 if self.step % self.train_cfg.checkpoint_every == 0 or \
                         self.step == self.total_steps:
-                    self.save()
+                    saved = self.save()
+                if stop.signum is not None and self.step < self.total_steps:
+                    if saved is None:
+                        saved = self.save()
+                    raise self._interrupted(stop, saved, command)
         finally:
+            stop.restore()
             logger.close()
         if not summary:
             summary = self.evaluate()
         self.save_final()
         if self.rank == 0:
-            (self.run_dir / "summary.json").write_text(
-                json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            self._write_summary(summary)
         return summary
+
+    def _interrupted(self, stop: StopSignals, checkpoint: Path | None,
+                     command: str | None) -> TrainingInterrupted:
+        where = f"wrote the checkpoint {checkpoint}" if checkpoint is not None else \
+            "rank 0 writes the checkpoint"
+        again = command or (f"dgraph train SPEC --out {shlex.quote(str(self.run_dir))} --resume "
+                            "(with the spec and --set options this run was started with)")
+        return TrainingInterrupted(
+            f"{stop.name} received: stopped after step {self.step} of {self.total_steps} and "
+            f"{where}. Resume with: {again}", stop.signum or 0)
+
+    def _write_summary(self, summary: dict[str, float]) -> None:
+        clean, nonfinite = finite_json(summary)
+        if nonfinite:
+            self.say("warning: non-finite evaluation metrics, written as null in "
+                     f"{self.run_dir / 'summary.json'}: "
+                     + ", ".join(f"{k} = {summary[k]}" for k in nonfinite)
+                     + "; check the evaluation split for NaN/inf values and the model's outputs")
+        atomic_write_text(self.run_dir / "summary.json",
+                          json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                          what="summary")
 
     def _logs_after(self, step: int) -> bool:
         """Whether the (0-based) step ``step`` ends with a logged record."""
@@ -576,6 +826,7 @@ class Trainer:
 
     def _log_values(self, terms: dict[str, dict[str, torch.Tensor]],
                     stage: _Stage) -> dict[str, float]:
+        self._check_finite()  # nothing is logged from steps that went non-finite
         values: dict[str, float] = {}
         for update, update_terms in terms.items():
             for key, tensor in update_terms.items():
@@ -587,9 +838,6 @@ class Trainer:
                 else:
                     values[f"loss/{key}"] = value
             values[f"lr/{update}"] = float(self.optimizers[update].param_groups[0]["lr"])
-        for update in terms:
-            if not math.isfinite(values.get(f"loss/total/{update}", 0.0)):
-                raise NonFiniteError(f"step {self.step}: update '{update}' loss is not finite")
         return values
 
     def evaluate(self) -> dict[str, float]:
@@ -605,9 +853,13 @@ class Trainer:
             return
         from dgraph.viz.raster import to_image
 
-        render(self.graph, str(self.run_dir / "graph.svg"))
-        logger.image("graph", to_image(self.graph))
-        mermaid = render(self.graph, str(self.run_dir / "graph.mmd"))
+        try:
+            render(self.graph, str(self.run_dir / "graph.svg"))
+            logger.image("graph", to_image(self.graph))
+            mermaid = render(self.graph, str(self.run_dir / "graph.mmd"))
+        except OSError as exc:
+            raise RunDirError(f"cannot write {exc.filename or self.run_dir / 'graph.svg'} "
+                              f"({os_reason(exc)}); choose a writable --out") from None
         logger.text("graph", "```mermaid\n" + str(mermaid) + "\n```\n\nSee graph.svg in the "
                     "run directory for the drawing.")
 
@@ -621,6 +873,13 @@ def _scheduler_state(scheduler) -> dict[str, Any]:
     return state
 
 
+def _finite(value: torch.Tensor) -> bool:
+    """Whether every element of a loss is finite (one host read; cheap on CPU)."""
+    value = value.detach()
+    return math.isfinite(value.item()) if value.numel() == 1 else \
+        bool(torch.isfinite(value).all())
+
+
 def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """The total 2-norm of the parameters' gradients (what clip_grad_norm_ reports)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
@@ -629,37 +888,45 @@ def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def _prepare_run_dir(run_dir: Path, spec: Spec, *, resume: bool, overwrite: bool) -> None:
-    has_run = (run_dir / "checkpoints").exists() or (run_dir / "final").exists()
-    if has_run and not resume:
-        if not overwrite:
-            raise DgraphError(
-                f"run directory {run_dir} already holds a run; pass --resume to continue it, "
-                "--out DIR for a new run, or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = run_dir / "spec.resolved.yaml"
-    text = read_spec_text(spec.raw)
-    if resume and resolved.exists() and resolved.read_text() != text:
-        raise CheckpointError(
-            f"the spec differs from the one this run was started with ({resolved}); resume "
-            "with the same spec and overrides, or start a new run with --out"
-        )
-    resolved.write_text(text)
+def _prepare_run_dir(run_dir: Path, spec: Spec, *, resume: bool, overwrite: bool,
+                     say=print) -> RunLock:
+    """Claim ``run_dir`` for this job and return its lock, held (see dgraph.runtime.rundir):
+    a new folder gets the marker; ``overwrite`` deletes only a previous run's own paths, in
+    a folder dgraph created; ``resume`` checks the spec is the one the run started with."""
+    return open_run_dir(run_dir, spec_name=spec.display_name, spec_text=read_spec_text(spec.raw),
+                        resume=resume, overwrite=overwrite, say=say)
+
+
+def _resume_command(spec_ref: str | Path | Spec, spec: Spec, run_dir: Path,
+                    overrides: Iterable[str]) -> str:
+    """The shell command that continues this run."""
+    if isinstance(spec_ref, Spec):
+        spec_ref = spec.path if spec.path is not None else "SPEC"
+    words = ["dgraph", "train", str(spec_ref), "--out", str(run_dir)]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join([*words, "--resume"])
 
 
 def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (), out: str | Path | None
           = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log=None) -> dict[str, float]:
-    """Validate, compile and run a spec; returns the final evaluation metrics."""
+    """Validate, compile and run a spec; returns the final evaluation metrics.
+
+    The run directory (``out``, else the spec's ``train.out`` or ``runs/<name>``) is locked
+    for the whole job. SIGINT/SIGTERM end it with a checkpoint and TrainingInterrupted.
+    """
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    spec = spec_ref if isinstance(spec_ref, Spec) else load_spec(spec_ref, list(overrides))
+    overrides = list(overrides)
+    spec = spec_ref if isinstance(spec_ref, Spec) else load_spec(spec_ref, overrides)
     graph, warnings = validate(spec)
     for warning in warnings:
         say(warning.render())
     run_dir = Path(out) if out is not None else default_run_dir(spec)
-    if _rank() == 0:
-        _prepare_run_dir(run_dir, spec, resume=resume, overwrite=overwrite)
-    trainer = Trainer(graph, run_dir, progress=progress, log=say)
-    return trainer.run(resume=resume)
+    # Only rank 0 claims and locks the folder; the other ranks of the job share its lock.
+    lock = _prepare_run_dir(run_dir, spec, resume=resume, overwrite=overwrite, say=say) \
+        if _rank() == 0 else nullcontext()
+    with lock:
+        trainer = Trainer(graph, run_dir, progress=progress, log=say)
+        return trainer.run(resume=resume,
+                           command=_resume_command(spec_ref, spec, run_dir, overrides))

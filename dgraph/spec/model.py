@@ -7,6 +7,9 @@ named types, ports and nodes exist is the graph layer's job.
 
 from __future__ import annotations
 
+import math
+import re
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +22,8 @@ from dgraph.registry import ROLES
 from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw
 
 __all__ = [
+    "MAX_NAME_LENGTH",
+    "NAME_PATTERN",
     "SPEC_VERSION",
     "CacheSpec",
     "EvalSpec",
@@ -40,9 +45,25 @@ __all__ = [
 
 SPEC_VERSION = 1
 
+# Node, update and stage names. Generated step code uses a name only inside identifiers that
+# dgraph prefixes (m_<node>, step_<update>) and inside repr() string literals, so Python
+# keywords such as 'class' or 'lambda' are fine names; anything beyond ASCII letters, digits
+# and '_' is not (no '-', '.', spaces, quotes, newlines or look-alike Unicode letters).
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_LENGTH = 64
+_NAME_EXPECTED = (
+    "a name matching [A-Za-z_][A-Za-z0-9_]* (letters, digits, underscore; not starting with "
+    f"a digit), at most {MAX_NAME_LENGTH} characters"
+)
+# Whole numbers in a spec fit a signed 64-bit integer (what torch and numpy take).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+SEED_MAX = 2**32 - 1
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: every float is finite, also one written as the text "NaN" or
+    # "Infinity" (which pydantic would otherwise turn into a float).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class InitSpec(_Strict):
@@ -188,7 +209,8 @@ class EvalSpec(_Strict):
 
 class TrainSpec(_Strict):
     steps: int = Field(1000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX,
+                      description=f"seed of every random generator, 0 to {SEED_MAX} (2**32 - 1)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_every: int = Field(10, ge=1)
@@ -268,13 +290,52 @@ def _expected_of(error: dict[str, Any]) -> str:
     return text
 
 
+_MODEL_BRANCHES = ("ObjectiveTerm", "ScheduleSpec", "ParamGroupSpec")
+
+
+def _fitting_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep, at each union of mappings, the branches whose keys fit the value best.
+
+    ``{schedule: linear, steps: 0}`` as a weight is a schedule with a bad ``steps``, not an
+    objective term with four unknown keys: branches with the fewest unknown or missing keys
+    of their own are reported, the others are dropped.
+    """
+    branches: dict[tuple, dict[str, list[tuple[int, int]]]] = {}
+    for index, error in enumerate(errors):
+        loc = error["loc"]
+        for at, part in enumerate(loc):
+            if part in _MODEL_BRANCHES:
+                point = branches.setdefault(_clean_loc(loc[:at]), {})
+                point.setdefault(part, []).append((index, at))
+    drop: set[int] = set()
+    for by_branch in branches.values():
+        if len(by_branch) < 2:
+            continue
+        misfits = {
+            branch: sum(1 for i, at in hits if len(errors[i]["loc"]) == at + 2
+                        and errors[i]["type"] in ("extra_forbidden", "missing"))
+            for branch, hits in by_branch.items()
+        }
+        best = min(misfits.values())
+        for branch, hits in by_branch.items():
+            if misfits[branch] > best:
+                drop.update(i for i, _ in hits)
+    return [e for i, e in enumerate(errors) if i not in drop]
+
+
 def _problems_from_pydantic(errors: list[dict[str, Any]], source: SourceMap) -> list[Problem]:
     """One problem per wrong value: a union's branches are reported as one set of choices."""
+    errors = _fitting_branches(errors)
     paths = [_clean_loc(e["loc"]) for e in errors]
     unknown = [p for e, p in zip(errors, paths, strict=True)
                if e["type"] == "extra_forbidden" and p]
+    # "NaN" for a number-or-schedule: that it is not finite says more than that it is not a
+    # schedule either.
+    not_finite = {p for e, p in zip(errors, paths, strict=True) if e["type"] == "finite_number"}
     kept: list[tuple[dict[str, Any], tuple]] = []
     for error, path in zip(errors, paths, strict=True):
+        if path in not_finite and _is_type_error(error):
+            continue
         deeper = any(len(q) > len(path) and q[: len(path)] == path for q in paths)
         if _is_type_error(error) and isinstance(error.get("input"), dict) and deeper:
             continue  # the mapping branch of the union explains what is wrong inside it
@@ -349,6 +410,9 @@ def _problem_from_pydantic(
             suggestion=hint or "`dgraph list KIND` shows the component types of each kind",
         )
     expected = _expected_of(error)
+    if kind == "int_parsing_size":  # pydantic's words for a float such as 1e23 in an int field
+        message = "the number is too large for a whole number"
+        expected = "a valid integer"
     if choices and len(choices) > 1:
         expected = " or ".join(choices)
         message = "it is none of the allowed forms"
@@ -393,29 +457,37 @@ def _short(value: Any) -> str:
 
 
 def _allowed_keys(parent: list[str | int]) -> list[str]:
-    """Keys allowed where an unknown one was found, for the did-you-mean."""
-    model: type[BaseModel] | None = Spec
+    """Keys allowed where an unknown one was found, for the did-you-mean (of every mapping
+    form a value may take there: an objective term or a schedule)."""
+    models: list[type[BaseModel]] = [Spec]
     steps = list(parent)
-    while steps and model is not None:
+    while steps and models:
         key = steps.pop(0)
-        field = model.model_fields.get(str(key)) if isinstance(key, str) else None
-        if field is None:
+        fields = [m.model_fields[key] for m in models
+                  if isinstance(key, str) and key in m.model_fields]
+        if not fields:
             return []
-        annotation = field.annotation
-        inner = _model_in(annotation)
-        if inner is None:
-            return []
+        annotation = fields[0].annotation
         if _is_container(annotation):
             if not steps:
                 return []
             steps.pop(0)  # the mapping key / list index
-        model = inner
-    if model is None:
-        return []
-    names = []
-    for name, field in model.model_fields.items():
-        names.append(field.alias or name)
+        models = _models_in(annotation)
+    names: list[str] = []
+    for model in models:
+        for name, field in model.model_fields.items():
+            if (field.alias or name) not in names:
+                names.append(field.alias or name)
     return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += [m for m in _models_in(arg) if m not in found]
+    return found
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -435,8 +507,137 @@ def _is_container(annotation: Any) -> bool:
     return any(_is_container(a) for a in getattr(annotation, "__args__", ()) or ())
 
 
+def _name_problem(name: str, what: str, location: Any, taken: Iterable[str]) -> Problem | None:
+    """A located problem when ``name`` breaks the name rule (see :data:`NAME_PATTERN`)."""
+    if NAME_PATTERN.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
+        return None
+    if not name:
+        reason = "it is empty"
+    elif len(name) > MAX_NAME_LENGTH:
+        reason = f"it is {len(name)} characters long"
+    elif name[0].isascii() and name[0].isdigit():
+        reason = "it starts with a digit"
+    else:
+        bad = next(c for c in name if not (c.isascii() and (c.isalnum() or c == "_")))
+        reason = f"it contains {bad!r}"
+    return Problem(
+        code="bad-name",
+        message=f"the {what} name {_short(name)} is not allowed: {reason}",
+        location=location,
+        expected=_NAME_EXPECTED,
+        found=_short(name),
+        suggestion=f"rename it, e.g. to '{_clean_name(name, taken)}', and use the new name "
+        "wherever the spec refers to it (Python keywords are allowed: generated code "
+        "prefixes every name)",
+    )
+
+
+def _clean_name(name: str, taken: Iterable[str]) -> str:
+    """A name that follows the rule and resembles ``name``: 'my-loss' -> 'my_loss'."""
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    clean = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_text).strip("_") or "node"
+    if clean[0].isdigit():
+        clean = f"_{clean}"
+    clean = clean[:MAX_NAME_LENGTH]
+    taken = set(taken)
+    candidate, i = clean, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{clean[:MAX_NAME_LENGTH - len(str(i)) - 1]}_{i}"
+    return candidate
+
+
+def _name_problems(data: dict[str, Any], source: SourceMap) -> list[Problem]:
+    """Every node, update and stage name that breaks the name rule, located at its key."""
+    problems = []
+    for section, what in (("nodes", "node"), ("updates", "update")):
+        names = data.get(section)
+        if isinstance(names, dict):
+            for name in names:
+                problem = _name_problem(str(name), what, source.key_where((section, name)),
+                                        names)
+                if problem is not None:
+                    problems.append(problem)
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        stage_names = [s.get("name") for s in stages if isinstance(s, dict)]
+        for index, stage in enumerate(stages):
+            name = stage.get("name") if isinstance(stage, dict) else None
+            if isinstance(name, str):
+                problem = _name_problem(name, "stage", source.where(("stages", index, "name")),
+                                        [n for n in stage_names if isinstance(n, str)])
+                if problem is not None:
+                    problems.append(problem)
+    return problems
+
+
+def _value_problems(data: Any, source: SourceMap) -> tuple[list[Problem], set[tuple]]:
+    """Numbers no spec may hold, anywhere (also in component params): NaN, infinities and
+    integers beyond 64 bits; and text with a NUL character. Returns the problems and their
+    paths (so that pydantic's view of the same values is not reported twice)."""
+    problems: list[Problem] = []
+    paths: set[tuple] = set()
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(Problem(
+                code="non-finite",
+                message=f"'{_dotted(path)}' is not a finite number",
+                location=source.where(path),
+                node=_node_of(path),
+                expected="a finite number",
+                found=repr(value),
+                suggestion="a spec holds finite numbers only (NaN and infinities are refused); "
+                "write a finite value",
+            ))
+            paths.add(path)
+        elif isinstance(value, int) and not isinstance(value, bool) and not (
+                INT_MIN <= value <= INT_MAX):
+            problems.append(Problem(
+                code="number-too-large",
+                message=f"'{_dotted(path)}' is too large for a whole number",
+                location=source.where(path),
+                node=_node_of(path),
+                expected="a whole number from -2**63 to 2**63 - 1",
+                found=_short(value),
+                suggestion="write a smaller number",
+            ))
+            paths.add(path)
+        elif isinstance(value, str) and "\0" in value:
+            problems.append(Problem(
+                code="bad-text",
+                message=f"'{_dotted(path)}' holds a NUL character",
+                location=source.where(path),
+                node=_node_of(path),
+                expected="text without NUL characters",
+                found=_short(value),
+                suggestion="remove the '\\0' from the text",
+            ))
+            paths.add(path)
+    return problems, paths
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _node_of(path: tuple) -> str | None:
+    return str(path[1]) if len(path) > 1 and path[0] == "nodes" else None
+
+
 def spec_from_raw(raw: RawSpec) -> Spec:
-    """Check a raw spec's form with pydantic; all problems are reported together."""
+    """Check a raw spec's form with pydantic; all problems are reported together.
+
+    Besides pydantic's checks: node, update and stage names follow :data:`NAME_PATTERN`
+    (at most :data:`MAX_NAME_LENGTH` characters; Python keywords are allowed because
+    generated code prefixes every name), and no value anywhere is NaN, infinite, an integer
+    beyond 64 bits or text with a NUL character.
+    """
     data = raw.data
     version = data.get("dgraph", SPEC_VERSION)
     if version != SPEC_VERSION:
@@ -450,10 +651,14 @@ def spec_from_raw(raw: RawSpec) -> Spec:
                 suggestion="upgrade dgraph, or rewrite the spec for this version",
             )
         ])
+    problems, flagged = _value_problems(data, raw.source)
+    problems += _name_problems(data, raw.source)
     try:
         spec = Spec.model_validate(data)
     except PydanticValidationError as exc:
-        problems = _problems_from_pydantic(exc.errors(), raw.source)
+        errors = [e for e in exc.errors() if _clean_loc(e["loc"]) not in flagged]
+        problems += _problems_from_pydantic(errors, raw.source)
+    if problems:
         raise ValidationError(_dedupe(problems)) from None
     spec._source = raw.source
     spec._path = raw.path

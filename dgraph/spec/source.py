@@ -2,11 +2,18 @@
 
 YAML and JSON are both read with ruamel.yaml (JSON is YAML 1.2), so both keep positions.
 ``extends`` merges a base spec under the file; ``--set key.path=value`` overrides on top.
+
+A spec is data and reading it is bounded: only regular files of at most 64 MiB are read;
+YAML tags other than the core ones are refused before anything is constructed; nesting is
+at most 64 levels; aliases may not expand a spec beyond one value (two characters of text)
+per byte of its file ("billion laughs"); and a file named by ``extends`` that is not a spec
+is refused without quoting it. Every refusal is a located :class:`SpecError`.
 """
 
 from __future__ import annotations
 
 import copy
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,7 +22,10 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from dgraph.errors import Location, SpecError, did_you_mean
 
@@ -23,6 +33,19 @@ __all__ = ["SourceMap", "RawSpec", "load_raw", "apply_overrides", "resolve_spec_
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 Path_ = tuple[str | int, ...]
+
+# Limits that keep reading a spec bounded in time and memory, whatever the file holds.
+MAX_SPEC_BYTES = 64 * 2**20  # a spec file (or a base spec) is at most 64 MiB
+MAX_EXTENDS = 32  # base specs in one chain of 'extends'
+# Aliases may repeat parts of a spec, but not multiply it: after expanding every alias a spec
+# holds at most one value per byte of its file (and at most 2 characters of text per byte),
+# or 100,000 values and 1,000,000 characters for small files. A 300-byte "billion laughs"
+# file would otherwise expand to billions of values.
+MIN_EXPANDED_VALUES = 100_000
+MIN_EXPANDED_CHARS = 1_000_000
+# The top-level keys of a spec; an extended file must have at least one to be read as a spec.
+SPEC_KEYS = ("dgraph", "name", "description", "nodes", "updates", "stages", "train", "export",
+             "extends")
 
 
 @dataclass
@@ -89,9 +112,13 @@ def resolve_spec_path(name_or_path: str | Path, relative_to: Path | None = None)
             zoo = zoo_dir() / f"{candidate.name}{suffix}"
             if zoo.exists():
                 return zoo
+    raise _not_found(name_or_path)
+
+
+def _not_found(name_or_path: str | Path) -> SpecError:
     names = zoo_names()
-    hint = did_you_mean(candidate.stem, names)
-    raise SpecError(
+    hint = did_you_mean(Path(name_or_path).stem, names)
+    return SpecError(
         f"spec '{name_or_path}' not found: no such file, and no zoo spec of that name",
         code="spec-not-found",
         expected="a .yaml/.yml/.json spec file, or a zoo spec name: " + (", ".join(names) or "-"),
@@ -100,13 +127,227 @@ def resolve_spec_path(name_or_path: str | Path, relative_to: Path | None = None)
     )
 
 
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
 _MAX_DEPTH = 64
+_CORE = "tag:yaml.org,2002:"
+# Explicit tags a spec may carry: YAML's core schema. Anything else (``!!python/...``,
+# ``!!binary``, ``!!timestamp``, ``!custom``) is refused: a spec is plain data.
+_SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
+# Implicit scalar types kept as they are; any other implicitly typed scalar (a date such as
+# 2024-05-01, YAML 1.1's '=') stays text.
+_PLAIN_TYPES = _SCALAR_TAGS
+# An explicitly tagged value must also read as that type without the tag ('!!int abc' does not).
+_TAG_ACCEPTS = {
+    f"{_CORE}int": {f"{_CORE}int"},
+    f"{_CORE}float": {f"{_CORE}int", f"{_CORE}float"},
+    f"{_CORE}bool": {f"{_CORE}bool"},
+    f"{_CORE}null": {f"{_CORE}null"},
+}
+_MAX_INT_CHARS = 40  # an integer with more characters cannot fit a spec's 64-bit range anyway
+
+
+def _tag_name(tag: Any) -> str | None:
+    """The full name of a tag (ruamel gives a ``Tag`` or, for resolved ones, a ``str``)."""
+    return tag if isinstance(tag, str) or tag is None else tag.value
+
+
+def _tag_text(tag: Any) -> str:
+    """A tag as written: ``!!python/object:os.system`` for YAML's own, ``!custom`` otherwise."""
+    text = _tag_name(tag) or "!"
+    return "!!" + text[len(_CORE):] if text.startswith(_CORE) else text
+
+
+def _kind_of(node: Any) -> str:
+    if isinstance(node, MappingNode):
+        return "mapping"
+    if isinstance(node, SequenceNode):
+        return "list"
+    return "value"
+
+
+class _SpecComposer(Composer):
+    """ruamel's composer with the checks a spec needs before anything is constructed.
+
+    Composing builds YAML's node graph, in which an alias is the anchored node itself, so
+    that this is where every limit can be enforced at the exact line and column: tags (only
+    YAML's core ones), nesting depth, mapping keys that are collections, and how much the
+    aliases expand the document (counted without expanding it). Nothing here calls a
+    constructor, so no tag can make ruamel build an object.
+    """
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.warn_double_anchors = False  # a re-used anchor is legal YAML; the last one wins
+        self.file = "<spec>"
+        self.max_values = MIN_EXPANDED_VALUES
+        self.max_chars = MIN_EXPANDED_CHARS
+        self.values = 0  # values (and keys) after expanding aliases, in document order
+        self.chars = 0  # characters of text after expanding aliases
+        self.aliases = 0
+        # Expanded (values, characters) of each anchored node, the only ones an alias can
+        # name; and one running sum per collection being composed.
+        self._anchored: dict[int, tuple[int, int]] = {}
+        self._open: list[list[int]] = []
+
+    def configure(self, file: str, size: int) -> None:
+        self.file = file
+        self.max_values = max(MIN_EXPANDED_VALUES, size)
+        self.max_chars = max(MIN_EXPANDED_CHARS, 2 * size)
+
+    def _where(self, mark: Any) -> Location:
+        return Location(self.file, mark.line + 1, mark.column + 1) if mark else Location(
+            self.file)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)  # ruamel reports an undefined alias
+            size = self._anchored.get(id(node))
+            if size is None:
+                raise SpecError(
+                    f"the alias *{event.anchor} refers to a value that contains it",
+                    self._where(event.start_mark),
+                    code="recursive-alias",
+                    expected="an alias to a value that ends before the alias",
+                    found=f"*{event.anchor} inside the value anchored as &{event.anchor} at "
+                    f"{self._where(node.start_mark)}",
+                    suggestion="a spec cannot contain itself; write the nested part out",
+                )
+            self.aliases += 1
+            self._add(size, event.start_mark, alias=event.anchor)
+            return node
+        if self.depth > _MAX_DEPTH:
+            raise SpecError(
+                f"the spec nests deeper than {_MAX_DEPTH} levels",
+                self._where(event.start_mark),
+                code="too-deep",
+                expected=f"at most {_MAX_DEPTH} nested mappings or lists",
+                found=f"a value at depth {self.depth}",
+                suggestion="check for unbalanced brackets",
+            )
+        key = isinstance(parent, MappingNode) and index is None
+        self._check_tag(event, key)
+        if isinstance(event, ScalarEvent):
+            node = super().compose_node(parent, index)
+            tag = _tag_name(node.tag)
+            if tag == f"{_CORE}int" and len(node.value) > _MAX_INT_CHARS:
+                raise SpecError(
+                    "the number is too large",
+                    self._where(node.start_mark),
+                    code="number-too-large",
+                    expected="an integer between -2**63 and 2**63 - 1",
+                    found=f"an integer written with {len(node.value)} characters",
+                    suggestion="write a smaller number",
+                )
+            if tag not in _PLAIN_TYPES and not (key and tag == f"{_CORE}merge"):
+                node.tag = self.resolver.resolve(ScalarNode, node.value, (False, False))
+            size = (1, len(node.value))
+            self._add(size, event.start_mark)
+        else:
+            self._add((1, 0), event.start_mark)  # the collection itself, in its parent
+            self._open.append([1, 0])
+            node = super().compose_node(parent, index)
+            values, chars = self._open.pop()
+            size = (values, chars)
+            if isinstance(node, MappingNode):
+                for item_key, _ in node.value:
+                    if not isinstance(item_key, ScalarNode):
+                        raise SpecError(
+                            f"a mapping key must be plain text, found a {_kind_of(item_key)}",
+                            self._where(item_key.start_mark),
+                            code="bad-key",
+                            expected="a text key, e.g. 'nodes' or a node name",
+                            found=f"a {_kind_of(item_key)} used as a key",
+                            suggestion="check the brackets and colons: a '{' or '[' may have "
+                            "ended up before a ':'",
+                        )
+            if self._open:  # its contents, now known, into its parent's size
+                self._open[-1][0] += values - 1
+                self._open[-1][1] += chars
+        if node.anchor is not None:
+            self._anchored[id(node)] = size
+        return node
+
+    def _check_tag(self, event: Any, key: bool) -> None:
+        tag = getattr(event, "ctag", None)
+        if tag is None or str(tag) == "!":
+            return
+        name = _tag_name(tag)
+        if isinstance(event, ScalarEvent):
+            allowed = name in _SCALAR_TAGS
+        elif isinstance(event, SequenceStartEvent):
+            allowed = name == f"{_CORE}seq"
+        else:
+            allowed = isinstance(event, MappingStartEvent) and name == f"{_CORE}map"
+        what = ("text" if isinstance(event, ScalarEvent) else
+                "a list" if isinstance(event, SequenceStartEvent) else "a mapping")
+        if not allowed:
+            value = f" {_short(event.value)}" if isinstance(event, ScalarEvent) else (
+                f" on {what}")
+            raise SpecError(
+                f"YAML tag '{_tag_text(tag)}' is not allowed in a spec",
+                self._where(event.start_mark),
+                code="yaml-tag",
+                expected="plain data: text, numbers, true/false, null, lists and mappings "
+                "(explicit tags: only !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+                found=f"{_tag_text(tag)}{value}",
+                suggestion="remove the tag; a spec is plain data and never names Python "
+                "objects",
+            )
+        accepts = _TAG_ACCEPTS.get(name)
+        if accepts is not None:
+            implicit = _tag_name(self.resolver.resolve(ScalarNode, event.value, (True, False)))
+            if implicit not in accepts:
+                raise SpecError(
+                    f"the value does not read as its tag '{_tag_text(tag)}'",
+                    self._where(event.start_mark),
+                    code="yaml-tag",
+                    expected=f"a value of type {_tag_text(tag)}, e.g. "
+                    + {"int": "3", "float": "0.5", "bool": "true", "null": "null"}[
+                        name[len(_CORE):]],
+                    found=f"{_tag_text(tag)} {_short(event.value)}",
+                    suggestion="remove the tag or correct the value",
+                )
+
+    def _add(self, size: tuple[int, int], mark: Any, alias: str | None = None) -> None:
+        """Count a value (or an alias's whole expansion) in document order."""
+        if self._open:  # into the expanded size of the collection being composed
+            self._open[-1][0] += size[0]
+            self._open[-1][1] += size[1]
+        self.values += size[0]
+        self.chars += size[1]
+        if self.values <= self.max_values and self.chars <= self.max_chars:
+            return
+        if self.values > self.max_values:
+            what, limit, total = "values", self.max_values, self.values
+        else:
+            what, limit, total = "characters of text", self.max_chars, self.chars
+        cause = f"the alias *{alias}" if alias is not None else "this value"
+        raise SpecError(
+            f"YAML aliases expand the spec to more than {limit:,} {what}",
+            self._where(mark),
+            code="alias-expansion",
+            expected=f"at most {limit:,} {what} with every alias expanded (one value and two "
+            f"characters per byte of the file, at least {MIN_EXPANDED_VALUES:,} values and "
+            f"{MIN_EXPANDED_CHARS:,} characters)",
+            found=f"{self.aliases:,} aliases so far; {cause} brings the total to {total:,} "
+            f"{what}",
+            suggestion="write repeated parts out or alias them fewer times; aliases that "
+            "multiply a spec's size (a 'billion laughs' file) are refused",
+        )
+
+
+def _yaml(file: str = "<spec>", size: int = 0) -> YAML:
+    """A round-trip (position-keeping) YAML reader with the spec's checks in its composer.
+
+    Round-trip mode constructs only plain mappings, lists and scalars (it has no constructors
+    for ``!!python/...`` tags), and :class:`_SpecComposer` refuses every non-core tag before
+    construction starts.
+    """
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    yaml.Composer = _SpecComposer
+    yaml.composer.configure(file, size)
+    return yaml
 
 
 def _key_position(node: CommentedMap, key: Any) -> tuple[int, int, int, int]:
@@ -115,7 +356,7 @@ def _key_position(node: CommentedMap, key: Any) -> tuple[int, int, int, int]:
     Keys brought in by a YAML merge key (``<<: *base``) have no position of their own in
     ``node``; they are located at the mapping itself.
     """
-    position = node.lc.data.get(key)
+    position = (node.lc.data or {}).get(key)
     if position is not None and len(position) >= 4:
         return position[0], position[1], position[2], position[3]
     line, col = node.lc.line or 0, node.lc.col or 0
@@ -131,7 +372,7 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
             code="too-deep",
             expected=f"at most {_MAX_DEPTH} nested mappings or lists",
             found=f"a value at depth {len(path)}",
-            suggestion="check for an anchor/alias that refers to itself, or unbalanced brackets",
+            suggestion="nest less deeply; an alias repeats its value at the alias's own depth",
         )
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
@@ -159,18 +400,23 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
     if isinstance(node, CommentedSeq):
         items = []
         for index, value in enumerate(node):
-            line, col = node.lc.item(index)
-            smap.locations[(*path, index)] = Location(file, line + 1, col + 1)
+            position = (node.lc.data or {}).get(index)
+            smap.locations[(*path, index)] = (
+                Location(file, position[0] + 1, position[1] + 1) if position
+                else smap.where(path))
             items.append(_plain(value, file, (*path, index), smap))
         return items
     if isinstance(node, TaggedScalar):
+        # '!!str 3' (the composer refused every other tag before anything was constructed)
+        if _tag_name(node.tag) == f"{_CORE}str":
+            return str(node.value)
         raise SpecError(
-            f"YAML tags are not allowed in a spec, found '{node.tag}'",
+            f"YAML tag '{_tag_text(node.tag)}' is not allowed in a spec",
             smap.where(path),
             code="yaml-tag",
-            expected="a plain value (text, number, true/false, list or mapping)",
-            found=f"{node.tag} {_short(node.value)}",
-            suggestion="remove the '!' tag",
+            expected="plain data: text, numbers, true/false, null, lists and mappings",
+            found=f"{_tag_text(node.tag)} {_short(node.value)}",
+            suggestion="remove the tag; a spec is plain data and never names Python objects",
         )
     if isinstance(node, str):
         return str(node)
@@ -183,11 +429,15 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
     return node
 
 
-def parse_text(text: str, file: str) -> tuple[Any, SourceMap]:
-    """Parse YAML or JSON text, returning plain data and its source map."""
+def parse_text(text: str, file: str, *, quote: bool = True) -> tuple[Any, SourceMap]:
+    """Parse YAML or JSON text, returning plain data and its source map.
+
+    With ``quote=False`` a syntax error gives its line and column but never the text there
+    (for a file named by ``extends`` that may not be a spec at all).
+    """
     smap = SourceMap(default=Location(file))
     try:
-        document = _yaml().load(text)
+        document = _yaml(file, len(text)).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
@@ -196,8 +446,20 @@ def parse_text(text: str, file: str) -> tuple[Any, SourceMap]:
         notes = []
         if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
             cm = exc.context_mark
-            notes.append(f"{exc.context.strip()} that starts at "
+            notes.append(f"{exc.context.strip() if quote else 'the construct'} that starts at "
                          f"{Location(file, cm.line + 1, cm.column + 1)}")
+        if not quote:
+            raise SpecError(
+                "cannot parse the base spec: it is not well-formed YAML (or JSON)",
+                loc,
+                code="yaml-syntax",
+                expected="well-formed YAML (or JSON)",
+                found=f"a syntax error at line {mark.line + 1}, column {mark.column + 1}"
+                if mark else "a syntax error",
+                suggestion="open the file at this line; dgraph does not show the text of a "
+                "file named by 'extends' that it cannot read as a spec",
+                notes=notes,
+            ) from None
         raise SpecError(
             f"cannot parse the spec: {problem}{context}",
             loc,
@@ -211,7 +473,7 @@ def parse_text(text: str, file: str) -> tuple[Any, SourceMap]:
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(
-            f"cannot parse the spec: {first}",
+            f"cannot parse the spec: {first}" if quote else "cannot parse the base spec",
             Location(file),
             code="yaml-syntax",
             expected="well-formed YAML (or JSON)",
@@ -228,15 +490,15 @@ def parse_text(text: str, file: str) -> tuple[Any, SourceMap]:
             suggestion="check for unbalanced brackets",
         ) from None
     except (TypeError, ValueError) as exc:
-        # ruamel raises these while building a mapping whose key is itself a mapping or list
+        # The composer refuses collection keys and checks tagged values, so this is a value
+        # that ruamel itself cannot build; its message does not quote the file.
         raise SpecError(
-            f"cannot parse the spec: {exc}",
+            f"cannot parse the spec: {exc}" if quote else "cannot parse the base spec",
             Location(file),
             code="yaml-syntax",
-            expected="mapping keys that are plain names",
-            found="a key that is a mapping or a list",
-            suggestion="check the brackets and colons: a '{' or '[' may have ended up "
-            "before a ':'",
+            expected="plain YAML (or JSON) values",
+            found=type(exc).__name__,
+            suggestion="check the values of the file",
         ) from None
     smap.locations[()] = Location(file, 1, 1)
     return _plain(document, file, (), smap), smap
@@ -257,38 +519,95 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read(path: Path) -> tuple[dict[str, Any], SourceMap]:
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_problem(path: Path) -> tuple[str, str, str] | None:
+    """(message, found, hint) when ``path`` is not a regular spec-sized file, else None."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        info = path.stat()
+    except OSError as exc:
+        return (f"cannot read the spec: {exc.strerror or exc}", type(exc).__name__,
+                "check the path and its permissions")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+        return ("cannot read the spec: it is not a regular file", kind,
+                "name a .yaml, .yml or .json file")
+    if info.st_size > MAX_SPEC_BYTES:
+        return _too_large(f"{info.st_size:,} bytes")
+    return None
+
+
+def _too_large(found: str) -> tuple[str, str, str]:
+    return (f"cannot read the spec: it is larger than {MAX_SPEC_BYTES // 2**20} MiB", found,
+            f"a spec file holds at most {MAX_SPEC_BYTES // 2**20} MiB")
+
+
+def _file_error(path: Path, problem: tuple[str, str, str], where: Location | None = None,
+                *, code: str = "unreadable") -> SpecError:
+    message, found, hint = problem
+    return SpecError(message, where or Location(str(path)), code=code,
+                     expected=f"a readable regular file of at most {MAX_SPEC_BYTES // 2**20} MiB",
+                     found=found, suggestion=hint)
+
+
+def _read(path: Path, *, base: bool = False) -> tuple[dict[str, Any], SourceMap]:
+    """Read and parse a spec file; ``base``: a file named by ``extends``, never quoted."""
+    problem = _file_problem(path)
+    if problem is not None:
+        raise _file_error(path, problem)
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        problem = (f"cannot read the spec: {exc.strerror or exc}", type(exc).__name__,
+                   "check the path and its permissions")
+        raise _file_error(path, problem) from None
+    if len(data) > MAX_SPEC_BYTES:  # it grew after the size check
+        raise _file_error(path, _too_large(f"more than {MAX_SPEC_BYTES:,} bytes"))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError(
             "cannot read the spec: the file is not UTF-8 text",
-            Location(str(path)),
+            Location(str(path), line, column),
             code="unreadable",
             expected="a UTF-8 text file",
-            found="bytes that are not UTF-8",
+            found=f"byte 0x{data[exc.start]:02x}, which is not UTF-8 here",
             suggestion="save the spec as UTF-8",
         ) from None
-    except OSError as exc:
-        raise SpecError(
-            f"cannot read the spec: {exc.strerror or exc}",
-            Location(str(path)),
-            code="unreadable",
-            expected="a readable spec file",
-            found=type(exc).__name__,
-            suggestion="check the path and its permissions",
-        ) from None
-    data, smap = parse_text(text, str(path))
+    data, smap = parse_text(text, str(path), quote=not base)
     if data is None:
         data = {}
     if not isinstance(data, dict):
+        kind = {list: "a list", str: "text"}.get(type(data), f"a {type(data).__name__}")
         raise SpecError(
             f"a spec must be a mapping at the top level, found {type(data).__name__}",
             Location(str(path), 1, 1),
             code="not-a-mapping",
             expected="a mapping with keys such as 'dgraph', 'nodes' and 'updates'",
-            found=f"{type(data).__name__} {_short(data)}",
+            found=f"{kind} (not shown: the file is named by 'extends')" if base
+            else f"{type(data).__name__} {_short(data)}",
             suggestion="start the file with 'dgraph: 1' and 'nodes:'",
+        )
+    if base and data and not any(key in SPEC_KEYS for key in data):
+        raise SpecError(
+            "the file named by 'extends' is not a dgraph spec",
+            Location(str(path), 1, 1),
+            code="not-a-spec",
+            expected="a spec: a mapping with at least one of the keys " + ", ".join(SPEC_KEYS),
+            found=f"a mapping with {len(data)} other key{'s' if len(data) != 1 else ''} "
+            "(not shown)",
+            suggestion="'extends' names a base spec (a .yaml/.yml/.json spec file or a zoo "
+            "spec name)",
         )
     return data, smap
 
@@ -303,21 +622,26 @@ def _merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
-def load_raw(path_or_name: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
+def load_raw(path_or_name: str | Path) -> RawSpec:
     """Read a spec file (or zoo name), following ``extends`` to its base specs.
 
-    A base spec is found relative to the file that names it (or in the zoo). Problems inside
-    a base spec are located in the base file; a cycle of ``extends`` is reported at the
-    ``extends`` that closes it.
+    ``extends`` names a zoo spec (``extends: kd``) or a regular ``.yaml``/``.yml``/``.json``
+    file of at most 64 MiB, relative to the folder of the spec that names it (or absolute).
+    Problems inside a base spec are located in the base file; a file named by ``extends``
+    that does not parse, is not a mapping or has none of a spec's top-level keys is refused
+    without quoting it. A cycle of ``extends`` is reported at the ``extends`` that closes it.
     """
-    path = resolve_spec_path(path_or_name, _chain[-1].parent if _chain else None)
+    return _load(resolve_spec_path(path_or_name), ())
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> RawSpec:
     resolved = path.resolve()
-    data, smap = _read(path)
+    data, smap = _read(path, base=bool(chain))
     base_ref = data.pop("extends", None)
     if base_ref is None:
         return RawSpec(data, smap, path)
     where = smap.where(("extends",))
-    if not isinstance(base_ref, str) or not base_ref.strip():
+    if not isinstance(base_ref, str) or not base_ref.strip() or "\0" in base_ref:
         raise SpecError(
             "'extends' must name a spec file or zoo spec",
             where,
@@ -326,18 +650,17 @@ def load_raw(path_or_name: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec
             found=f"{type(base_ref).__name__} {_short(base_ref)}",
             suggestion="write the base spec's file name as text",
         )
-    chain = (*_chain, resolved)
-    try:
-        base_path = resolve_spec_path(base_ref, resolved.parent)
-    except SpecError as exc:
+    chain = (*chain, resolved)
+    if len(chain) > MAX_EXTENDS:
         raise SpecError(
-            f"'extends' names no spec: {exc.message}",
+            f"'extends' chains more than {MAX_EXTENDS} base specs",
             where,
-            code=exc.code,
-            expected=exc.expected,
-            found=exc.found,
-            suggestion=exc.suggestion,
-        ) from None
+            code="extends-too-deep",
+            expected=f"at most {MAX_EXTENDS} specs in a chain of 'extends'",
+            found=f"{len(chain)} specs, the first {chain[0]}",
+            suggestion="merge some of the base specs into one",
+        )
+    base_path = _base_path(base_ref, resolved.parent, where)
     if base_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
         raise SpecError(
@@ -348,8 +671,20 @@ def load_raw(path_or_name: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec
             found=cycle,
             suggestion="remove 'extends' from one of the specs on the cycle",
         )
+    problem = _file_problem(base_path)
+    if problem is not None:
+        message, found, hint = problem
+        raise SpecError(
+            f"'extends' names no readable spec: {message.removeprefix('cannot read the spec: ')}",
+            where,
+            code="bad-extends",
+            expected=f"a regular .yaml/.yml/.json file of at most {MAX_SPEC_BYTES // 2**20} MiB, "
+            "or a zoo spec name",
+            found=f"{base_ref!r}: {found}",
+            suggestion=hint,
+        )
     try:
-        base = load_raw(base_path.resolve(), chain)
+        base = _load(base_path.resolve(), chain)
     except SpecError as exc:
         exc.notes = (*exc.notes, f"read as the base spec named by 'extends' at {where}")
         raise
@@ -357,6 +692,40 @@ def load_raw(path_or_name: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec
     merged_map.update(base.source)
     merged_map.update(smap)
     return RawSpec(_merge(base.data, data), merged_map, path)
+
+
+def _base_path(ref: str, folder: Path, where: Location) -> Path:
+    """The file ``extends: ref`` names: a spec file by its suffix, else a zoo spec."""
+    candidate = Path(ref)
+    if candidate.suffix.lower() in SPEC_SUFFIXES:
+        path = candidate if candidate.is_absolute() else folder / candidate
+        if path.exists():
+            return path
+    elif (candidate.suffix == "" and len(candidate.parts) == 1
+          and not candidate.is_absolute() and not (folder / candidate).exists()):
+        for suffix in SPEC_SUFFIXES:
+            zoo = zoo_dir() / f"{candidate.name}{suffix}"
+            if zoo.exists():
+                return zoo
+    else:
+        raise SpecError(
+            "'extends' may name only a .yaml, .yml or .json file, or a zoo spec",
+            where,
+            code="bad-extends",
+            expected="a spec file such as base.yaml (relative to this spec, or absolute), or a "
+            "zoo spec name such as kd",
+            found=repr(ref),
+            suggestion="name the base spec's .yaml/.yml/.json file",
+        )
+    exc = _not_found(ref)
+    raise SpecError(
+        f"'extends' names no spec: {exc.message}",
+        where,
+        code=exc.code,
+        expected=exc.expected,
+        found=exc.found,
+        suggestion=exc.suggestion,
+    )
 
 
 _OVERRIDE_EXAMPLE = "e.g. --set train.steps=100 or --set nodes.kd.params.temperature=2.0"
@@ -414,9 +783,18 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
                 suggestion="remove the doubled, leading or trailing '.'",
             )
         parts = [p.strip() for p in parts]
+        if len(parts) > _MAX_DEPTH:
+            raise _bad_override(
+                item,
+                f"the override key '{_short(key)}' has more than {_MAX_DEPTH} parts",
+                expected=f"at most {_MAX_DEPTH} names separated by dots",
+                found=f"{len(parts)} parts",
+                suggestion="set a value nearer the top and write the rest as its YAML value",
+            )
         value, value_map = _parse_override_value(value_text, where, item)
         target: Any = data
         path: list[str | int] = []
+        created: list[Path_] = []  # mappings this override creates on its way
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             prefix = ".".join(parts[:depth]) or "the spec"
@@ -434,6 +812,7 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
                 else:
                     if target.get(part) is None:
                         target[part] = {}
+                        created.append(tuple(path))
                     target = target[part]
             else:
                 raise _bad_override(
@@ -444,6 +823,8 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
                     suggestion=f"set '{prefix}' itself, e.g. --set {prefix}=...",
                 )
         _relocate(raw.source, tuple(path), value_map, Location(where))
+        for made in created:
+            raw.source.locations[made] = raw.source.locations[("#key", *made)] = Location(where)
     return RawSpec(data, raw.source, raw.path)
 
 

@@ -1,7 +1,10 @@
-"""Drawing a validated graph: SVG (pure-Python layout), offline HTML, Graphviz DOT, Mermaid.
+"""Drawing a validated graph: SVG (pure-Python layout), offline HTML, Graphviz DOT, Mermaid,
+and a raster image for TensorBoard.
 
 :func:`render` picks the format from a file suffix (``.svg``, ``.html``, ``.dot``, ``.mmd``),
 writes the file and returns the text; a bare format name returns the text only. No torch.
+The SVG (also inside the HTML page) and :func:`to_image` (a numpy RGB array, via Pillow) paint
+one :class:`Scene` built by :func:`build_scene`, so they show the same picture.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dgraph.viz.dot import dot_from_view, to_dot
 from dgraph.viz.html import html_from_view, to_html
 from dgraph.viz.layout import Layout, layered_layout
 from dgraph.viz.mermaid import mermaid_from_view, to_mermaid
+from dgraph.viz.raster import to_image
+from dgraph.viz.scene import Scene, build_scene
 from dgraph.viz.svg import svg_from_view, to_svg
 from dgraph.viz.view import GraphView, build_view
 
@@ -22,11 +27,14 @@ __all__ = [
     "SUFFIXES",
     "GraphView",
     "Layout",
+    "Scene",
+    "build_scene",
     "build_view",
     "layered_layout",
     "render",
     "to_dot",
     "to_html",
+    "to_image",
     "to_mermaid",
     "to_svg",
 ]

@@ -2,7 +2,8 @@
 
 Nodes are filled by kind, frozen ones dashed and trainable ones bold; edges carry their ports,
 semantic type and shape, and are coloured by the updates whose gradient they carry (a legend
-cluster lists each update). Render with ``dot -Tsvg``; dgraph itself never needs graphviz.
+cluster lists each update); a parameter naming another node is a dotted reference edge.
+Render with ``dot -Tsvg``; dgraph itself never needs graphviz.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import html
 
 from dgraph.graph.model import Graph
+from dgraph.viz.scene import EDGE_GREY as _EDGE_GREY
+from dgraph.viz.scene import REF_COLOUR
 from dgraph.viz.view import GraphView, build_view
 
 __all__ = ["dot_from_view", "dot_quote", "to_dot"]
 
-_EDGE_GREY = "#6b6b6b"
 _STYLES = {  # NodeView.look -> (style, penwidth)
     "frozen": ("rounded,filled,dashed", "1.2"),
     "trainable": ("rounded,filled,bold", "2.5"),
@@ -52,6 +54,8 @@ def _legend(view: GraphView, legend_id: str) -> list[str]:
                      "parameters trained"))
     rows.append(_row("dashed edge: tapped submodule; coloured edge: carries that update's "
                      "gradient"))
+    if any(e.ref for e in view.edges):
+        rows.append(_row("dotted edge: reference (a parameter names that node)", REF_COLOUR))
     table = '<table border="0" cellborder="0" cellspacing="2">' + "".join(rows) + "</table>"
     return [
         "  subgraph cluster_legend {",
@@ -94,7 +98,10 @@ def dot_from_view(view: GraphView) -> str:
             "label": dot_quote(f"{edge.ports}\n{edge.typed}"),
             "tooltip": dot_quote(edge.full),
         }
-        if colours:
+        if edge.ref:
+            attrs.update(style="dotted", color=dot_quote(REF_COLOUR),
+                         fontcolor=dot_quote(REF_COLOUR), penwidth="1.5")
+        elif colours:
             attrs["color"] = dot_quote(":".join(colours))
             attrs["penwidth"] = "1.8"
         if edge.tap:

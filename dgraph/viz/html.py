@@ -1,8 +1,9 @@
 """One self-contained, offline HTML page for a graph: :func:`to_html`.
 
 The page embeds the SVG drawing, its data as JSON and a little inline CSS and JavaScript:
-hovering or clicking a node shows its type, kind, frozen state, parameters, typed ports and
-updates. It references no external script, style sheet, font or image, and holds no URL.
+hovering or clicking a node shows its type, kind, frozen state, parameters, typed ports,
+references and updates. It loads no external script, style sheet, font or image, and holds
+no URL.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def _data(view: GraphView, problems: list[dict[str, Any]]) -> dict[str, Any]:
             "inputs": ports(node.inputs),
             "outputs": ports(node.outputs),
             "taps": ports(node.taps),
+            "references": node.references,
+            "referenced_by": [[n, param] for n, param in node.referenced_by],
             "trained_by": node.trained_by,
             "objective_of": [[u, w] for u, w in node.objective_of],
             "problems": [p["text"] for p in problems if p["node"] == name],
@@ -203,6 +206,14 @@ _JS = """
     }
     if (n.exported) { row(t, "exported", "yes"); }
     if (n.shares) { row(t, "shares", n.shares); }
+    Object.keys(n.references).forEach(function (param) {
+      row(t, "references", "params." + param + " \u2192 " + n.references[param]);
+    });
+    if (n.referenced_by.length) {
+      row(t, "referenced by", n.referenced_by.map(function (r) {
+        return r[0] + ".params." + r[1];
+      }).join(", "));
+    }
     if (n.location) { row(t, "defined at", n.location); }
     details.appendChild(t);
     portTable("inputs", n.inputs, true);
@@ -313,7 +324,11 @@ def html_from_view(
     svg = svg_from_view(view)
     marker = "\x00svgns\x00"
     svg = _defang(svg.replace(SVG_NS, marker)).replace(marker, SVG_NS)
-    counts = f"{len(view.nodes)} nodes · {len(view.edges)} edges · {len(view.updates)} updates"
+    refs = sum(e.ref for e in view.edges)
+    counts = f"{len(view.nodes)} nodes · {len(view.edges) - refs} edges"
+    if refs:
+        counts += f" · {refs} reference{'s' if refs != 1 else ''}"
+    counts += f" · {len(view.updates)} updates"
     if records:
         errors = sum(r["severity"] == "error" for r in records)
         counts += f" · {errors} errors · {len(records) - errors} warnings/notes"

@@ -309,25 +309,25 @@ def layered_layout(
     labels = list(label_sizes) if label_sizes is not None else [None] * len(edges)
     names = list(sizes)
     succ: dict[str, list[str]] = {n: [] for n in names}
-    for u, v in edges:
-        if u in sizes and v in sizes and u != v and v not in succ[u]:
-            succ[u].append(v)
+    for src, dst in edges:
+        if src in sizes and dst in sizes and src != dst and dst not in succ[src]:
+            succ[src].append(dst)
     back = _back_pairs(names, succ)
 
     dag = nx.DiGraph()
     dag.add_nodes_from(names)
     oriented: list[tuple[int, str, str, bool]] = []
     loops: list[int] = []
-    for i, (u, v) in enumerate(edges):
-        if u not in sizes or v not in sizes:
+    for i, (src, dst) in enumerate(edges):
+        if src not in sizes or dst not in sizes:
             continue
-        if u == v:
+        if src == dst:
             loops.append(i)
             continue
-        rev = (u, v) in back
-        a, b = (v, u) if rev else (u, v)
-        oriented.append((i, a, b, rev))
-        dag.add_edge(a, b)
+        rev = (src, dst) in back
+        tail, head = (dst, src) if rev else (src, dst)
+        oriented.append((i, tail, head, rev))
+        dag.add_edge(tail, head)
 
     rank: dict[str, int] = {}
     for index, generation in enumerate(nx.topological_generations(dag)):
@@ -414,17 +414,17 @@ def layered_layout(
             desired = (out_y(k, j) + in_y(k, j + 1)) / 2
             per_gap.setdefault(state.layer[chain[j]], []).append((desired, k, j, height))
     waypoint: dict[tuple[int, int], Point] = {}
-    for g, items in per_gap.items():
-        items.sort()
+    for g, column in per_gap.items():
+        column.sort()
         gx = col_x[g] + col_w[g] + gap_w[g] / 2
         offsets, acc = [], 0.0
-        for n, item in enumerate(items):
+        for n, item in enumerate(column):
             if n:
-                acc += items[n - 1][3] / 2 + _LABEL_SEP + item[3] / 2
+                acc += column[n - 1][3] / 2 + _LABEL_SEP + item[3] / 2
             offsets.append(acc)
-        targets = [it[0] - o for it, o in zip(items, offsets, strict=True)]
-        fit = _isotonic(targets, [1.0] * len(items))
-        for (_, k, j, _), z, o in zip(items, fit, offsets, strict=True):
+        targets = [it[0] - o for it, o in zip(column, offsets, strict=True)]
+        fit = _isotonic(targets, [1.0] * len(column))
+        for (_, k, j, _), z, o in zip(column, fit, offsets, strict=True):
             waypoint[(k, j)] = (gx, z + o)
 
     routed: list[LayoutEdge] = [LayoutEdge(index=i) for i in range(len(edges))]
@@ -466,9 +466,9 @@ def layered_layout(
     for i in loops:
         box = boxes[edges[i][0]]
         lift = 36.0
-        a = (box.cx + box.w / 4, box.y)
-        b = (box.cx - box.w / 4, box.y)
-        seg = (a, (a[0] + 24, box.y - lift), (b[0] - 24, box.y - lift), b)
+        out_at = (box.cx + box.w / 4, box.y)
+        in_at = (box.cx - box.w / 4, box.y)
+        seg = (out_at, (out_at[0] + 24, box.y - lift), (in_at[0] - 24, box.y - lift), in_at)
         label = None
         if labels[i] is not None:
             label = (box.cx, box.y - lift - labels[i][1] / 2)  # type: ignore[index]

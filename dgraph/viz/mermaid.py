@@ -2,12 +2,14 @@
 
 Node ids are sanitised (``n_`` plus letters, digits and underscores), labels escaped with
 Mermaid's ``#quot;`` codes; classes style kinds and frozen/trainable nodes; edges on an
-update's gradient path take that update's colour; a subgraph lists the updates.
+update's gradient path take that update's colour; a parameter naming another node is a dotted
+reference link; a subgraph lists the updates.
 """
 
 from __future__ import annotations
 
 from dgraph.graph.model import Graph
+from dgraph.viz.scene import REF_COLOUR
 from dgraph.viz.view import KIND_STYLES, GraphView, build_view, kind_style, safe_id
 
 __all__ = ["mermaid_from_view", "mermaid_text", "to_mermaid"]
@@ -45,11 +47,14 @@ def mermaid_from_view(view: GraphView) -> str:
     for edge in view.edges:
         if edge.src not in ids or edge.dst not in ids:
             continue
-        arrow = "-.->" if edge.tap else "-->"
+        arrow = "-.->" if edge.tap or edge.ref else "-->"
         label = mermaid_text(edge.label)
         links.append(f'  {ids[edge.src]} {arrow}|"{label}"| {ids[edge.dst]}')
         colours = view.colours_of(edge.updates)
-        if colours:
+        if edge.ref:
+            link_styles.append(f"  linkStyle {len(links) - 1} stroke:{REF_COLOUR},"
+                               "stroke-width:1.5px,stroke-dasharray:2 3")
+        elif colours:
             link_styles.append(
                 f"  linkStyle {len(links) - 1} stroke:{colours[0]},stroke-width:2.5px"
             )

@@ -1,6 +1,6 @@
 """A renderer-neutral description of a graph: the labels, colours and update marks drawn.
 
-Every format (SVG, DOT, Mermaid, HTML) reads the same :class:`GraphView`, built by
+Every format (SVG, DOT, Mermaid, HTML, the raster image) reads the same :class:`GraphView`, built by
 :func:`build_view` from a built or validated :class:`~dgraph.graph.Graph`, so they all agree.
 """
 
@@ -131,6 +131,8 @@ class NodeView:
     shares: str | None = None
     doc: str = ""
     location: str = ""
+    references: dict[str, str] = field(default_factory=dict)  # parameter -> node it names
+    referenced_by: list[tuple[str, str]] = field(default_factory=list)  # (node, parameter)
 
     @property
     def fill(self) -> str:
@@ -189,7 +191,12 @@ class NodeView:
 
 @dataclass
 class EdgeView:
-    """One edge with its semantic type, shape and the updates whose gradient it carries."""
+    """One edge with its semantic type, shape and the updates whose gradient it carries.
+
+    A *reference* edge (``ref=True``) is a dependency through a parameter: node ``dst`` names
+    node ``src`` in its parameter ``dst_port`` (an EMA target's ``source``, a sampler's model).
+    It has no source port, type or shape and carries no gradient.
+    """
 
     src: str
     src_port: str
@@ -199,25 +206,34 @@ class EdgeView:
     shape: str
     tap: bool = False
     updates: list[str] = field(default_factory=list)
+    ref: bool = False
 
     @property
     def ports(self) -> str:
-        """``"logits → student"``: source port to destination port."""
+        """``"logits → student"``: source port to destination port (``"params.source"`` for a
+        reference)."""
+        if self.ref:
+            return f"params.{self.dst_port}"
         return f"{self.src_port} → {self.dst_port}"
 
     @property
     def typed(self) -> str:
-        """``"Logits[B, 10]"``: semantic type and shape."""
+        """``"Logits[B, 10]"``: semantic type and shape (``"reference"`` for a reference)."""
+        if self.ref:
+            return "reference"
         return f"{self.type}{self.shape}"
 
     @property
     def label(self) -> str:
-        """``"logits → student: Logits[B, 10]"``."""
+        """``"logits → student: Logits[B, 10]"`` (``"params.source: reference"``)."""
         return f"{self.ports}: {self.typed}"
 
     @property
     def full(self) -> str:
-        """``"teacher.logits → kd.student: Logits[B, 10]"`` (with ``(tap)`` for taps)."""
+        """``"teacher.logits → kd.student: Logits[B, 10]"`` (with ``(tap)`` for taps), or
+        ``"student → ema.params.source (reference)"``."""
+        if self.ref:
+            return f"{self.src} → {self.dst}.params.{self.dst_port} (reference)"
         text = f"{self.src}.{self.src_port} → {self.dst}.{self.dst_port}: {self.typed}"
         return text + (" (tap)" if self.tap else "")
 
@@ -295,6 +311,15 @@ def _node_params(node: Node) -> dict[str, Any]:
         return dict(node.spec.params)
 
 
+def _references(node: Node) -> dict[str, str]:
+    """The parameters of ``node`` that name another node (``{"source": "student"}``)."""
+    try:
+        refs = node.component.references()
+    except Exception:  # a component that cannot say is drawn without its references
+        return {}
+    return {str(k): str(v) for k, v in refs.items() if isinstance(v, str)}
+
+
 def _grad_edges(
     graph: Graph, edge_types: list[str], trained: set[str], losses: set[str]
 ) -> set[int]:
@@ -338,9 +363,9 @@ def build_view(graph: Graph) -> GraphView:
     for i, (uname, update) in enumerate(spec.updates.items()):
         params = []
         for entry in update.params:
-            node = entry if isinstance(entry, str) else entry.node
-            if node not in params:
-                params.append(node)
+            owner = entry if isinstance(entry, str) else entry.node
+            if owner not in params:
+                params.append(owner)
         opt = update.optimizer
         updates[uname] = UpdateView(
             name=uname,
@@ -369,6 +394,14 @@ def build_view(graph: Graph) -> GraphView:
         stype = port.type if port is not None else "Tensor"
         edge_types.append(stype)
         edges.append(EdgeView(e.src, e.src_port, e.dst, e.dst_port, stype, shape, tap=e.tap))
+
+    references = {name: _references(node) for name, node in graph.nodes.items()}
+    wired = {(e.src, e.dst, e.dst_port) for e in graph.edges}
+    ref_edges = [
+        EdgeView(target, "", name, param, "", "", ref=True)
+        for name, refs in references.items() for param, target in refs.items()
+        if target in graph.nodes and (target, name, param) not in wired
+    ]
 
     for uname, uv in updates.items():
         trained = {n for n in uv.params if n in graph.nodes}
@@ -419,6 +452,9 @@ def build_view(graph: Graph) -> GraphView:
             shares=node.spec.shares,
             doc=doc,
             location=str(node.location),
+            references=references[name],
+            referenced_by=[(other, param) for other, refs in references.items()
+                           for param, target in refs.items() if target == name],
         )
 
     stages = []
@@ -437,7 +473,7 @@ def build_view(graph: Graph) -> GraphView:
         title=spec.display_name,
         description=spec.description.strip(),
         nodes=nodes,
-        edges=edges,
+        edges=edges + ref_edges,
         updates=updates,
         dry_run=graph.dry_run,
         stages=stages,

@@ -255,6 +255,7 @@ def test_non_finite_loss_names_the_first_node(tmp_path):
     with pytest.raises(NonFiniteError) as info:
         trainer.run()
     assert str(info.value) == (
-        "step 0: update 'main' loss is inf; the first node whose output went non-finite is "
-        "'fit' (port 'loss', loss 'mse'). Lower the learning rate, clip gradients "
-        "(clip_grad_norm), or check the data; the last checkpoint is intact")
+        "step 0: update 'main' went non-finite (loss inf; gradients finite); the first node "
+        "whose output went non-finite is 'fit' (port 'loss', loss 'mse'). The step was "
+        "skipped: parameters and optimizer state are unchanged. Lower the learning rate, clip "
+        "gradients (clip_grad_norm), or check the data; the last checkpoint is intact")

@@ -1,7 +1,8 @@
 """Tests of dgraph.viz: SVG, DOT, Mermaid and HTML drawings of validated graphs.
 
-The graphs use component types registered here (prefixed ``viztest_``), so these tests do not
-depend on which built-in components exist.
+The graphs use the component types registered in conftest.py (prefixed ``viztest_``), so these
+tests do not depend on which built-in components exist. The HTML page runs in a real browser in
+test_html_browser.py; the raster image is checked against the SVG's scene in test_raster.py.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from pydantic import Field
 
 from dgraph.errors import DgraphError
 from dgraph.graph import Graph, validate
-from dgraph.ports import Port
-from dgraph.registry import COMPONENTS, Component, Params, component
 from dgraph.spec import load_spec
 from dgraph.viz import SUFFIXES, render, to_dot, to_html, to_mermaid, to_svg
 from dgraph.viz.dot import dot_quote
@@ -33,92 +31,8 @@ from dgraph.viz.mermaid import mermaid_text
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-# -- test-only component types ---------------------------------------------------------------
-class _NetParams(Params):
-    in_features: int = Field(64, gt=0)
-    num_classes: int = Field(10, gt=0)
-
-
-def _register(name: str, roles: tuple[str, ...], **attrs: object) -> None:
-    if name in COMPONENTS:  # the module may be imported twice; keep the first registration
-        return
-    doc = attrs.pop("doc", f"Test-only component {name}.")
-    cls = type(f"_{name}", (Component,), {"__doc__": doc, **attrs})
-    component(name, roles=roles)(cls)
-
-
-_register(
-    "viztest_data", ("data",),
-    outputs={"x": Port("Features", "B, 64", "inputs"), "y": Port("Labels", "B", "labels")},
-)
-_register(
-    "viztest_net", ("teacher", "student", "model"),
-    Params=_NetParams,
-    inputs={"x": Port("Features", "B, {in_features}")},
-    outputs={"logits": Port("Logits", "B, {num_classes}"), "features": Port("Features", "B, 32")},
-    tappable=True,
-)
-_register(
-    "viztest_kd", ("loss",),
-    inputs={"student": Port("Logits", "B, C"), "teacher": Port("Logits", "B, C")},
-    outputs={"loss": Port("Scalar", "")},
-)
-_register(
-    "viztest_ce", ("loss",),
-    inputs={"logits": Port("Logits", "B, C"), "labels": Port("Labels", "B")},
-    outputs={"loss": Port("Scalar", "")},
-)
-_register(
-    "viztest_feat", ("loss",),
-    inputs={"a": Port("Features", "B, ..."), "b": Port("Features", "B, ...")},
-    outputs={"loss": Port("Scalar", "")},
-)
-_register(
-    "viztest_relay", ("op", "model"),
-    inputs={"x": Port("Features", "B, 64")},
-    outputs={"x": Port("Features", "B, 64")},
-)
-
-KD_NAME = 'kd <T=4> & "soft"'  # a node name full of XML, DOT and Mermaid special characters
-
-KD_SPEC = """\
-dgraph: 1
-name: viz-kd
-description: Knowledge distillation drawn for the viz tests.
-nodes:
-  data: {kind: data, type: viztest_data}
-  teacher:
-    kind: teacher
-    type: viztest_net
-    params: {in_features: 64, num_classes: 10}
-    inputs: {x: data.x}
-  student:
-    kind: student
-    type: viztest_net
-    params: {in_features: 64, num_classes: 10}
-    inputs: {x: data.x}
-  'kd <T=4> & "soft"':
-    kind: loss
-    type: viztest_kd
-    inputs: {student: student.logits, teacher: teacher.logits}
-  ce:
-    kind: loss
-    type: viztest_ce
-    inputs: {logits: student.logits, labels: data.y}
-  hint:
-    kind: loss
-    type: viztest_feat
-    inputs: {a: student.features, b: teacher.head}
-updates:
-  main:
-    params: [student]
-    objective: {'kd <T=4> & "soft"': 0.9, ce: 0.1}
-  aux:
-    params: [student]
-    objective: {hint: 0.5}
-    every: 2
-    repeat: 3
-"""
+KD_NAME = "kd_soft"
+KD_TITLE = 'viz-kd <T=4> & "soft"'  # the spec's name: XML, DOT and Mermaid special characters
 
 
 def _graph(tmp_path: Path, text: str, name: str = "spec.yaml") -> Graph:
@@ -126,11 +40,6 @@ def _graph(tmp_path: Path, text: str, name: str = "spec.yaml") -> Graph:
     path.write_text(text, encoding="utf-8")
     graph, _ = validate(load_spec(path))
     return graph
-
-
-@pytest.fixture
-def kd_graph(tmp_path: Path) -> Graph:
-    return _graph(tmp_path, KD_SPEC)
 
 
 def _chain_spec(n: int) -> str:
@@ -162,7 +71,8 @@ def test_svg_is_well_formed_and_names_every_node(kd_graph: Graph) -> None:
     texts = {"".join(t.itertext()) for t in root.iter(f"{SVG}text")}
     for name in kd_graph.nodes:
         assert name in texts
-    assert "&lt;T=4&gt; &amp; &quot;soft&quot;" in svg  # escaped, not raw
+    assert KD_TITLE in texts and root.get("data-title") == KD_TITLE
+    assert "viz-kd &lt;T=4&gt; &amp; &quot;soft&quot;" in svg  # escaped, not raw
     assert set(_svg_nodes(root)) == set(kd_graph.nodes)
 
 
@@ -176,8 +86,8 @@ def test_svg_edge_labels_show_ports_type_and_shape(kd_graph: Graph) -> None:
     ]
     assert f"teacher.logits → {KD_NAME}.teacher: Logits[B, 10]" in titles
     assert "data.y → ce.labels: Labels[B]" in titles
-    labels = [" ".join(t.itertext()) for g in root.iter(f"{SVG}g")
-              if g.get("class") == "edge-label" for t in g.iter(f"{SVG}text")]
+    labels = [" ".join("".join(t.itertext()) for t in g.iter(f"{SVG}text"))
+              for g in root.iter(f"{SVG}g") if g.get("class") == "edge-label"]
     assert any("logits → student:" in lbl and "Logits[B, 10]" in lbl for lbl in labels)
     assert len(labels) == len(kd_graph.edges)
 
@@ -291,7 +201,8 @@ def test_layout_survives_cycles_and_self_loops() -> None:
 # -- DOT and Mermaid ---------------------------------------------------------------------------
 def test_dot_contains_every_edge_with_type_and_shape(kd_graph: Graph) -> None:
     dot = to_dot(kd_graph)
-    assert dot.startswith('digraph "viz-kd" {') and dot.rstrip().endswith("}")
+    assert dot.startswith('digraph "viz-kd <T=4> & \\"soft\\"" {')  # quotes escaped
+    assert dot.rstrip().endswith("}")
     assert "rankdir=LR" in dot
     edge_lines = [line for line in dot.splitlines() if " -> " in line]
     assert len(edge_lines) == len(kd_graph.edges)
@@ -299,7 +210,6 @@ def test_dot_contains_every_edge_with_type_and_shape(kd_graph: Graph) -> None:
         head = f"{dot_quote(edge.src)} -> {dot_quote(edge.dst)} ["
         assert any(line.strip().startswith(head) and f"{edge.src_port} → {edge.dst_port}" in line
                    for line in edge_lines), str(edge)
-    assert '"kd <T=4> & \\"soft\\""' in dot  # quotes escaped inside DOT strings
     assert "Logits[B, 10]" in dot and "Labels[B]" in dot
     assert "style=dashed" in next(line for line in edge_lines if "head →" in line)
     assert "cluster_legend" in dot and "every 2, repeat 3" in dot
@@ -321,7 +231,7 @@ def test_mermaid_is_a_flowchart_with_safe_ids(kd_graph: Graph) -> None:
         assert any(label.split("<br/>")[0] == mermaid_text(name) for label in labels.values())
     for ident in labels:
         assert re.fullmatch(r"[nu]_[A-Za-z0-9_]+", ident)
-    assert "kd #lt;T=4#gt; #amp; #quot;soft#quot;" in text
+    assert "  %% dgraph: viz-kd #lt;T=4#gt; #amp; #quot;soft#quot;\n" in text
     arrows = re.findall(r"^  (n_\w+) (-->|-\.->)\|\"(.*)\"\| (n_\w+)$", text, re.M)
     assert len(arrows) == len(kd_graph.edges)
     assert any(arrow == "-.->" for _, arrow, _, _ in arrows)  # the tapped edge
@@ -330,8 +240,9 @@ def test_mermaid_is_a_flowchart_with_safe_ids(kd_graph: Graph) -> None:
 
 
 # -- HTML --------------------------------------------------------------------------------------
-def test_html_is_self_contained_and_offline(kd_graph: Graph, tmp_path: Path) -> None:
-    warnings = _graph_warnings(tmp_path)
+def test_html_is_self_contained_and_offline(kd_graph: Graph, kd_spec: str,
+                                            tmp_path: Path) -> None:
+    warnings = _graph_warnings(tmp_path, kd_spec)
     page = to_html(kd_graph, problems=[*warnings, "note: drawn by the viz tests"])
     urls = re.findall(r"https?://[^\s\"'<>]*", page)
     assert urls == ["http://www.w3.org/2000/svg"]
@@ -353,8 +264,8 @@ def test_html_is_self_contained_and_offline(kd_graph: Graph, tmp_path: Path) -> 
     assert "unused-node" in page
 
 
-def _graph_warnings(tmp_path: Path) -> list:
-    text = KD_SPEC.replace("nodes:\n", "nodes:\n  spare: {kind: model, type: viztest_relay, "
+def _graph_warnings(tmp_path: Path, kd_spec: str) -> list:
+    text = kd_spec.replace("nodes:\n", "nodes:\n  spare: {kind: model, type: viztest_relay, "
                            "inputs: {x: data.x}}\n", 1)
     path = tmp_path / "warn.yaml"
     path.write_text(text, encoding="utf-8")
@@ -363,22 +274,11 @@ def _graph_warnings(tmp_path: Path) -> list:
     return warnings
 
 
-def test_html_hides_urls_written_in_the_spec(tmp_path: Path) -> None:
-    text = KD_SPEC.replace("Knowledge distillation", "Hinton et al. https://arxiv.org/abs/1503")
+def test_html_hides_urls_written_in_the_spec(tmp_path: Path, kd_spec: str) -> None:
+    text = kd_spec.replace("Knowledge distillation", "Hinton et al. https://arxiv.org/abs/1503")
     page = to_html(_graph(tmp_path, text))
     assert re.findall(r"https?://[^\s\"'<>]*", page) == ["http://www.w3.org/2000/svg"]
     assert "arxiv.org" in page
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_html_script_runs_and_shows_details(kd_graph: Graph, tmp_path: Path) -> None:
-    page = tmp_path / "page.html"
-    render(kd_graph, page, problems=_graph_warnings(tmp_path))
-    stub = Path(__file__).with_name("dom_stub.js")
-    result = subprocess.run(["node", str(stub), str(page)], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"ok {len(kd_graph.nodes)}"
 
 
 # -- render ------------------------------------------------------------------------------------
@@ -424,8 +324,8 @@ def test_viz_imports_no_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
-def test_stages_and_shared_modules_are_shown(tmp_path: Path) -> None:
-    text = KD_SPEC.replace("nodes:\n", "nodes:\n  twin: {kind: model, type: viztest_net, "
+def test_stages_and_shared_modules_are_shown(tmp_path: Path, kd_spec: str) -> None:
+    text = kd_spec.replace("nodes:\n", "nodes:\n  twin: {kind: model, type: viztest_net, "
                            "shares: student, params: {in_features: 64, num_classes: 10}, "
                            "inputs: {x: data.x}}\n", 1)
     text += "stages:\n  - {name: warmup, steps: 10, updates: [aux]}\n" \
@@ -441,3 +341,62 @@ def test_stages_and_shared_modules_are_shown(tmp_path: Path) -> None:
     dot = to_dot(graph)
     assert "1. warmup: 10 steps, runs aux" in dot and "2. distil: 20 steps, runs main" in dot
     assert "%% stage warmup: 10 steps, runs aux" in to_mermaid(graph)
+
+
+# -- references: parameters that name another node ---------------------------------------------
+def test_a_parameter_naming_a_node_is_drawn_as_a_dotted_reference_edge(ref_graph: Graph) -> None:
+    assert ref_graph.nodes["follower"].component.references() == {"source": "student"}
+    assert not any(e.dst == "follower" and e.src == "student" for e in ref_graph.edges)
+    root = ET.fromstring(to_svg(ref_graph))
+    refs = [g for g in root.iter(f"{SVG}g") if "ref" in (g.get("class") or "").split()]
+    assert len(refs) == 1
+    ref = refs[0]
+    assert ref.get("class") == "edge ref"
+    assert (ref.get("data-src"), ref.get("data-dst"), ref.get("data-src-port"),
+            ref.get("data-dst-port"), ref.get("data-updates")) == (
+        "student", "follower", "", "source", "")
+    assert "".join(next(ref.iter(f"{SVG}title")).itertext()) == (
+        "student → follower.params.source (reference)")
+    paths = list(ref.iter(f"{SVG}path"))
+    assert [(p.get("stroke"), p.get("stroke-dasharray")) for p in paths] == [("#7a4fbf", "2 3")]
+    label = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "edge-label"
+                 and g.get("data-edge") == ref.get("id"))
+    assert ["".join(t.itertext()) for t in label.iter(f"{SVG}text")] == [
+        "params.source:", "reference"]
+    key = "".join(next(g for g in root.iter(f"{SVG}g")
+                       if g.get("class") == "legend-key").itertext())
+    assert "reference: a parameter names that node" in key
+
+
+def test_the_reference_legend_entry_only_shows_when_there_is_a_reference(
+        kd_graph: Graph, ref_graph: Graph) -> None:
+    assert "a parameter names that node" not in to_svg(kd_graph)
+    assert "a parameter names that node" in to_svg(ref_graph)
+    assert 'class="edge ref"' not in to_svg(kd_graph)
+
+
+def test_dot_and_mermaid_draw_the_reference(ref_graph: Graph) -> None:
+    dot = to_dot(ref_graph)
+    line = next(t.strip() for t in dot.splitlines() if t.strip().startswith(
+        '"student" -> "follower"'))
+    assert line == ('"student" -> "follower" [label="params.source\\nreference", '
+                    'tooltip="student → follower.params.source (reference)", style=dotted, '
+                    'color="#7a4fbf", fontcolor="#7a4fbf", penwidth=1.5];')
+    assert "dotted edge: reference (a parameter names that node)" in dot
+    text = to_mermaid(ref_graph)
+    links = re.findall(r"^  (n_\w+) (-->|-\.->)\|\"(.*)\"\| (n_\w+)$", text, re.M)
+    index = links.index(("n_student", "-.->", "params.source: reference", "n_follower"))
+    assert (f"  linkStyle {index} stroke:#7a4fbf,stroke-width:1.5px,stroke-dasharray:2 3"
+            in text.splitlines())
+
+
+def test_html_data_lists_references_both_ways(ref_graph: Graph) -> None:
+    page = to_html(ref_graph)
+    data = re.search(r'<script type="application/json" id="dgraph-data">(.*?)</script>',
+                     page, re.S)
+    assert data is not None
+    nodes = json.loads(data.group(1))["nodes"]
+    assert nodes["follower"]["references"] == {"source": "student"}
+    assert nodes["follower"]["referenced_by"] == []
+    assert nodes["student"]["references"] == {}
+    assert nodes["student"]["referenced_by"] == [["follower", "source"]]

@@ -1,0 +1,209 @@
+"""Generic tensor ops: arithmetic, softmax, pooling over tokens, indexing, noise, augmentation.
+
+Each op is one declared function (see :mod:`dgraph.declare`). Elementwise ops keep the
+semantic type of their first input (``add(Logits, Logits)`` is ``Logits``) and require equal
+shapes; ``expr`` covers broadcasting and longer formulas. Random ops draw from torch's global
+generator, which dgraph seeds and saves in checkpoints.
+"""
+
+from __future__ import annotations
+
+from dgraph.declare import (
+    Features,
+    Images,
+    Labels,
+    LogProbs,
+    Mask,
+    Outputs,
+    Probs,
+    Tensor,
+    TypeOf,
+    op,
+    param,
+)
+
+__all__ = [
+    "add", "concat", "index", "log_softmax", "masked_mean", "mul", "random_flip",
+    "random_shift", "reshape", "scale", "select", "softmax", "sub",
+]
+
+
+@op
+def add(a: Tensor("B, ...", "first term"), b: Tensor("B, ...", "second term (same shape)"),
+        ) -> TypeOf("a")("B, ...", "a + b"):
+    """Elementwise ``a + b`` of two tensors of equal shape."""
+    return a + b
+
+
+@op
+def sub(a: Tensor("B, ...", "minuend"), b: Tensor("B, ...", "subtrahend (same shape)"),
+        ) -> TypeOf("a")("B, ...", "a - b"):
+    """Elementwise ``a - b`` of two tensors of equal shape."""
+    return a - b
+
+
+@op
+def mul(a: Tensor("B, ...", "first factor"), b: Tensor("B, ...", "second factor (same shape)"),
+        ) -> TypeOf("a")("B, ...", "a * b"):
+    """Elementwise product ``a * b`` of two tensors of equal shape."""
+    return a * b
+
+
+@op
+def scale(x: Tensor("B, ...", "input"), *,
+          factor: float = param(doc="the constant to multiply by")) -> TypeOf("x")("B, ..."):
+    """``y = factor * x``."""
+    return x * factor
+
+
+@op
+def concat(a: Tensor("*", "first part"), b: Tensor("*", "second part"),
+           c: Tensor("*", "third part (optional)") = None,
+           d: Tensor("*", "fourth part (optional)") = None, *,
+           dim: int = param(-1, doc="the dimension to join along (not the batch, 0)"),
+           ) -> TypeOf("a")(None, "the parts joined along dim"):
+    """``torch.cat([a, b, c, d], dim)`` over the connected inputs, in that order.
+
+    The parts must agree in every dimension but ``dim``.
+    """
+    import torch
+
+    if dim == 0 or dim == -a.dim():
+        raise ValueError("concat along dimension 0 would join batches; use another dim")
+    return torch.cat([t for t in (a, b, c, d) if t is not None], dim=dim)
+
+
+def _no_batch_in_shape(params) -> None:
+    if any(size == 0 or size < -1 for size in params.shape) or params.shape.count(-1) > 1:
+        raise ValueError("shape takes positive sizes and at most one -1 (inferred size)")
+
+
+@op(check=_no_batch_in_shape)
+def reshape(x: Tensor("B, ...", "input"), *,
+            shape: list[int] = param(doc="the new shape after the batch dimension; one entry "
+                                     "may be -1"),
+            ) -> TypeOf("x")(None, "x.reshape(B, *shape)"):
+    """``y = x.reshape(B, *shape)``: the batch dimension is kept, the rest regrouped."""
+    return x.reshape(x.shape[0], *shape)
+
+
+@op
+def softmax(x: Tensor("B, ...", "scores"), *,
+            dim: int = param(-1, doc="the dimension that sums to one"),
+            temperature: float = param(1.0, gt=0.0, doc="divide the scores by this first"),
+            ) -> Probs("B, ...", "softmax(x / temperature)"):
+    """``softmax(x / T)`` along ``dim``, computed in float32 for half inputs.
+
+    A row that is ``-inf`` everywhere has no distribution: its output is NaN, as in torch.
+    """
+    import torch
+
+    return torch.softmax(x.float() / temperature if temperature != 1.0 else x.float(), dim=dim)
+
+
+@op
+def log_softmax(x: Tensor("B, ...", "scores"), *,
+                dim: int = param(-1, doc="the dimension that normalises"),
+                temperature: float = param(1.0, gt=0.0, doc="divide the scores by this first"),
+                ) -> LogProbs("B, ...", "log_softmax(x / temperature)"):
+    """``log_softmax(x / T)`` along ``dim``, in float32; ``-inf`` scores give ``-inf``."""
+    import torch
+
+    return torch.log_softmax(x.float() / temperature if temperature != 1.0 else x.float(),
+                             dim=dim)
+
+
+@op
+def masked_mean(x: Features("B, T, C", "per-token states"),
+                mask: Mask("B, T", "which tokens count (default: all)") = None,
+                ) -> Features("B, C", "mean of the counted tokens"):
+    """Mean over tokens: ``y_b = sum_t m_bt x_btc / max(1, sum_t m_bt)`` (sentence pooling).
+
+    A row with no counted token gives zeros (not NaN); its gradient is zero.
+    """
+    if mask is None:
+        return x.mean(dim=1)
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    total = (x * weights).sum(dim=1)
+    return total / weights.sum(dim=1).clamp_min(1.0)
+
+
+@op
+def select(x: Tensor("B, ...", "input"), *,
+           dim: int = param(doc="the dimension to index (not the batch, 0)"),
+           index: int = param(doc="the position along dim; negative counts from the end"),
+           ) -> TypeOf("x")(None, "x with dim removed"):
+    """``torch.select(x, dim, index)``: one position along a dimension (e.g. the last token)."""
+    if dim == 0 or dim == -x.dim():
+        raise ValueError("select cannot index the batch dimension 0")
+    return x.select(dim, index)
+
+
+@op
+def index(x: Tensor("B, N, ...", "input"),
+          positions: Labels("B", "a position along dim 1 for every example"),
+          ) -> TypeOf("x")(None, "x[b, positions[b]]"):
+    """Per-example indexing: ``y_b = x[b, positions_b]`` (a class's logit, a token's state).
+
+    Negative positions count from the end, as in Python.
+    """
+    import torch
+
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, positions.long()]
+
+
+_PAIRED = Outputs(
+    y=TypeOf("x")("B, C, H, W", "x augmented"),
+    y2=TypeOf("x2")("B, C, H, W", "x2 augmented identically (when x2 is connected)"),
+)
+
+
+def _paired(y, x2, y2):
+    return {"y": y} if x2 is None else {"y": y, "y2": y2}
+
+
+@op
+def random_flip(x: Images("B, C, H, W", "images"),
+                x2: Images("B, C, H, W", "a second batch flipped identically (optional)") = None,
+                *, p: float = param(0.5, ge=0.0, le=1.0, doc="probability of a flip"),
+                ) -> _PAIRED:
+    """Flip each image left-right with probability ``p`` (differentiable: a permutation).
+
+    With ``x2`` connected (same batch size), example ``b`` of both batches gets the same
+    decision, so a real and a synthetic batch see one augmentation (DSA). Decisions come from
+    torch's global generator, which dgraph seeds and checkpoints.
+    """
+    import torch
+
+    pick = (torch.rand(x.shape[0], device=x.device) < p).view(-1, 1, 1, 1)
+    return _paired(torch.where(pick, x.flip(-1), x), x2,
+                   None if x2 is None else torch.where(pick, x2.flip(-1), x2))
+
+
+@op
+def random_shift(x: Images("B, C, H, W", "images"),
+                 x2: Images("B, C, H, W", "a second batch shifted identically (optional)") = None,
+                 *, max_shift: int = param(2, ge=0, le=64, doc="largest shift in pixels"),
+                 ) -> _PAIRED:
+    """Translate each image by a random integer offset in ``[-max_shift, max_shift]`` along both
+    axes, filling with zeros (a padded random crop). Differentiable in the pixels.
+
+    With ``x2`` connected (same batch size), both batches get the same offsets.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, _, height, width = x.shape
+    pad = max_shift
+    offsets = torch.randint(0, 2 * pad + 1, (2, batch), device=x.device)
+    rows = torch.arange(height, device=x.device).view(1, height, 1) + offsets[0].view(-1, 1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, width) + offsets[1].view(-1, 1, 1)
+
+    def shift(images):
+        padded = F.pad(images, (pad, pad, pad, pad))
+        b = torch.arange(batch, device=x.device).view(-1, 1, 1)
+        # [B, H, W, C] after advanced indexing on (batch, row, col); channels back to dim 1.
+        return padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+
+    return _paired(shift(x), x2, None if x2 is None else shift(x2))

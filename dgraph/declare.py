@@ -1,0 +1,386 @@
+"""Declare a component once: its Python signature is its ports and its parameters.
+
+A function or a class is decorated with its role (``@loss``, ``@op``, ``@model(...)``,
+``@data``, ...). Positional arguments annotated with a port type (``Logits("B, C")``) are the
+input ports, the return annotation (a port or :class:`Outputs`) gives the output ports,
+and keyword-only arguments are the parameters (their annotations are the types, ``param()``
+adds bounds and documentation). The pydantic model, the port tables, ``dgraph list`` and
+``dgraph schema`` are all generated from that one signature, so they cannot drift apart.
+
+Nothing here imports torch: declaring and validating stay torch-free. Torch is imported
+inside the implementation (``import torch`` in the function body or in ``__init__``).
+
+Three shapes of implementation:
+
+* a **function** (``@loss``, ``@op``, ``@metric``): called every step with the input tensors as
+  keyword arguments and the parameters as keyword arguments; returns a tensor (one output) or
+  a dict of output tensors;
+* a **class** deriving from :class:`Module` (``@model``, ``@projector``, ...): built once with
+  the parameters; dgraph makes it a ``torch.nn.Module`` at build time, so ``__init__`` starts
+  with ``super().__init__()`` and creates submodules as usual, and ``forward`` takes the input
+  ports;
+* a **data builder** (``@data``): called once with the parameters, returns a
+  :class:`dgraph.runtime.data.DataSource` whose tensors are the output ports.
+
+A keyword-only argument annotated :class:`~dgraph.registry.BuildContext` receives where the node
+is built (device, seed, spec folder); it is not a parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import Field, create_model, model_validator
+from pydantic.fields import FieldInfo
+
+from dgraph.errors import RegistryError
+from dgraph.ports import SEMANTIC_TYPES, Port, parse_shape
+from dgraph.registry import (
+    COMPONENTS,
+    ROLES,
+    BuildContext,
+    Component,
+    Params,
+    _check_declaration,
+)
+
+__all__ = [
+    "Module",
+    "Outputs",
+    "PortType",
+    "TypeOf",
+    "component",
+    "data",
+    "loss",
+    "metric",
+    "model",
+    "op",
+    "param",
+    "preset",
+    "projector",
+    "sampler",
+    *SEMANTIC_TYPES,
+]
+
+
+class PortType:
+    """A semantic port type; subscript it with a shape: ``Logits("B, C")``.
+
+    ``Logits("B, C", "class scores")`` adds the port's documentation. Call it for more:
+    ``Logits("B, V", "vocabulary scores", mismatch_hint="...")``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, shape: str | None = None, doc: str = "", *,
+                 mismatch_hint: str = "") -> Port:
+        return Port(self.name, shape, doc, mismatch_hint=mismatch_hint)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class TypeOf(PortType):
+    """An output whose semantic type is that of what feeds input ``port``: ``TypeOf("x")("B, ...")``.
+
+    Generic ops use it so that ``add(Logits, Logits)`` still feeds a ``Logits`` input.
+    """
+
+    def __init__(self, port: str, fallback: str = "Tensor") -> None:
+        super().__init__(fallback)
+        self.port = port
+
+    def __call__(self, shape: str | None = None, doc: str = "", *,
+                 mismatch_hint: str = "") -> Port:
+        return Port(self.name, shape, doc or f"same semantic type as input '{self.port}'",
+                    mismatch_hint=mismatch_hint, like=self.port)
+
+
+# One port type per semantic type: ``from dgraph.declare import Logits, Features``.
+Tensor = PortType("Tensor")
+Features = PortType("Features")
+Images = PortType("Images")
+Embeddings = PortType("Embeddings")
+Latents = PortType("Latents")
+Logits = PortType("Logits")
+LogProbs = PortType("LogProbs")
+Probs = PortType("Probs")
+Labels = PortType("Labels")
+Tokens = PortType("Tokens")
+Mask = PortType("Mask")
+Noise = PortType("Noise")
+Timesteps = PortType("Timesteps")
+Observations = PortType("Observations")
+Actions = PortType("Actions")
+Rewards = PortType("Rewards")
+Scalar = PortType("Scalar")
+
+
+class Outputs(dict):
+    """Several output ports, by name: ``-> Outputs(logits=Logits("B, C"), features=...)``."""
+
+    def __init__(self, **ports: Port | PortType) -> None:
+        super().__init__({name: _as_port(port, f"output '{name}'") for name, port in ports.items()})
+
+
+class Module:
+    """Base of class components: becomes a ``torch.nn.Module`` when the node is built.
+
+    Write the class as an ``nn.Module`` (``super().__init__()`` first, submodules as attributes,
+    ``forward`` returning a dict of outputs or, with one output port, a tensor) without
+    importing torch at the top of the file.
+    """
+
+
+def param(default: Any = ..., *, doc: str = "", **constraints: Any) -> Any:
+    """A parameter's default, bounds (``ge``, ``gt``, ``le``, ``lt``, ``pattern``, ...) and doc.
+
+    ``param(doc=...)`` without a default makes the parameter required. Mutable defaults are
+    copied per node (``param([128])``).
+    """
+    if isinstance(default, list | dict | set):
+        value = default
+        return Field(default_factory=lambda: type(value)(value), description=doc or None,
+                     **constraints)
+    return Field(default, description=doc or None, **constraints)
+
+
+def _as_port(value: Any, what: str) -> Port:
+    if isinstance(value, Port):
+        return value
+    if isinstance(value, TypeOf):
+        return value(None)
+    if isinstance(value, PortType):
+        return Port(value.name, None)
+    raise RegistryError(f"{what} must be annotated with a port such as Logits(\"B, C\"); "
+                        f"found {value!r}")
+
+
+def _default_output(roles: tuple[str, ...]) -> str:
+    return "loss" if "loss" in roles else "value" if "metric" in roles else "y"
+
+
+class _Declared(Component):
+    """A Component generated from a declared function or class (see :func:`component`)."""
+
+    implementation: Any = None
+    shape: str = "function"  # "function", "class" or "builder"
+    single_output: str | None = None
+    context_arg: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {name: getattr(self.params, name) for name in type(self.params).model_fields}
+
+    def build(self, context: BuildContext) -> Any:
+        kwargs = self.kwargs()
+        if self.context_arg is not None:
+            kwargs[self.context_arg] = context
+        # Read through the class: a function stored on a class would bind as a method.
+        implementation = type(self).implementation
+        if self.shape == "builder":
+            return implementation(**kwargs)
+        from dgraph._torch_declare import FunctionModule, torch_class
+
+        if self.shape == "class":
+            return torch_class(implementation)(**kwargs)
+        return FunctionModule(implementation, kwargs, self.single_output)
+
+
+def _signature(obj: Callable[..., Any], what: str) -> inspect.Signature:
+    try:
+        return inspect.signature(obj, eval_str=True)
+    except Exception as exc:  # an annotation that does not evaluate, for instance
+        raise RegistryError(f"{what}: cannot read its signature ({type(exc).__name__}: {exc})") \
+            from exc
+
+
+def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
+                     ) -> tuple[dict[str, Port], dict[str, tuple[Any, FieldInfo]], str | None]:
+    ports: dict[str, Port] = {}
+    params: dict[str, tuple[Any, FieldInfo]] = {}
+    context_arg = None
+    arguments = list(sig.parameters.values())
+    if skip_self:
+        arguments = arguments[1:]
+    for arg in arguments:
+        if arg.kind in (arg.VAR_POSITIONAL, arg.VAR_KEYWORD):
+            raise RegistryError(f"{what}: *{arg.name} / **{arg.name} cannot be declared as "
+                                "ports or parameters; name each one")
+        if arg.kind == arg.KEYWORD_ONLY:
+            if arg.annotation is BuildContext:
+                context_arg = arg.name
+                continue
+            if arg.annotation is inspect.Parameter.empty:
+                raise RegistryError(f"{what}: parameter '{arg.name}' needs a type annotation")
+            default = arg.default
+            if isinstance(default, FieldInfo):
+                info = default
+            elif default is inspect.Parameter.empty:
+                info = Field(...)
+            else:
+                info = Field(default)
+            params[arg.name] = (arg.annotation, info)
+        else:
+            port = _as_port(arg.annotation, f"{what}: input '{arg.name}'")
+            if arg.default is None and not port.optional:
+                port = Port(port.type, port.shape, port.doc, optional=True,
+                            mismatch_hint=port.mismatch_hint)
+            ports[arg.name] = port
+    return ports, params, context_arg
+
+
+def _outputs(annotation: Any, roles: tuple[str, ...], what: str
+             ) -> tuple[dict[str, Port], str | None]:
+    if annotation is inspect.Signature.empty:
+        raise RegistryError(f"{what}: the return annotation must give the output ports "
+                            "(a port such as Scalar(), or Outputs(name=Logits(\"B, C\"), ...))")
+    if isinstance(annotation, Outputs):
+        return dict(annotation), None
+    name = _default_output(roles)
+    return {name: _as_port(annotation, f"{what}: return")}, name
+
+
+def _params_model(name: str, fields: dict[str, tuple[Any, FieldInfo]],
+                  check: Callable[[Any], None] | None) -> type[Params]:
+    validators = {}
+    if check is not None:
+        def _run_check(self):  # noqa: ANN001 - pydantic passes the model
+            check(self)
+            return self
+        validators["_check"] = model_validator(mode="after")(_run_check)
+    model = create_model(  # type: ignore[call-overload]
+        "".join(part.title() for part in name.split("_")) + "Params",
+        __base__=Params, __validators__=validators, **fields,
+    )
+    return model
+
+
+def component(name: str | None = None, *, roles: tuple[str, ...],
+              tappable: bool | None = None, check: Callable[[Any], None] | None = None,
+              ) -> Callable[[Any], Any]:
+    """Register a function, a :class:`Module` class or a data builder as a component type.
+
+    Args:
+        name: the type name written in specs (default: the function's name).
+        roles: the node kinds it may play (see :data:`dgraph.registry.ROLES`).
+        tappable: whether submodules can be tapped (default: True for classes).
+        check: a function of the parameter model raising ``ValueError`` when a combination of
+            parameters is invalid (reported by validation at the node's ``params``).
+    """
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise RegistryError(f"unknown roles {unknown}; known: {sorted(ROLES)}")
+
+    def decorate(obj: Any) -> Any:
+        type_name = name or obj.__name__
+        what = f"component '{type_name}' ({obj.__module__}.{obj.__qualname__})"
+        if inspect.isclass(obj):
+            if not issubclass(obj, Module):
+                raise RegistryError(f"{what}: a class component must derive from "
+                                    "dgraph.declare.Module")
+            init_ports, fields, context_arg = _split_signature(
+                _signature(obj.__init__, what), what, skip_self=True)
+            if init_ports:
+                raise RegistryError(f"{what}: __init__ takes parameters only, keyword-only "
+                                    f"(after '*'); found positional {sorted(init_ports)}")
+            forward = _signature(obj.forward, what)
+            inputs, _, _ = _split_signature(forward, f"{what}.forward", skip_self=True)
+            outputs, single = _outputs(forward.return_annotation, roles, f"{what}.forward")
+            shape = "class"
+        else:
+            sig = _signature(obj, what)
+            inputs, fields, context_arg = _split_signature(sig, what, skip_self=False)
+            outputs, single = _outputs(sig.return_annotation, roles, what)
+            shape = "builder" if "data" in roles else "function"
+            if shape == "builder" and inputs:
+                raise RegistryError(f"{what}: a data builder takes parameters only "
+                                    f"(keyword-only); found inputs {sorted(inputs)}")
+        for port_name, port in list(outputs.items()):
+            if port.like is None:
+                continue
+            if port.like not in inputs:
+                raise RegistryError(f"{what}: output '{port_name}' takes the type of input "
+                                    f"'{port.like}', which is not an input port")
+            if port.type == "Tensor":  # the fallback when unfed: the input's declared type
+                outputs[port_name] = Port(inputs[port.like].type, port.shape, port.doc,
+                                          port.optional, port.mismatch_hint, port.like)
+        for port_name, port in {**inputs, **outputs}.items():
+            try:
+                parse_shape(port.shape)
+            except ValueError as exc:
+                raise RegistryError(f"{what}: port '{port_name}': {exc}") from None
+        attributes = {
+            "__doc__": obj.__doc__,
+            "__module__": obj.__module__,
+            "__qualname__": f"{obj.__qualname__}.component",
+            "Params": _params_model(type_name, fields, check),
+            "inputs": inputs,
+            "outputs": outputs,
+            "tappable": (shape == "class") if tappable is None else tappable,
+            "implementation": obj,
+            "shape": shape,
+            "single_output": single,
+            "context_arg": context_arg,
+        }
+        declared = type(obj.__name__ + "Component", (_Declared,), attributes)
+        declared.name = type_name
+        declared.roles = tuple(roles)
+        _check_declaration(declared, type_name)
+        COMPONENTS.register(type_name, declared, origin=f"{obj.__module__}.{obj.__qualname__}")
+        obj.component = declared
+        return obj
+
+    return decorate
+
+
+def _role(role: str, *extra: str) -> Callable[..., Any]:
+    def decorator(name: Any = None, **kwargs: Any) -> Any:
+        if callable(name):  # used bare: @loss
+            return component(roles=(role, *extra))(name)
+        return component(name, roles=kwargs.pop("roles", (role, *extra)), **kwargs)
+    decorator.__name__ = role
+    decorator.__doc__ = f"Register a component whose nodes are of kind '{role}'."
+    return decorator
+
+
+loss = _role("loss")
+op = _role("op")
+metric = _role("metric")
+data = _role("data")
+sampler = _role("sampler")
+projector = _role("projector")
+model = _role("model", "teacher", "student")
+
+
+def preset(name: str, of: Any, *, doc: str, **defaults: Any) -> type[Component]:
+    """Register ``name`` as ``of`` with other defaults (``hinton_kd`` = ``kl_div`` + T² scaling).
+
+    The preset shares ports and implementation; only parameter defaults (still overridable in
+    a spec) and documentation differ.
+    """
+    base: type[_Declared] = getattr(of, "component", of)
+    unknown = sorted(set(defaults) - set(base.Params.model_fields))
+    if unknown:
+        raise RegistryError(f"preset '{name}' of '{base.name}': unknown parameters {unknown}")
+    fields = {}
+    for field_name, info in base.Params.model_fields.items():
+        copied = FieldInfo.merge_field_infos(info)
+        if field_name in defaults:
+            copied = FieldInfo.merge_field_infos(info, default=defaults[field_name])
+            copied.default_factory = None
+        fields[field_name] = (info.annotation, copied)
+    attributes = {"__doc__": doc, "__module__": base.__module__,
+                  "Params": _params_model(name, fields, None), "preset_of": base.name}
+    declared = type(f"{name}_preset", (base,), attributes)
+    declared.name = name
+    _check_declaration(declared, name)
+    COMPONENTS.register(name, declared, origin=f"preset of {base.name}")
+    return declared
+
+
+def declared_ports(component_type: type[Component]) -> Mapping[str, Mapping[str, Port]]:
+    """Input and output ports of a registered type (for documentation and tests)."""
+    return {"inputs": component_type.inputs, "outputs": component_type.outputs}
