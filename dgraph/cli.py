@@ -409,6 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_json(False, [Problem(code="interrupted", message="interrupted")])
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``dgraph list | head``): stop quietly, as Unix tools do, and
+        # point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in dgraph, not in the user's spec
         if os.environ.get("DGRAPH_DEBUG"):
             traceback.print_exc()

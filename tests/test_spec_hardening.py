@@ -403,6 +403,17 @@ def test_non_core_tags_are_refused(tmp_path: Path, value: str, tag: str, found: 
     assert not marker.exists()
 
 
+def test_the_reader_has_no_constructor_that_builds_objects() -> None:
+    """Round-trip mode knows only plain data; the spec composer refuses other tags first."""
+    from dgraph.spec.source import _SpecComposer, _yaml
+
+    yaml = _yaml()
+    assert isinstance(yaml.composer, _SpecComposer)
+    tags = {str(t) for t in type(yaml.constructor).yaml_constructors}
+    assert not [t for t in tags if "python" in t]
+    assert not type(yaml.constructor).yaml_multi_constructors
+
+
 @pytest.mark.parametrize(
     ("value", "tag", "example"),
     [("!!int abc", "!!int", "3"), ("!!float x", "!!float", "0.5"),

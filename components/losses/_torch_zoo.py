@@ -159,19 +159,21 @@ def _dkd_parts(z: torch.Tensor, gt: torch.Tensor,
     ``log b = [log p_g, log(1 - p_g)]`` (``[B, 2]``) and ``log q`` (``[B, C]``) the
     log-softmax over the non-target classes, ``-inf`` at the target. Both come from
     ``L = logsumexp_{c != g} z_c - z_g = log((1 - p_g) / p_g)``:
-    ``log p_g = -softplus(L)`` and ``log(1 - p_g) = -softplus(-L)``, exact in float32 even
-    when ``p_g`` is within rounding of 1, where ``1 - p_g`` cancels (DKD's own code computes
-    it so). When no non-target class has mass (all ``-inf``) ``L = -inf``, ``p_g = 1`` and
-    ``q`` is all ``-inf`` (weight 0 in KD = TCKD + (1 - p_g) NCKD): the KL terms then vanish
-    with zero gradients. The logsumexp of such a row would send ``0 * nan`` backwards, so it is
-    taken over zeros and its result replaced.
+    ``log p_g = -softplus(L)`` and ``log(1 - p_g) = -softplus(-L)`` (which is the
+    logsumexp of the non-target log-probabilities), exact in float32 even when ``p_g`` is
+    within rounding of 1, where ``1 - p_g`` cancels (as in DKD's own code). When no
+    non-target class has mass (all ``-inf``) ``L = -inf``, ``p_g = 1`` and ``q`` is all
+    ``-inf`` (weight 0 in KD = TCKD + (1 - p_g) NCKD): the KL terms then vanish with zero
+    gradients. The logsumexp of such a row would send ``0 * nan`` backwards, so it is taken
+    over zeros and its result replaced. A row of only ``-inf`` is no distribution: NaN.
     """
-    z_rest = z.masked_fill(gt, float("-inf"))
-    empty = z_rest.detach().amax(dim=1, keepdim=True) == float("-inf")
-    lse_rest = torch.logsumexp(z_rest.masked_fill(empty, 0.0), dim=1, keepdim=True)
+    ninf = float("-inf")
+    z_rest = z.masked_fill(gt, ninf)
+    empty = z_rest.detach().amax(dim=-1, keepdim=True) == ninf
+    lse_rest = torch.logsumexp(z_rest.masked_fill(empty, 0.0), dim=-1, keepdim=True)
     log_q = z_rest - lse_rest  # -inf at g, and everywhere in an empty row
-    log_odds = (lse_rest - z.gather(1, target.unsqueeze(1))).masked_fill(empty, float("-inf"))
-    log_b = torch.cat([-F.softplus(log_odds), -F.softplus(-log_odds)], dim=1)
+    log_odds = lse_rest.masked_fill(empty, ninf) - z.gather(-1, target.unsqueeze(-1))
+    log_b = -F.softplus(torch.cat([log_odds, -log_odds], dim=-1))
     return log_b, log_q
 
 
@@ -192,7 +194,7 @@ class DKDLoss(nn.Module):
         target = target.reshape(-1).long()
         # Examples without a label (negative target) use the teacher's predicted class.
         target = torch.where(target >= 0, target, zt.argmax(-1))
-        gt = F.one_hot(target, zs.shape[1]).bool()
+        gt = F.one_hot(target, zs.shape[-1]).bool()
         log_b_s, log_q_s = _dkd_parts(zs, gt, target)
         log_b_t, log_q_t = _dkd_parts(zt, gt, target)
         per_batch = 1.0 / max(len(zs), 1)  # batch mean; 0 for an empty batch

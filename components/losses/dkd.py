@@ -33,8 +33,9 @@ class DKD(Component):
     teacher's arg-max class as ``g``. The paper's warm-up (loss weight ramped linearly from 0
     over the first epochs) is a schedule on the objective weight.
 
-    ``b`` is computed in log space, ``log(1 - p_g)`` as the logsumexp of the non-target
-    log-probabilities, so TCKD stays exact when ``p_g`` is within float32 rounding of 1.
+    ``b`` is computed in log space (``log(1 - p_g)`` is the logsumexp of the non-target
+    log-probabilities, taken as ``-softplus(z_g - logsumexp_{c != g} z_c)``), so TCKD stays
+    exact when ``p_g`` is within float32 rounding of 1.
     ``-inf`` logits are exact as in ``kl_div`` (zero-probability terms add 0; ``+inf`` where
     only the student's probability is 0); a teacher with no mass outside ``g`` has
     ``NCKD = 0``. An empty batch gives 0, connected to the inputs. fp16/bf16 logits are

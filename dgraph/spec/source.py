@@ -129,12 +129,11 @@ def _not_found(name_or_path: str | Path) -> SpecError:
 
 _MAX_DEPTH = 64
 _CORE = "tag:yaml.org,2002:"
-# Explicit tags a spec may carry: YAML's core schema. Anything else (``!!python/...``,
-# ``!!binary``, ``!!timestamp``, ``!custom``) is refused: a spec is plain data.
+# Explicit scalar tags a spec may carry: YAML's core schema (and !!seq, !!map on collections).
+# Anything else (``!!python/...``, ``!!binary``, ``!!timestamp``, ``!custom``) is refused: a
+# spec is plain data. A scalar that ruamel would read as another type without a tag (a date
+# such as 2024-05-01, YAML 1.1's '=') stays text.
 _SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
-# Implicit scalar types kept as they are; any other implicitly typed scalar (a date such as
-# 2024-05-01, YAML 1.1's '=') stays text.
-_PLAIN_TYPES = _SCALAR_TAGS
 # An explicitly tagged value must also read as that type without the tag ('!!int abc' does not).
 _TAG_ACCEPTS = {
     f"{_CORE}int": {f"{_CORE}int"},
@@ -238,7 +237,7 @@ class _SpecComposer(Composer):
                     found=f"an integer written with {len(node.value)} characters",
                     suggestion="write a smaller number",
                 )
-            if tag not in _PLAIN_TYPES and not (key and tag == f"{_CORE}merge"):
+            if tag not in _SCALAR_TAGS and not (key and tag == f"{_CORE}merge"):
                 node.tag = self.resolver.resolve(ScalarNode, node.value, (False, False))
             size = (1, len(node.value))
             self._add(size, event.start_mark)

@@ -254,7 +254,7 @@ def test_dkd_teacher_with_no_mass_outside_the_target_has_zero_nckd():
 
 
 def test_dkd_tckd_does_not_cancel_when_p_g_is_near_one():
-    # p_g^s = 1 - 3e-8 and p_g^t = 1 - 1.1e-5 at T = 4: in float32 1 - p_g^s rounds to 0 or
+    # p_g^s = 1 - 4.6e-8 and p_g^t = 1 - 1.1e-5 at T = 4: in float32 1 - p_g^s rounds to 0 or
     # 6e-8, which made TCKD 2.7e-3 where the true value is 8.06e-4.
     zs, zt, target, temperature = [[72.0, 0.0, 0.0, 0.0]], [[50.0, 0.0, 0.0, 0.0]], [0], 4.0
     expected = temperature**2 * dkd_parts(zs[0], zt[0], 0, temperature)[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,24 @@ def test_overwrite_of_a_run_keeps_the_users_own_files(tmp_path, capsys):
     assert (run / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003.pt"]
     assert [r["step"] for r in _rows(run) if "loss/ce" in r] == [3]
+
+
+def test_a_run_of_an_older_dgraph_without_the_marker_can_be_resumed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--set", "train.checkpoint_every=2") == 0
+    (run / MARKER).unlink()
+    (run / LOCK).unlink()
+    shutil.rmtree(run / "final")
+    capsys.readouterr()
+    assert _train(run, "--set", "train.checkpoint_every=2") == 1
+    assert capsys.readouterr().err == (
+        f"error: run directory {run} has no {MARKER} marker, so dgraph did not create it, "
+        "and it already holds checkpoints/, graph.mmd, graph.svg, metrics.jsonl, "
+        "spec.resolved.yaml, summary.json, tb/ (names a run writes); a run would overwrite "
+        "those. Choose another --out, or move them away (to continue a run an older dgraph "
+        "wrote there, pass --resume)\n")
+    assert _train(run, "--set", "train.checkpoint_every=2", "--resume") == 0
+    assert (run / MARKER).exists() and (run / "final" / "teacher.safetensors").exists()
 
 
 def test_overwrite_removes_a_link_not_what_it_points_to(tmp_path, capsys):
@@ -296,9 +315,8 @@ def test_resume_drops_what_was_logged_after_the_checkpoint(tmp_path):
     assert _train(run, *args) == 0
     # As if killed after step 12 was logged but before its checkpoint was written.
     (run / "checkpoints" / "step_00000012.pt").unlink()
-    for name in ("summary.json", "final"):
-        path = run / name
-        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "final")
     assert _train(run, *args, "--resume") == 0
     assert [r["step"] for r in _rows(run) if "loss/ce" in r] == list(range(1, 13))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
