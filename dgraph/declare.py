@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, StringConstraints, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from dgraph.errors import RegistryError
@@ -48,6 +48,7 @@ from dgraph.registry import (
 
 __all__ = [
     "Module",
+    "NodeRef",
     "Outputs",
     "PortType",
     "TypeOf",
@@ -126,6 +127,15 @@ class Outputs(dict):
         super().__init__({name: _as_port(port, f"output '{name}'") for name, port in ports.items()})
 
 
+class NodeRef:
+    """The type of a parameter that names another node of the spec (``source: student``).
+
+    Validation checks that the node exists and ``viz`` draws the reference; the
+    implementation receives the named node's built module in that parameter, not its name.
+    Annotate ``NodeRef | None`` for an optional reference.
+    """
+
+
 class Module:
     """Base of class components: becomes a ``torch.nn.Module`` when the node is built.
 
@@ -170,12 +180,40 @@ class _Declared(Component):
     shape: str = "function"  # "function", "class" or "builder"
     single_output: str | None = None
     context_arg: str | None = None
+    node_refs: tuple[str, ...] = ()
+    ports_from: str | None = None
+
+    def resolved_inputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
+        return self._copied(peers, outputs=False) if self.ports_from else dict(self.inputs)
+
+    def resolved_outputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
+        return self._copied(peers, outputs=True) if self.ports_from else dict(self.outputs)
+
+    def _copied(self, peers: Mapping[str, Component], *, outputs: bool) -> dict[str, Port]:
+        """The ports of the node named by ``ports_from``, with its sizes filled in."""
+        source = peers.get(getattr(self.params, self.ports_from or ""))
+        if source is None:
+            return {}
+        ports = source.resolved_outputs(peers) if outputs else source.resolved_inputs(peers)
+        sizes = source.port_params()
+        return {name: Port(port.type, _concrete(port.shape, sizes), port.doc, port.optional,
+                           port.mismatch_hint, port.like) for name, port in ports.items()}
+
+    def port_params(self) -> dict[str, Any]:
+        # A copy's shapes carry its source's sizes already; its own parameters do not apply.
+        return {} if self.ports_from else self.kwargs()
 
     def kwargs(self) -> dict[str, Any]:
         return {name: getattr(self.params, name) for name in type(self.params).model_fields}
 
+    def references(self) -> dict[str, str]:
+        values = {name: getattr(self.params, name) for name in self.node_refs}
+        return {name: node for name, node in values.items() if node is not None}
+
     def build(self, context: BuildContext) -> Any:
         kwargs = self.kwargs()
+        for name in self.references():
+            kwargs[name] = context.references[name]
         if self.context_arg is not None:
             kwargs[self.context_arg] = context
         # Read through the class: a function stored on a class would bind as a method.
@@ -189,12 +227,33 @@ class _Declared(Component):
         return FunctionModule(implementation, kwargs, self.single_output)
 
 
+def _concrete(shape: str | None, sizes: Mapping[str, Any]) -> str | None:
+    dims = parse_shape(shape, sizes)
+    return None if dims is None else ", ".join(str(d) for d in dims)
+
+
 def _signature(obj: Callable[..., Any], what: str) -> inspect.Signature:
     try:
         return inspect.signature(obj, eval_str=True)
     except Exception as exc:  # an annotation that does not evaluate, for instance
         raise RegistryError(f"{what}: cannot read its signature ({type(exc).__name__}: {exc})") \
             from exc
+
+
+_NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+_NODE_NAME_TYPE = Annotated[str, StringConstraints(pattern=_NODE_NAME)]
+
+
+def _node_ref(annotation: Any) -> Any:
+    """The pydantic type of a NodeRef parameter (a node name); None for any other annotation."""
+    if annotation is NodeRef:
+        return _NODE_NAME_TYPE
+    if getattr(annotation, "__args__", None) and set(annotation.__args__) == {NodeRef,
+                                                                               type(None)}:
+        return _NODE_NAME_TYPE | None
+    return None
 
 
 def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
@@ -222,7 +281,11 @@ def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
                 info = Field(...)
             else:
                 info = Field(default)
-            params[arg.name] = (arg.annotation, info)
+            annotation = arg.annotation
+            if (as_text := _node_ref(annotation)) is not None:
+                info.json_schema_extra = {"x-dgraph-node-ref": True}
+                annotation = as_text
+            params[arg.name] = (annotation, info)
         else:
             port = _as_port(arg.annotation, f"{what}: input '{arg.name}'")
             if arg.default is None and not port.optional:
@@ -260,6 +323,10 @@ def _params_model(name: str, fields: dict[str, tuple[Any, FieldInfo]],
 
 def component(name: str | None = None, *, roles: tuple[str, ...],
               tappable: bool | None = None, check: Callable[[Any], None] | None = None,
+              token_normalised: bool = False, follows: str | None = None,
+              ports_from: str | None = None,
+              sizes: Callable[[Any], Mapping[str, Any]] | None = None,
+              summarize: Callable[[Mapping[str, float], int], dict[str, float]] | None = None,
               ) -> Callable[[Any], Any]:
     """Register a function, a :class:`Module` class or a data builder as a component type.
 
@@ -269,6 +336,17 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
         tappable: whether submodules can be tapped (default: True for classes).
         check: a function of the parameter model raising ``ValueError`` when a combination of
             parameters is invalid (reported by validation at the node's ``params``).
+        token_normalised: a loss that also outputs ``sum`` and ``count``; under gradient
+            accumulation it is normalised by the count over all micro-batches.
+        follows: for targets, the :class:`NodeRef` parameter naming the node this one follows
+            after each update that trains it; the built module implements
+            ``follow(source_module)``.
+        ports_from: a :class:`NodeRef` parameter whose node's ports this node copies, with
+            their sizes (an EMA copy of any model); the signature's ports are then unused.
+        sizes: a function of the parameter model giving extra values that ``{name}`` in port
+            shapes may use (a vocabulary size read from a model folder's config, say).
+        summarize: for metrics, how outputs summed over the evaluation split become the
+            reported values (see :meth:`dgraph.registry.Component.summarize`).
     """
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
@@ -324,7 +402,18 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "shape": shape,
             "single_output": single,
             "context_arg": context_arg,
+            "node_refs": tuple(n for n, (_, info) in fields.items() if _is_ref(info)),
+            "token_normalised": token_normalised,
+            "follows": follows,
         }
+        for flag, value in (("follows", follows), ("ports_from", ports_from)):
+            if value is not None and value not in attributes["node_refs"]:
+                raise RegistryError(f"{what}: {flag}='{value}' must name a NodeRef parameter")
+        attributes["ports_from"] = ports_from
+        if sizes is not None:
+            attributes["port_params"] = lambda self: {**self.kwargs(), **sizes(self.params)}
+        if summarize is not None:
+            attributes["summarize"] = lambda self, totals, examples: summarize(totals, examples)
         declared = type(obj.__name__ + "Component", (_Declared,), attributes)
         declared.name = type_name
         declared.roles = tuple(roles)
@@ -334,6 +423,11 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
         return obj
 
     return decorate
+
+
+def _is_ref(info: FieldInfo) -> bool:
+    return isinstance(info.json_schema_extra, dict) and bool(
+        info.json_schema_extra.get("x-dgraph-node-ref"))
 
 
 def _role(role: str, *extra: str) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from dgraph.errors import PluginError, RegistryError, did_you_mean
+from dgraph.kinds import KINDS
 from dgraph.ports import SEMANTIC_TYPES, Port, parse_shape
 
 __all__ = [
@@ -33,20 +34,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-# The roles a node can play in a spec (its ``kind``). A component type lists the ones it fits.
-ROLES: dict[str, str] = {
-    "data": "a source of batches (dataset, environment rollouts)",
-    "teacher": "a model that provides targets; frozen unless an update trains it",
-    "student": "the model being distilled; exported by default",
-    "model": "any other network (critic, fake-score network, feature extractor)",
-    "projector": "a small trainable map between feature spaces",
-    "loss": "a scalar objective term",
-    "sampler": "draws noise, timesteps, generations or other per-step inputs",
-    "op": "a pure function without parameters",
-    "tensor": "a learnable tensor (synthetic data, soft labels, a learnable rate)",
-    "target": "a slowly updated copy of another node (EMA, periodic copy)",
-    "metric": "an evaluation-only measurement",
-}
+# The roles a node can play in a spec (its ``kind``); what each implies is in dgraph.kinds.
+ROLES: dict[str, str] = {name: kind.doc for name, kind in KINDS.items()}
 
 
 @dataclass
@@ -61,6 +50,9 @@ class BuildContext:
     seed: int = 0
     spec_dir: Path | None = None
     run_dir: Path | None = None
+    # The built modules of the nodes this node's parameters refer to (``references()``),
+    # by parameter name: an EMA target's ``source``, a sampler's ``model``.
+    references: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,6 +148,12 @@ class Component:
     inputs: ClassVar[dict[str, Port]] = {}
     outputs: ClassVar[dict[str, Port]] = {}
     tappable: ClassVar[bool] = False
+    # Protocols, declared rather than inferred from port or parameter names:
+    # a loss whose outputs ``sum`` and ``count`` let accumulation normalise by token count;
+    token_normalised: ClassVar[bool] = False
+    # the reference parameter whose node this one follows after each update that trains it
+    # (its module implements ``follow(source_module)``: EMA targets, periodic copies).
+    follows: ClassVar[str | None] = None
 
     def __init__(self, params: Params, node: str = "") -> None:
         self.params = params
@@ -215,6 +213,11 @@ def _check_declaration(cls: type[Component], name: str) -> None:
         raise RegistryError(
             f"component type '{name}' ({cls.__module__}.{cls.__qualname__}) must declare roles "
             f"from {sorted(ROLES)}; found {list(cls.roles)}"
+        )
+    if cls.token_normalised and not {"loss", "sum", "count"} <= set(cls.outputs):
+        raise RegistryError(
+            f"component type '{name}' is token_normalised, so it must output 'loss', 'sum' "
+            f"and 'count'; found outputs {sorted(cls.outputs)}"
         )
     for direction, ports in (("input", cls.inputs), ("output", cls.outputs)):
         for port_name, port in ports.items():

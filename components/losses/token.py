@@ -81,6 +81,7 @@ class TokenKL(Component):
     Params = TokenKLParams
     inputs = dict(_PAIR)
     outputs = dict(_OUT)
+    token_normalised = True
 
     def build(self, context: BuildContext):
         from dgraph.components.losses._torch_token import TokenKLLoss
@@ -110,6 +111,7 @@ class TokenJSD(Component):
     Params = TokenJSDParams
     inputs = dict(_PAIR)
     outputs = dict(_OUT)
+    token_normalised = True
 
     def build(self, context: BuildContext):
         from dgraph.components.losses._torch_token import TokenJSDLoss
@@ -139,6 +141,7 @@ class TokenCE(Component):
         "mask": _MASK,
     }
     outputs = dict(_OUT)
+    token_normalised = True
 
     def build(self, context: BuildContext):
         from dgraph.components.losses._torch_token import TokenCELoss
@@ -174,6 +177,7 @@ class TokenTopKKL(Component):
         "mask": _MASK,
     }
     outputs = dict(_OUT)
+    token_normalised = True
 
     def build(self, context: BuildContext):
         from dgraph.components.losses._torch_token import TokenTopKKLLoss
@@ -207,6 +211,7 @@ class TokenFeature(Component):
         "mask": _MASK,
     }
     outputs = dict(_OUT)
+    token_normalised = True
 
     def build(self, context: BuildContext):
         from dgraph.components.losses._torch_token import TokenFeatureLoss

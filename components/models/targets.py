@@ -41,6 +41,7 @@ class EMATarget(Component):
     """
 
     Params = EMATargetParams
+    follows = "source"
 
     def references(self) -> dict[str, str]:
         return {"source": self.params.source}
@@ -66,5 +67,5 @@ class EMATarget(Component):
     def build(self, context: BuildContext):
         from dgraph.components.models._torch_targets import EMAModule
 
-        return EMAModule(context.extras["source_module"], self.params.decay,
+        return EMAModule(context.references["source"], self.params.decay,
                          self.params.copy_every)

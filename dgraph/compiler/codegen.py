@@ -219,8 +219,7 @@ def _plan(graph: Graph, name: str, update: UpdateSpec, order: list[str]) -> Upda
         if n in grad and n not in trained_set and not graph.nodes[n].frozen
         and graph.nodes[n].kind not in ("loss", "op")
     ]
-    token_losses = [loss for loss in losses
-                    if {"sum", "count"} <= set(graph.nodes[loss].outputs)]
+    token_losses = [loss for loss in losses if graph.nodes[loss].component.token_normalised]
     return UpdatePlan(
         name=name,
         token_losses=token_losses,

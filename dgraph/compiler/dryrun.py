@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from dgraph.errors import ComponentRuntimeError, Problem, ValidationError
-from dgraph.graph.build import unify_shapes
 from dgraph.graph.model import Graph
+from dgraph.graph.shapes import infer_shapes
 
 __all__ = ["dry_run"]
 
@@ -57,7 +57,7 @@ def dry_run(graph: Graph) -> list[Problem]:
         for recorder in instances.taps.values():
             recorder.remove()
     concrete = {key: tuple(t.shape) for key, t in values.items() if isinstance(t, torch.Tensor)}
-    problems = unify_shapes(graph, concrete)
+    graph.shapes, problems = infer_shapes(graph, concrete)
     graph.dry_run = True
     if problems:
         raise ValidationError(problems)

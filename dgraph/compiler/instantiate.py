@@ -95,9 +95,11 @@ def build_context(graph: Graph, name: str, *, device: str, seed: int,
                            run_dir=run_dir)
     context.extras["modules"] = modules
     context.extras["spec_source"] = graph.spec.source  # locates a component's input errors
-    source = graph.nodes[name].component.references().get("source")
-    if source in modules:
-        context.extras["source_module"] = modules[source]
+    context.references = {param: modules[node] for param, node in
+                          graph.nodes[name].component.references().items() if node in modules}
+    source = context.references.get("source")
+    if source is not None:
+        context.extras["source_module"] = source
     return context
 
 

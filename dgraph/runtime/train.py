@@ -444,7 +444,6 @@ class Trainer:
             terms[loss] = value
         return terms
 
-
     def _after_update(self, update: str) -> None:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
         for target, source in self._followers[update]:
@@ -458,8 +457,8 @@ class Trainer:
             out[update] = [
                 (self.instances.modules[name], self.instances.modules[source])
                 for name, node in self.graph.nodes.items()
-                if node.kind == "target"
-                and (source := node.component.references().get("source")) in trained
+                if (follows := node.component.follows) is not None
+                and (source := node.component.references().get(follows)) in trained
             ]
         return out
 
@@ -527,8 +526,9 @@ class Trainer:
           mechanism) skip on the device when given ``found_inf``. On CUDA (where a read
           would stall the queue) they run ahead unsynchronised: the flag is sticky, so every
           step from the first bad one on is skipped, and it is read here after logging,
-          checkpoint, evaluation and stage-end steps (``_reads_after``) and before a
-          checkpoint is written. ``_unread`` records what each step drew, and ``_skipped``
+          checkpoint, evaluation and stage-end steps (``_reads_after``), so before anything
+          is logged, evaluated or saved (a checkpoint written at any other step must call
+          this first). ``_unread`` records what each step drew, and ``_skipped``
           counts the steps skipped, which locates the first bad one. Learning-rate schedules
           and EMA targets (which follow an unchanged source) still advance on those steps;
           the run stops at the read, before anything is logged or saved;
@@ -573,19 +573,16 @@ class Trainer:
         self._unread.clear()
         losses = [float(t.detach().float().sum()) for t in totals]
         loss = next((v for v in losses if not math.isfinite(v)), losses[0])
-        culprit, micro = None, 0
-        for micro, batch in enumerate(batches):  # noqa: B007 - reported below
+        found = "no node output was non-finite when the step was re-run"
+        for micro, batch in enumerate(batches):
             culprit = self._first_nonfinite(plan, batch)
             if culprit is not None:
+                node = self.graph.nodes[culprit[0]]
+                found = (f"the first node whose output went non-finite is '{culprit[0]}' "
+                         f"(port '{culprit[1]}', {node.kind} '{node.spec.type}'"
+                         + (f", micro-batch {micro + 1} of {len(batches)}" if len(batches) > 1
+                            else "") + ")")
                 break
-        if culprit is not None:
-            node = self.graph.nodes[culprit[0]]
-            found = (f"the first node whose output went non-finite is '{culprit[0]}' "
-                     f"(port '{culprit[1]}', {node.kind} '{node.spec.type}'"
-                     + (f", micro-batch {micro + 1} of {len(batches)}" if len(batches) > 1
-                        else "") + ")")
-        else:
-            found = "no node output was non-finite when the step was re-run"
         if parameter is None:
             grads = "gradients finite" if self.scaler is None else \
                 "gradients finite once unscaled"

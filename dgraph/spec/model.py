@@ -7,6 +7,7 @@ named types, ports and nodes exist is the graph layer's job.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import unicodedata
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from dgraph.errors import Problem, ValidationError, did_you_mean
-from dgraph.registry import ROLES
+from dgraph.kinds import KINDS
 from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw
 
 __all__ = [
@@ -88,8 +89,9 @@ class CacheSpec(_Strict):
 class NodeSpec(_Strict):
     """One use of a component type in the graph."""
 
-    kind: str = Field(description="the role: " + ", ".join(ROLES))
-    type: str = Field(description="a registered component type (`dgraph list`)")
+    kind: str = Field(description="the role: " + ", ".join(KINDS))
+    type: str = Field(description="a registered component type (`dgraph list`); a node with "
+                      "'shares' inherits its owner's")
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str] = Field(
         default_factory=dict,
@@ -107,10 +109,10 @@ class NodeSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in ROLES:
-            hint = did_you_mean(value, ROLES)
+        if value not in KINDS:
+            hint = did_you_mean(value, KINDS)
             raise ValueError(
-                f"unknown kind '{value}' (kinds: {', '.join(ROLES)})"
+                f"unknown kind '{value}' (kinds: {', '.join(KINDS)})"
                 + (f"; {hint}" if hint else "")
             )
         return value
@@ -119,7 +121,8 @@ class NodeSpec(_Strict):
     def is_frozen(self) -> bool:
         if self.frozen is not None:
             return self.frozen
-        return self.kind in ("teacher", "data", "op", "metric", "target")
+        kind = KINDS.get(self.kind)
+        return kind is not None and kind.frozen
 
 
 class ScheduleSpec(_Strict):
@@ -399,13 +402,13 @@ def _problem_from_pydantic(
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
     if kind == "value_error" and len(path) == 3 and path[0] == "nodes" and path[2] == "kind":
-        hint = did_you_mean(str(found), ROLES)
+        hint = did_you_mean(str(found), KINDS)
         return Problem(
             code="unknown-kind",
             message=f"unknown kind '{found}'",
             location=source.where(path),
             node=node,
-            expected="one of: " + ", ".join(ROLES),
+            expected="one of: " + ", ".join(KINDS),
             found=f"kind: {found}",
             suggestion=hint or "`dgraph list KIND` shows the component types of each kind",
         )
@@ -630,6 +633,30 @@ def _node_of(path: tuple) -> str | None:
     return str(path[1]) if len(path) > 1 and path[0] == "nodes" else None
 
 
+def _inherit_shared(data: dict[str, Any]) -> dict[str, Any]:
+    """Nodes with ``shares: owner`` take the owner's kind, type and params when they omit them.
+
+    One module used at several places needs only its ``inputs`` at the second place. Values
+    written explicitly stay (validation then checks that type and params agree with the
+    owner's). Returns a new mapping; ``data`` is not changed.
+    """
+    nodes = data.get("nodes")
+    if not isinstance(nodes, dict):
+        return data
+    merged = dict(nodes)
+    for name, node in nodes.items():
+        if not isinstance(node, dict) or not isinstance(node.get("shares"), str):
+            continue
+        owner = nodes.get(node["shares"])
+        if not isinstance(owner, dict) or "shares" in owner:
+            continue  # reported by the graph's shares check
+        inherited = {key: copy.deepcopy(owner[key]) for key in ("kind", "type", "params")
+                     if key in owner and key not in node}
+        if inherited:
+            merged[name] = {**node, **inherited}
+    return {**data, "nodes": merged}
+
+
 def spec_from_raw(raw: RawSpec) -> Spec:
     """Check a raw spec's form with pydantic; all problems are reported together.
 
@@ -651,6 +678,7 @@ def spec_from_raw(raw: RawSpec) -> Spec:
                 suggestion="upgrade dgraph, or rewrite the spec for this version",
             )
         ])
+    data = _inherit_shared(data)
     problems, flagged = _value_problems(data, raw.source)
     problems += _name_problems(data, raw.source)
     try:
