@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgraph.components.data._torch_dd_eval import compare_with_random_real
+from dgraph.components.data._dd_eval import compare_with_random_real
 
 from dgraph.runtime.checkpoint import load_weights
 from dgraph.runtime.train import train

@@ -48,7 +48,7 @@ def _flow(value) -> str:
 
 def run(workdir: Path, setup: dict, *, log=print) -> dict[str, float]:
     """Teacher, save_pretrained round trip, KD student and scratch student; perplexities."""
-    from dgraph.components.models._torch_hf import save_pretrained_from_weights
+    from dgraph.components.models.hf import save_pretrained_from_weights
 
     from dgraph.runtime.train import train
 
@@ -66,7 +66,7 @@ def run(workdir: Path, setup: dict, *, log=print) -> dict[str, float]:
     pretrained = save_pretrained_from_weights(
         setup["teacher"], workdir / "llm_teacher" / "final" / "teacher.safetensors",
         workdir / "teacher_hf")
-    from dgraph.components.data._torch_text import byte_tokenizer
+    from dgraph.components.data.text import byte_tokenizer
 
     byte_tokenizer().save(str(pretrained / "tokenizer.json"))  # the tokenizer next to it
     steps = setup["student_steps"]

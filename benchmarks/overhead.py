@@ -44,10 +44,11 @@ LR = 1e-3
 
 def write_spec(folder: Path, cfg: dict, device: torch.device) -> Path:
     """Random teacher weights (and random data for non-digits configs), then the KD spec."""
-    from dgraph.components.models._torch_models import MLPModule
+    from dgraph.components.models.mlp import MLP
 
     torch.manual_seed(1234)
-    teacher = MLPModule(cfg["in_features"], cfg["teacher"], cfg["classes"])
+    teacher = MLP.create(in_features=cfg["in_features"], hidden=cfg["teacher"],
+                         num_classes=cfg["classes"])
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()},
               str(folder / "teacher.safetensors"))
     if cfg["data"] == "digits":
@@ -144,14 +145,16 @@ class HandKD:
 
     def __init__(self, teacher_state, student_state, cfg, x, y, indices, *, loader=None,
                  losses=None) -> None:
-        from dgraph.components.models._torch_models import MLPModule
+        from dgraph.components.models.mlp import MLP
 
         device = x.device
-        self.teacher = MLPModule(cfg["in_features"], cfg["teacher"], cfg["classes"]).to(device)
+        self.teacher = MLP.create(in_features=cfg["in_features"], hidden=cfg["teacher"],
+                                  num_classes=cfg["classes"]).to(device)
         self.teacher.load_state_dict(teacher_state)
         self.teacher.eval()
         self.teacher.requires_grad_(False)
-        self.student = MLPModule(cfg["in_features"], cfg["student"], cfg["classes"]).to(device)
+        self.student = MLP.create(in_features=cfg["in_features"], hidden=cfg["student"],
+                                  num_classes=cfg["classes"]).to(device)
         self.student.load_state_dict(student_state)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, foreach=True)
         self.x, self.y, self.indices = x, y, indices

@@ -133,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.student_hidden}, {args.classes} classes, batch {args.batch}; {args.rounds} "
           f"rounds x {args.block} steps, {args.warmup} warm-up", flush=True)
 
-    from dgraph.components.models._torch_models import MLPModule
+    from dgraph.components.models.mlp import MLP
 
     with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
         folder = Path(tmp)
         torch.manual_seed(1234)
-        teacher = MLPModule(args.in_features, args.teacher_hidden, args.classes)
+        teacher = MLP.create(in_features=args.in_features, hidden=args.teacher_hidden,
+                             num_classes=args.classes)
         save_file({k: v.contiguous() for k, v in teacher.state_dict().items()},
                   str(folder / "teacher.safetensors"))
         if args.data == "random":
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     yb = loader.tensors["y"][: args.batch]
     with torch.no_grad():
         t_logits = t_module(xb)["logits"]
-    student = MLPModule(args.in_features, args.student_hidden, args.classes).to(device)
+    student = MLP.create(in_features=args.in_features, hidden=args.student_hidden,
+                         num_classes=args.classes).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=LR, foreach=True)
 
     def teacher_fwd() -> None:

@@ -186,11 +186,31 @@ def cmd_list(args: argparse.Namespace) -> int:
                     value = field.get_default(call_default_factory=True)
                     default = f"default {json.dumps(value, default=str)}"
                 desc = f"  {field.description}" if field.description else ""
-                print(f"    {pname}: {_annotation(field.annotation)} = {default}{desc}")
+                bounds = "".join(f", {_bound(m)}" for m in field.metadata if _bound(m))
+                kind = "node" if _is_node_ref(field) else _annotation(field.annotation)
+                print(f"    {pname}: {kind} = {default}{bounds}{desc}")
         print()
     if shown == 0:
         print(f"no component types of kind '{args.kind}'")
     return 0
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=",
+           "max_length": "length <=", "pattern": "matching"}
+
+
+def _bound(constraint: Any) -> str:
+    """``> 0`` for pydantic's ``Gt(gt=0)`` (and the other annotated-types bounds), else ''."""
+    for attribute, symbol in _BOUNDS.items():
+        value = getattr(constraint, attribute, None)
+        if value is not None and attribute != "pattern":
+            return f"{symbol} {value}"
+    return ""
+
+
+def _is_node_ref(field: Any) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("x-dgraph-node-ref"))
 
 
 def _annotation(annotation: Any) -> str:

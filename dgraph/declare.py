@@ -28,8 +28,10 @@ is built (device, seed, spec folder); it is not a parameter.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, create_model, model_validator
@@ -50,6 +52,7 @@ __all__ = [
     "Module",
     "NodeRef",
     "Outputs",
+    "PortNames",
     "PortType",
     "TypeOf",
     "component",
@@ -136,6 +139,15 @@ class NodeRef:
     """
 
 
+class PortNames(dict):
+    """``{argument: port name}``: the names a node's spec gives the implementation's inputs.
+
+    A keyword-only argument annotated ``PortNames`` is not a parameter: it receives this
+    mapping, so that messages name the ports as the spec does, also in a :func:`preset` that
+    renames them (``mse`` is ``feature_mse`` over ``prediction`` and ``target``).
+    """
+
+
 class Module:
     """Base of class components: becomes a ``torch.nn.Module`` when the node is built.
 
@@ -143,6 +155,18 @@ class Module:
     ``forward`` returning a dict of outputs or, with one output port, a tensor) without
     importing torch at the top of the file.
     """
+
+    @classmethod
+    def create(cls, context: BuildContext | None = None, **params: Any) -> Any:
+        """The built torch module, outside a graph (scripts, tests, other components).
+
+        ``params`` are validated and defaulted as in a spec: ``MLP.create(in_features=64,
+        num_classes=10)``. ``context`` defaults to a CPU build named after the type.
+        """
+        declared = cls.component  # type: ignore[attr-defined]
+        if context is None:
+            context = BuildContext(node=declared.name)
+        return declared(declared.Params.model_validate(params), context.node).build(context)
 
 
 def param(default: Any = ..., *, doc: str = "", **constraints: Any) -> Any:
@@ -182,6 +206,9 @@ class _Declared(Component):
     context_arg: str | None = None
     node_refs: tuple[str, ...] = ()
     ports_from: str | None = None
+    names_arg: str | None = None  # the keyword-only argument annotated PortNames
+    port_names: Mapping[str, str] = {}  # a preset's renamed inputs: port -> argument
+    params_check: Callable[[Any], None] | None = None  # kept by presets
 
     def resolved_inputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
         return self._copied(peers, outputs=False) if self.ports_from else dict(self.inputs)
@@ -216,8 +243,13 @@ class _Declared(Component):
             kwargs[name] = context.references[name]
         if self.context_arg is not None:
             kwargs[self.context_arg] = context
+        if self.names_arg is not None:
+            kwargs[self.names_arg] = PortNames(
+                {self.port_names.get(port, port): port for port in self.inputs})
         # Read through the class: a function stored on a class would bind as a method.
         implementation = type(self).implementation
+        if self.port_names:
+            implementation = _renamed(implementation, self.port_names)
         if self.shape == "builder":
             return implementation(**kwargs)
         from dgraph._torch_declare import FunctionModule, torch_class
@@ -225,6 +257,14 @@ class _Declared(Component):
         if self.shape == "class":
             return torch_class(implementation)(**kwargs)
         return FunctionModule(implementation, kwargs, self.single_output)
+
+
+def _renamed(fn: Callable[..., Any], names: Mapping[str, str]) -> Callable[..., Any]:
+    """``fn`` receiving a preset's renamed ports under its own argument names."""
+    @functools.wraps(fn)
+    def call(**kwargs: Any) -> Any:
+        return fn(**{names.get(key, key): value for key, value in kwargs.items()})
+    return call
 
 
 def _concrete(shape: str | None, sizes: Mapping[str, Any]) -> str | None:
@@ -243,7 +283,9 @@ def _signature(obj: Callable[..., Any], what: str) -> inspect.Signature:
 _NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-_NODE_NAME_TYPE = Annotated[str, StringConstraints(pattern=_NODE_NAME)]
+# The schema marks references so that editors and `dgraph list` can tell them from text.
+_NODE_NAME_TYPE = Annotated[str, StringConstraints(pattern=_NODE_NAME),
+                            Field(json_schema_extra={"x-dgraph-node-ref": True})]
 
 
 def _node_ref(annotation: Any) -> Any:
@@ -271,6 +313,8 @@ def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
         if arg.kind == arg.KEYWORD_ONLY:
             if arg.annotation is BuildContext:
                 context_arg = arg.name
+                continue
+            if arg.annotation is PortNames:  # filled in when built, like the context
                 continue
             if arg.annotation is inspect.Parameter.empty:
                 raise RegistryError(f"{what}: parameter '{arg.name}' needs a type annotation")
@@ -316,7 +360,8 @@ def _params_model(name: str, fields: dict[str, tuple[Any, FieldInfo]],
         validators["_check"] = model_validator(mode="after")(_run_check)
     model = create_model(  # type: ignore[call-overload]
         "".join(part.title() for part in name.split("_")) + "Params",
-        __base__=Params, __validators__=validators, **fields,
+        __base__=Params, __validators__=validators, __doc__=f"Parameters of '{name}'.",
+        **fields,
     )
     return model
 
@@ -326,6 +371,7 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
               token_normalised: bool = False, follows: str | None = None,
               ports_from: str | None = None,
               sizes: Callable[[Any], Mapping[str, Any]] | None = None,
+              output_ports: Callable[[Any], Mapping[str, Port]] | None = None,
               summarize: Callable[[Mapping[str, float], int], dict[str, float]] | None = None,
               ) -> Callable[[Any], Any]:
     """Register a function, a :class:`Module` class or a data builder as a component type.
@@ -345,6 +391,9 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             their sizes (an EMA copy of any model); the signature's ports are then unused.
         sizes: a function of the parameter model giving extra values that ``{name}`` in port
             shapes may use (a vocabulary size read from a model folder's config, say).
+        output_ports: a function of the parameter model giving the output ports, when they
+            depend on the parameters (a data file's keys, a flatten flag); the return
+            annotation then lists the ports that ``dgraph list`` shows.
         summarize: for metrics, how outputs summed over the evaluation split become the
             reported values (see :meth:`dgraph.registry.Component.summarize`).
     """
@@ -364,9 +413,20 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             if init_ports:
                 raise RegistryError(f"{what}: __init__ takes parameters only, keyword-only "
                                     f"(after '*'); found positional {sorted(init_ports)}")
-            forward = _signature(obj.forward, what)
-            inputs, _, _ = _split_signature(forward, f"{what}.forward", skip_self=True)
-            outputs, single = _outputs(forward.return_annotation, roles, f"{what}.forward")
+            if "metric" in roles and hasattr(obj, "update") and hasattr(obj, "compute"):
+                # An accumulator (see dgraph.runtime.metrics): update() takes the inputs,
+                # compute() returns the reported values.
+                update = _signature(obj.update, what)
+                inputs, _, _ = _split_signature(update, f"{what}.update", skip_self=True)
+                outputs, _ = _outputs(_signature(obj.compute, what).return_annotation,
+                                      roles, f"{what}.compute")
+                single = None
+            elif ports_from is None:
+                forward = _signature(obj.forward, what)
+                inputs, _, _ = _split_signature(forward, f"{what}.forward", skip_self=True)
+                outputs, single = _outputs(forward.return_annotation, roles, f"{what}.forward")
+            else:  # a copy of another node: its ports are that node's, its forward generic
+                inputs, outputs, single = {}, {}, None
             shape = "class"
         else:
             sig = _signature(obj, what)
@@ -405,16 +465,23 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "node_refs": tuple(n for n, (_, info) in fields.items() if _is_ref(info)),
             "token_normalised": token_normalised,
             "follows": follows,
+            "names_arg": _injected(obj, PortNames, what),
+            "params_check": staticmethod(check) if check is not None else None,
         }
         for flag, value in (("follows", follows), ("ports_from", ports_from)):
             if value is not None and value not in attributes["node_refs"]:
                 raise RegistryError(f"{what}: {flag}='{value}' must name a NodeRef parameter")
         attributes["ports_from"] = ports_from
+        if output_ports is not None:
+            if ports_from is not None:
+                raise RegistryError(f"{what}: give ports_from or output_ports, not both")
+            attributes["resolved_outputs"] = lambda self, peers: dict(output_ports(self.params))
         if sizes is not None:
             attributes["port_params"] = lambda self: {**self.kwargs(), **sizes(self.params)}
         if summarize is not None:
             attributes["summarize"] = lambda self, totals, examples: summarize(totals, examples)
-        declared = type(obj.__name__ + "Component", (_Declared,), attributes)
+        # Named as the declared object, so that it reads as the same thing in messages.
+        declared = type(obj.__name__, (_Declared,), attributes)
         declared.name = type_name
         declared.roles = tuple(roles)
         _check_declaration(declared, type_name)
@@ -423,6 +490,14 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
         return obj
 
     return decorate
+
+
+def _injected(obj: Any, annotation: type, what: str) -> str | None:
+    """The keyword-only argument of ``obj`` (of its ``__init__`` for a class) annotated
+    ``annotation``, which dgraph fills in at build time; None when there is none."""
+    sig = _signature(obj.__init__ if inspect.isclass(obj) else obj, what)
+    return next((arg.name for arg in sig.parameters.values()
+                 if arg.kind == arg.KEYWORD_ONLY and arg.annotation is annotation), None)
 
 
 def _is_ref(info: FieldInfo) -> bool:
@@ -449,11 +524,20 @@ projector = _role("projector")
 model = _role("model", "teacher", "student")
 
 
-def preset(name: str, of: Any, *, doc: str, **defaults: Any) -> type[Component]:
+def preset(name: str, of: Any, *, doc: str,
+           inputs: Mapping[str, Port | PortType] | None = None,
+           outputs: Mapping[str, Port | PortType] | None = None,
+           **defaults: Any) -> type[Component]:
     """Register ``name`` as ``of`` with other defaults (``hinton_kd`` = ``kl_div`` + T² scaling).
 
     The preset shares ports and implementation; only parameter defaults (still overridable in
     a spec) and documentation differ.
+
+    ``inputs`` declares the preset's input ports anew, one for each input of ``of`` in its
+    order: each may have another name, type, shape and doc (the implementation still receives
+    it under its own argument name; see :class:`PortNames`). ``outputs`` re-declares some
+    output ports by name (type, shape, doc). ``mse`` is ``feature_mse`` over ``prediction``
+    and ``target`` of any type.
     """
     base: type[_Declared] = getattr(of, "component", of)
     unknown = sorted(set(defaults) - set(base.Params.model_fields))
@@ -467,12 +551,62 @@ def preset(name: str, of: Any, *, doc: str, **defaults: Any) -> type[Component]:
             copied.default_factory = None
         fields[field_name] = (info.annotation, copied)
     attributes = {"__doc__": doc, "__module__": base.__module__,
-                  "Params": _params_model(name, fields, None), "preset_of": base.name}
+                  "Params": _params_model(name, fields, base.params_check),
+                  "preset_of": base.name}
+    if inputs is not None or outputs is not None:
+        attributes.update(_preset_ports(name, base, attributes, inputs or {}, outputs or {},
+                                        replace_inputs=inputs is not None))
     declared = type(f"{name}_preset", (base,), attributes)
     declared.name = name
     _check_declaration(declared, name)
     COMPONENTS.register(name, declared, origin=f"preset of {base.name}")
     return declared
+
+
+def _preset_ports(name: str, base: type[_Declared], attributes: Mapping[str, Any],
+                  inputs: Mapping[str, Port | PortType], outputs: Mapping[str, Port | PortType],
+                  *, replace_inputs: bool) -> dict[str, Any]:
+    """The ``inputs``, ``outputs`` and ``port_names`` of a preset that re-declares ports."""
+    what = f"preset '{name}' of '{base.name}'"
+    table = dict(attributes.get("inputs", base.inputs))
+    names = dict(base.port_names)
+    if replace_inputs:
+        if len(inputs) != len(table):
+            raise RegistryError(f"{what}: inputs must declare one port for each input of "
+                                f"'{base.name}' ({', '.join(table)}), in that order; found "
+                                f"{', '.join(inputs) or 'none'}")
+        names = {}
+        new_table = {}
+        for (port_name, port), (old_name, old) in zip(inputs.items(), table.items(),
+                                                      strict=True):
+            # Optional exactly where the implementation has a default.
+            new_table[port_name] = replace(_as_port(port, f"{what}: input '{port_name}'"),
+                                           optional=old.optional)
+            argument = base.port_names.get(old_name, old_name)
+            if port_name != argument:
+                names[port_name] = argument
+        table = new_table
+        if names and base.shape != "function":
+            raise RegistryError(f"{what}: only a function component's inputs can be renamed")
+        clash = sorted(set(table) & set(base.Params.model_fields))
+        if clash:
+            raise RegistryError(f"{what}: inputs {clash} have the names of parameters")
+    out_table = dict(attributes.get("outputs", base.outputs))
+    unknown = sorted(set(outputs) - set(out_table))
+    if unknown:
+        raise RegistryError(f"{what}: unknown outputs {unknown}; '{base.name}' outputs "
+                            f"{', '.join(out_table)}")
+    for port_name, port in outputs.items():
+        out_table[port_name] = _as_port(port, f"{what}: output '{port_name}'")
+    for port_name, port in {**table, **out_table}.items():
+        try:
+            parse_shape(port.shape)
+        except ValueError as exc:
+            raise RegistryError(f"{what}: port '{port_name}': {exc}") from None
+        if port.like is not None and port.like not in table:
+            raise RegistryError(f"{what}: output '{port_name}' takes the type of input "
+                                f"'{port.like}', which is not an input port")
+    return {"inputs": table, "outputs": out_table, "port_names": names}
 
 
 def declared_ports(component_type: type[Component]) -> Mapping[str, Mapping[str, Port]]:

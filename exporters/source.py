@@ -132,10 +132,11 @@ class ExportSubject:
 
 
 def _build(node: Node, name: str, run_dir: Path, spec_dir: Path | None, *,
-           extras: dict[str, Any] | None = None):
-    """Build a node's runtime object with relative paths resolved as ``dgraph train`` did."""
+           extras: dict[str, Any] | None = None, references: dict[str, Any] | None = None):
+    """Build a node's runtime object with relative paths resolved as ``dgraph train`` did;
+    ``references`` are the built modules of the nodes its parameters name."""
     context = BuildContext(node=name, device="cpu", spec_dir=spec_dir, run_dir=run_dir,
-                           extras=dict(extras or {}))
+                           references=dict(references or {}), extras=dict(extras or {}))
     return node.component.build(context)
 
 
@@ -409,12 +410,11 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
     spec_dir = _spec_dir(meta)
     extras: dict[str, Any] = {"architecture_only": True}
     try:
-        if target.kind == "target":
-            source = target.component.references().get("source")
-            if source is not None:
-                extras["source_module"] = _build(graph.nodes[source], source, run_dir,
-                                                 spec_dir, extras={"architecture_only": True})
-        module = _build(target, name, run_dir, spec_dir, extras=extras)
+        # The nodes its parameters name (an EMA target's source), rebuilt without weights.
+        references = {param: _build(graph.nodes[other], other, run_dir, spec_dir,
+                                    extras=extras)
+                      for param, other in target.component.references().items()}
+        module = _build(target, name, run_dir, spec_dir, extras=extras, references=references)
     except DgraphError:
         raise
     except Exception as exc:

@@ -58,7 +58,7 @@ def test_list_block_of_hinton_kd(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     doc = "\n".join(f"    {d}" for d in COMPONENTS.get("hinton_kd").doc().splitlines())
     assert blocks(out)["hinton_kd"] == (
-        "hinton_kd  [loss]  (dgraph.components.losses.classification.HintonKD)\n"
+        "hinton_kd  [loss]  (preset of kl_div)\n"
         f"{doc}\n"
         "  inputs:\n"
         "    student: Logits[B, C]  student class scores\n"
@@ -66,7 +66,9 @@ def test_list_block_of_hinton_kd(capsys: pytest.CaptureFixture[str]) -> None:
         "  outputs:\n"
         "    loss: Scalar[*]  KD loss\n"
         "  params:\n"
-        "    temperature: float = default 4.0  softmax temperature T\n"
+        '    direction: "forward" | "reverse" = default "forward"  forward: KL(p_t || p_s); '
+        "reverse: KL(p_s || p_t)\n"
+        "    temperature: float = default 4.0, > 0.0, <= 1000.0  softmax temperature T\n"
         "    scale_by_t2: bool = default true  multiply by T^2 so gradient magnitudes do not "
         "shrink as T grows"
     )
@@ -75,7 +77,7 @@ def test_list_block_of_hinton_kd(capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_shows_literal_and_list_params_readably(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "list")
     shown = blocks(out)
-    assert '    reduction: "mean" | "sum" = default "mean"' in shown["mse"]
+    assert '    reduction: "mean" | "sum" | "half_squared_norm" = default "mean"' in shown["mse"]
     assert "    hidden: list[int] = default [128]  hidden layer widths" in shown["mlp"]
     assert "    copy_every: int | None = default null" in shown["ema"]
 

@@ -13,7 +13,9 @@ from dgraph.declare import (
     Logits,
     Module,
     Outputs,
+    PortNames,
     Scalar,
+    Tensor,
     TypeOf,
     component,
     loss,
@@ -121,3 +123,89 @@ def test_declarations_are_checked_when_imported():
         @loss("test_declare_lskd")
         def again(x: Logits("B, C")) -> Scalar:
             return x
+
+
+def _positive_gap(params) -> None:
+    if params.gap <= 0:
+        raise ValueError(f"gap must be positive, found {params.gap}")
+
+
+@loss("test_declare_gap", check=_positive_gap)
+def gap_loss(student: Features("B, D", "student side"), teacher: Features("B, D"), *,
+             gap: float = param(1.0, doc="margin"),
+             names: PortNames) -> Scalar:
+    """``relu(gap - (s - t))`` summed; a shape mismatch names the ports as the spec does."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"'{names['student']}' has shape {list(student.shape)} but "
+                         f"'{names['teacher']}' has shape {list(teacher.shape)}")
+    return torch.relu(gap - (student - teacher)).sum()
+
+
+def test_preset_renames_ports_and_keeps_the_check():
+    renamed = preset("test_declare_gap_renamed", gap_loss, doc="The gap over any tensors.",
+                     inputs={"prediction": Tensor("B, D", "predicted values"),
+                             "target": Tensor("B, D", "target values")},
+                     outputs={"loss": Scalar(None, "hinge")}, gap=2.0)
+    assert {name: port.type for name, port in renamed.inputs.items()} == {
+        "prediction": "Tensor", "target": "Tensor"}
+    assert renamed.outputs["loss"].doc == "hinge" and "names" not in renamed.Params.model_fields
+    module = renamed(renamed.Params(), "n").build(BuildContext("n"))
+    value = module(prediction=torch.tensor([[1.0, 0.5]]), target=torch.zeros(1, 2))["loss"]
+    assert value.item() == 2.5  # relu(2 - 1) + relu(2 - 0.5)
+    with pytest.raises(ValueError, match=re.escape(
+            "'prediction' has shape [1, 2] but 'target' has shape [2]")):
+        module(prediction=torch.zeros(1, 2), target=torch.zeros(2))
+    base = COMPONENTS.get("test_declare_gap")
+    with pytest.raises(ValueError, match=re.escape(
+            "'student' has shape [1, 2] but 'teacher' has shape [2]")):
+        base(base.Params(), "n").build(BuildContext("n"))(student=torch.zeros(1, 2),
+                                                          teacher=torch.zeros(2))
+    with pytest.raises(PydanticValidationError, match="gap must be positive, found -1.0"):
+        renamed.Params(gap=-1.0)
+
+
+def test_preset_ports_are_checked():
+    with pytest.raises(RegistryError, match=re.escape(
+            "preset 'test_declare_gap_one' of 'test_declare_gap': inputs must declare one port "
+            "for each input of 'test_declare_gap' (student, teacher), in that order; found x")):
+        preset("test_declare_gap_one", gap_loss, doc="x.", inputs={"x": Tensor("B, D")})
+    with pytest.raises(RegistryError, match=re.escape(
+            "preset 'test_declare_gap_out' of 'test_declare_gap': unknown outputs ['value']; "
+            "'test_declare_gap' outputs loss")):
+        preset("test_declare_gap_out", gap_loss, doc="x.", outputs={"value": Scalar()})
+    with pytest.raises(RegistryError, match=re.escape(
+            "preset 'test_declare_gap_clash' of 'test_declare_gap': inputs ['gap'] have the "
+            "names of parameters")):
+        preset("test_declare_gap_clash", gap_loss, doc="x.",
+               inputs={"gap": Tensor("B, D"), "target": Tensor("B, D")})
+
+
+def test_the_readme_component_example_is_real(tmp_path, capsys):
+    """README's "Write a component" block, imported as a file, is listed as README says."""
+    import importlib.util
+    from pathlib import Path
+
+    from dgraph.cli import main
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Write a component", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme_lskd.py"
+    path.write_text(code, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("readme_lskd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = COMPONENTS.get("lskd")
+    built = cls(cls.Params(), "n").build(BuildContext("n"))
+    s = torch.tensor([[1.0, 2.0, 4.0]])
+    t = torch.tensor([[0.0, 3.0, 1.0]])
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    p = torch.softmax(z(t[0]) / 2.0, -1)
+    q = torch.softmax(z(s[0]) / 2.0, -1)
+    assert float(built(student=s, teacher=t)["loss"]) == pytest.approx(
+        float((p * (p / q).log()).sum()), rel=1e-6)
+    assert main(["list", "loss"]) == 0
+    out = capsys.readouterr().out
+    block = out.split("lskd  [loss]", 1)[1].split("\n\n", 1)[0]
+    assert "    student: Logits[B, C]  student scores" in block
+    assert "    temperature: float = default 2.0, > 0.0  softmax temperature" in block

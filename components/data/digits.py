@@ -6,15 +6,20 @@ A stratified train/eval split, optionally with labels kept for only a few traini
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
+from dgraph.declare import Features, Images, Labels, Mask, Outputs, data, param
+from dgraph.registry import BuildContext
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-__all__ = ["DIGITS_SIZE", "Digits", "DigitsParams"]
+
+__all__ = ["DIGITS_CLASSES", "DIGITS_SIZE", "digits", "digits_split", "split_sizes",
+           "stratified_subset"]
 
 DIGITS_SIZE = 1797  # examples in sklearn.datasets.load_digits
 DIGITS_CLASSES = 10
@@ -26,49 +31,55 @@ def split_sizes(test_fraction: float, total: int = DIGITS_SIZE) -> tuple[int, in
     return total - n_eval, n_eval
 
 
-class DigitsParams(Params):
-    """Parameters of :class:`Digits`."""
-
-    test_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="fraction of the 1797 examples held out for evaluation"
-    )
-    split_seed: int = Field(0, ge=0, description="seed of the stratified split (and of the "
-                            "choice of labelled examples)")
-    flatten: bool = Field(
-        True, description="x as flat Features [B, 64]; false: Images [B, 1, 8, 8]"
-    )
-    batch_size: int = Field(64, gt=0, le=DIGITS_SIZE, description="examples per batch")
-    shuffle: bool = Field(True, description="reshuffle the training set every epoch")
-    drop_last: bool = Field(True, description="skip the last incomplete training batch")
-    labelled: int | None = Field(
-        None,
-        ge=0,
-        description="keep labels for only this many training examples (stratified over "
-        "classes); the others get label -1 and labelled=false. None: all labelled",
-    )
-    with_index: bool = Field(
-        False, description="also output index: each example's position in its split (int64), "
-        "for losses with per-example state such as CRD's memory bank"
-    )
-
-    @model_validator(mode="after")
-    def _labelled_fits(self) -> DigitsParams:
-        n_train, n_eval = split_sizes(self.test_fraction)
-        if n_train < DIGITS_CLASSES or n_eval < DIGITS_CLASSES:
-            raise ValueError(
-                f"test_fraction={self.test_fraction} leaves {n_train} training and {n_eval} "
-                f"evaluation examples; a stratified split needs at least {DIGITS_CLASSES} in each"
-            )
-        if self.labelled is not None and self.labelled > n_train:
-            raise ValueError(
-                f"labelled={self.labelled} exceeds the {n_train} training examples left by "
-                f"test_fraction={self.test_fraction}"
-            )
-        return self
+def _labelled_fits(p) -> None:  # noqa: ANN001 - the generated parameter model
+    n_train, n_eval = split_sizes(p.test_fraction)
+    if n_train < DIGITS_CLASSES or n_eval < DIGITS_CLASSES:
+        raise ValueError(
+            f"test_fraction={p.test_fraction} leaves {n_train} training and {n_eval} "
+            f"evaluation examples; a stratified split needs at least {DIGITS_CLASSES} in each"
+        )
+    if p.labelled is not None and p.labelled > n_train:
+        raise ValueError(
+            f"labelled={p.labelled} exceeds the {n_train} training examples left by "
+            f"test_fraction={p.test_fraction}"
+        )
 
 
-@component("digits", roles=("data",))
-class Digits(Component):
+_OUTPUTS = Outputs(
+    x=Features("B, ...", "pixels in [0, 1]: [B, 64], or Images [B, 1, 8, 8]"),
+    y=Labels("B", "class index (int64); -1 where the label is withheld"),
+    labelled=Mask("B", "true where the example has a label (bool)"),
+)
+
+
+def _ports(p) -> Outputs:  # noqa: ANN001 - the generated parameter model
+    x = (Features("B, 64", "pixels in [0, 1], flattened") if p.flatten
+         else Images("B, 1, 8, 8", "pixels in [0, 1], one channel"))
+    ports = dict(_OUTPUTS, x=x)
+    if p.with_index:
+        ports["index"] = Labels("B", "position of the example in its split (int64)")
+    return Outputs(**ports)
+
+
+@data("digits", check=_labelled_fits, output_ports=_ports)
+def digits(
+    *,
+    test_fraction: float = param(0.2, gt=0.0, lt=1.0, doc="fraction of the 1797 examples "
+                                 "held out for evaluation"),
+    split_seed: int = param(0, ge=0, doc="seed of the stratified split (and of the choice of "
+                            "labelled examples)"),
+    flatten: bool = param(True, doc="x as flat Features [B, 64]; false: Images [B, 1, 8, 8]"),
+    batch_size: int = param(64, gt=0, le=DIGITS_SIZE, doc="examples per batch"),
+    shuffle: bool = param(True, doc="reshuffle the training set every epoch"),
+    drop_last: bool = param(True, doc="skip the last incomplete training batch"),
+    labelled: int | None = param(None, ge=0, doc="keep labels for only this many training "
+                                 "examples (stratified over classes); the others get label -1 "
+                                 "and labelled=false. None: all labelled"),
+    with_index: bool = param(False, doc="also output index: each example's position in its "
+                             "split (int64), for losses with per-example state such as CRD's "
+                             "memory bank"),
+    context: BuildContext,
+) -> _OUTPUTS:
     """scikit-learn's ``load_digits``: 1797 grey 8x8 digit images, classes ``"0".."9"``.
 
     Pixel values are scaled from 0..16 to [0, 1] (divided by 16). ``x`` is ``Features [B, 64]``
@@ -80,26 +91,114 @@ class Digits(Component):
     ``with_index: true`` an ``index`` output gives each example's position in its split
     (``0 .. n_train-1`` in training), for per-example state such as CRD's memory bank.
     """
+    import numpy as np
+    import torch
 
-    Params = DigitsParams
-    inputs: dict[str, Port] = {}
-    outputs = {
-        "x": Port("Features", "B, ...", "pixels in [0, 1]: [B, 64], or Images [B, 1, 8, 8]"),
-        "y": Port("Labels", "B", "class index (int64); -1 where the label is withheld"),
-        "labelled": Port("Mask", "B", "true where the example has a label (bool)"),
-    }
+    from dgraph.runtime.data import DataSource
 
-    def resolved_outputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
-        ports = dict(self.outputs)
-        if self.params.flatten:
-            ports["x"] = Port("Features", "B, 64", "pixels in [0, 1], flattened")
-        else:
-            ports["x"] = Port("Images", "B, 1, 8, 8", "pixels in [0, 1], one channel")
-        if self.params.with_index:
-            ports["index"] = Port("Labels", "B", "position of the example in its split (int64)")
-        return ports
+    n_train, n_eval = split_sizes(test_fraction)
+    x_tail = (64,) if flatten else (1, 8, 8)
+    n_labelled = n_train if labelled is None else labelled
+    if context.meta:
+        def split(n: int) -> dict[str, torch.Tensor]:
+            return {
+                "x": torch.empty((n, *x_tail), device="meta"),
+                "y": torch.empty(n, dtype=torch.int64, device="meta"),
+                "labelled": torch.empty(n, dtype=torch.bool, device="meta"),
+            }
 
-    def build(self, context: BuildContext):
-        from dgraph.components.data._torch_data import build_digits
+        train, evaluation = split(n_train), split(n_eval)
+        if with_index:
+            train["index"] = torch.empty(n_train, dtype=torch.int64, device="meta")
+            evaluation["index"] = torch.empty(n_eval, dtype=torch.int64, device="meta")
+    else:
+        images, labels = digits_arrays()
+        train_idx, eval_idx = _split_indices(labels, test_fraction, split_seed)
+        assert len(train_idx) == n_train and len(eval_idx) == n_eval
+        y_train = labels[train_idx].copy()
+        has_label = np.ones(n_train, dtype=bool)
+        if labelled is not None:
+            has_label = stratified_subset(y_train, labelled, split_seed)
+            y_train[~has_label] = -1
 
-        return build_digits(self.params, context)
+        def x_of(index: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(images[index].reshape(len(index), *x_tail).copy())
+
+        train = {
+            "x": x_of(train_idx),
+            "y": torch.from_numpy(y_train),
+            "labelled": torch.from_numpy(has_label),
+        }
+        evaluation = {
+            "x": x_of(eval_idx),
+            "y": torch.from_numpy(labels[eval_idx].copy()),
+            "labelled": torch.ones(n_eval, dtype=torch.bool),
+        }
+        if with_index:
+            train["index"] = torch.arange(n_train, dtype=torch.int64)
+            evaluation["index"] = torch.arange(n_eval, dtype=torch.int64)
+    return DataSource(
+        train=train, eval=evaluation, batch_size=batch_size, shuffle=shuffle,
+        drop_last=drop_last, label_names=[str(i) for i in range(DIGITS_CLASSES)],
+        info={"dataset": "sklearn digits", "train": n_train, "eval": n_eval,
+              "labelled": n_labelled, "num_classes": DIGITS_CLASSES},
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 images ``[N, 1, 8, 8]`` (float32 in [0, 1]) and labels (int64), read-only."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # [N, 1, 8, 8] in [0, 1]
+    labels = bunch.target.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def _split_indices(labels: np.ndarray, test_fraction: float, split_seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                            random_state=split_seed, stratify=labels)
+
+
+def digits_split(test_fraction: float = 0.2, split_seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_eval, y_eval)`` of the ``digits`` source, images ``[N, 1, 8, 8]``."""
+    import torch
+
+    images, labels = digits_arrays()
+    train_idx, eval_idx = _split_indices(labels, test_fraction, split_seed)
+    return (torch.from_numpy(images[train_idx].copy()), torch.from_numpy(labels[train_idx].copy()),
+            torch.from_numpy(images[eval_idx].copy()), torch.from_numpy(labels[eval_idx].copy()))
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A boolean mask selecting ``count`` examples, per class in proportion to its frequency.
+
+    Quotas are the largest-remainder rounding of ``count * class_frequency``; within a class the
+    examples are drawn by a permutation seeded with ``seed``.
+    """
+    import numpy as np
+
+    if not 0 <= count <= len(labels):
+        raise ValueError(f"cannot select {count} of {len(labels)} examples")
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = count * sizes / sizes.sum()
+    quota = np.floor(exact).astype(np.int64)
+    remainder = count - int(quota.sum())
+    order = np.argsort(-(exact - quota), kind="stable")
+    quota[order[:remainder]] += 1
+    quota = np.minimum(quota, sizes)
+    mask = np.zeros(len(labels), dtype=bool)
+    for cls, wanted in zip(classes, quota, strict=True):
+        members = np.flatnonzero(labels == cls)
+        mask[rng.permutation(members)[:wanted]] = True
+    return mask

@@ -15,31 +15,48 @@ and prompts for samplers (``prompt_ids``/``prompt_mask``, left-padded to ``P``).
 The vocabulary size is known statically from the parameters (``byte``: 258 = 256 bytes +
 ``<pad>`` + ``<eos>``; ``bpe``/``file``: the declared ``vocab_size``), so specs can write the
 models' ``vocab_size`` and validation checks it without reading any text. The declaration
-imports neither torch nor tokenizers.
+imports neither torch nor tokenizers: the builders and tokenizers import them when run.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from dgraph.components._inputs import (
+    check_model_folder,
+    existing_path,
+    input_error,
+    run_dir_path,
+)
 from pydantic import Field, field_validator, model_validator
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+from dgraph.declare import Mask, Outputs, Tokens, data, param
+from dgraph.errors import Location, Problem, SpecError, ValidationError
+from dgraph.registry import BuildContext, Params
+
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = [
     "BYTE_VOCAB_SIZE",
     "CORPUS_DIR",
-    "JsonlPairs",
-    "JsonlPairsParams",
-    "TextLM",
-    "TextLMParams",
+    "EOS_ID",
+    "PAD_ID",
     "TokenizerParams",
+    "build_tokenizer",
+    "byte_tokenizer",
+    "encode_pairs",
+    "jsonl_pairs",
+    "text_lm",
 ]
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 SPECIAL_TOKENS = ("<pad>", "<eos>")  # ids 0 and 1
+PAD_ID, EOS_ID = 0, 1
 BYTE_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 
@@ -87,60 +104,58 @@ class TokenizerParams(Params):
         return BYTE_VOCAB_SIZE if self.kind == "byte" else int(self.vocab_size or 0)
 
 
-class _TextCommon(Params):
-    tokenizer: TokenizerParams = Field(default_factory=TokenizerParams,
-                                       description="{kind: byte|bpe|file, vocab_size, ...}")
-    batch_size: int = Field(32, gt=0, description="sequences per batch")
-    shuffle: bool = Field(True, description="reshuffle the training set every epoch")
-    drop_last: bool = Field(True, description="skip the last incomplete training batch")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0,
-                                 description="held-out share (the end of the text / file)")
-    max_examples: int | None = Field(None, gt=0, description="cap on training sequences")
+# The parameters both sources share (each declaration copies these fields).
+_TOKENIZER = Field(default_factory=TokenizerParams,
+                   description="{kind: byte|bpe|file, vocab_size, ...}")
+_BATCH_SIZE = param(32, gt=0, doc="sequences per batch")
+_SHUFFLE = param(True, doc="reshuffle the training set every epoch")
+_DROP_LAST = param(True, doc="skip the last incomplete training batch")
+_EVAL_FRACTION = param(0.1, ge=0.0, lt=1.0, doc="held-out share (the end of the text / file)")
+_MAX_EXAMPLES = param(None, gt=0, doc="cap on training sequences")
 
 
-class TextLMParams(_TextCommon):
-    """Parameters of :class:`TextLM`."""
-
-    path: str | None = Field(None, description="a UTF-8 text file; default: the shipped "
-                             "public-domain corpus (two Shakespeare plays, ~190 KB)")
-    seq_len: int = Field(64, gt=1, description="tokens per sequence (T)")
-    stride: int | None = Field(None, gt=0, description="tokens between sequence starts "
-                               "(default: seq_len, no overlap)")
-    prompt_len: int = Field(8, gt=0, description="P: the first P tokens of each sequence "
-                            "are served as prompts (prompt_ids) for samplers")
-
-    @model_validator(mode="after")
-    def _prompt_fits(self) -> TextLMParams:
-        if self.prompt_len >= self.seq_len:
-            raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len "
-                             f"({self.seq_len})")
-        return self
+def _vocab_size(p) -> dict[str, int]:  # noqa: ANN001 - the generated parameter model
+    return {"vocab_size": p.tokenizer.size}
 
 
-_TOKEN_PORTS = {
-    "input_ids": Port("Tokens", "B, {seq_len}", "token ids fed to the model (int64)"),
-    "targets": Port("Tokens", "B, {seq_len}", "the next token of each position (int64)"),
-    "attention_mask": Port("Mask", "B, {seq_len}", "1 = real input token, 0 = padding"),
-    "loss_mask": Port("Mask", "B, {seq_len}", "1 = this position's prediction counts "
-                      "(not padding, not prompt)"),
-}
+def _text_prompt_fits(p) -> None:  # noqa: ANN001 - the generated parameter model
+    if p.prompt_len >= p.seq_len:
+        raise ValueError(f"prompt_len ({p.prompt_len}) must be < seq_len ({p.seq_len})")
 
 
-class _TokenizedSource(Component):
-    """What both text sources share: the vocabulary size comes from the tokenizer params."""
-
-    def port_params(self) -> dict[str, Any]:
-        values = self.params.model_dump()
-        values["vocab_size"] = self.params.tokenizer.size
-        return values
-
-    @property
-    def vocab_size(self) -> int:
-        return self.params.tokenizer.size
+def _pairs_prompt_fits(p) -> None:  # noqa: ANN001 - the generated parameter model
+    if p.max_prompt_len >= p.max_len:
+        raise ValueError(f"max_prompt_len ({p.max_prompt_len}) must be < max_len "
+                         f"({p.max_len})")
 
 
-@component("text_lm", roles=("data",))
-class TextLM(_TokenizedSource):
+def _sequences(length: str, prompt: str, prompt_doc: str) -> Outputs:
+    return Outputs(
+        input_ids=Tokens(f"B, {length}", "token ids fed to the model (int64)"),
+        targets=Tokens(f"B, {length}", "the next token of each position (int64)"),
+        attention_mask=Mask(f"B, {length}", "1 = real input token, 0 = padding"),
+        loss_mask=Mask(f"B, {length}", "1 = this position's prediction counts (not padding, "
+                       "not prompt)"),
+        prompt_ids=Tokens(f"B, {prompt}", prompt_doc),
+        prompt_mask=Mask(f"B, {prompt}", "1 = real prompt token"),
+    )
+
+
+@data("text_lm", check=_text_prompt_fits, sizes=_vocab_size)
+def text_lm(
+    *,
+    tokenizer: TokenizerParams = _TOKENIZER, batch_size: int = _BATCH_SIZE,
+    shuffle: bool = _SHUFFLE, drop_last: bool = _DROP_LAST,
+    eval_fraction: float = _EVAL_FRACTION, max_examples: int | None = _MAX_EXAMPLES,
+    path: str | None = param(None, doc="a UTF-8 text file; default: the shipped "
+                             "public-domain corpus (two Shakespeare plays, ~190 KB)"),
+    seq_len: int = param(64, gt=1, doc="tokens per sequence (T)"),
+    stride: int | None = param(None, gt=0, doc="tokens between sequence starts (default: "
+                               "seq_len, no overlap)"),
+    prompt_len: int = param(8, gt=0, doc="P: the first P tokens of each sequence are served "
+                            "as prompts (prompt_ids) for samplers"),
+    context: BuildContext,
+) -> _sequences("{seq_len}", "{prompt_len}", "the sequence's first tokens"):
     """Plain text chunked into next-token sequences of ``seq_len`` tokens.
 
     The text (default: the shipped corpus) is tokenized once; the last ``eval_fraction`` of
@@ -149,47 +164,60 @@ class TextLM(_TokenizedSource):
     every position has a target (``loss_mask`` all ones). ``prompt_ids`` are the first
     ``prompt_len`` tokens, for sequence-level KD samplers.
     """
+    import torch
 
-    Params = TextLMParams
-    inputs: dict[str, Port] = {}
-    outputs = {
-        **_TOKEN_PORTS,
-        "prompt_ids": Port("Tokens", "B, {prompt_len}", "the sequence's first tokens"),
-        "prompt_mask": Port("Mask", "B, {prompt_len}", "1 = real prompt token"),
-    }
+    from dgraph.runtime.data import DataSource
 
-    def build(self, context: BuildContext):
-        from dgraph.components.data._torch_text import build_text_lm
-
-        return build_text_lm(self.params, context)
-
-
-class JsonlPairsParams(_TextCommon):
-    """Parameters of :class:`JsonlPairs`."""
-
-    path: str | None = Field(None, description="a JSONL file, one {prompt, response} object "
-                             "per line; default: the shipped Shakespeare dialogue pairs")
-    prompt_key: str = Field("prompt", description="the prompt's key in each object")
-    response_key: str = Field("response", description="the response's key in each object")
-    max_len: int = Field(128, gt=1, description="T: tokens per sequence after truncation")
-    max_prompt_len: int = Field(64, gt=0, description="P: prompt tokens kept (the end of a "
-                                "longer prompt; prompt_ids are left-padded to P)")
-    add_eos: bool = Field(True, description="append <eos> to the response (it is predicted)")
-
-    @model_validator(mode="after")
-    def _prompt_fits(self) -> JsonlPairsParams:
-        if self.max_prompt_len >= self.max_len:
-            raise ValueError(f"max_prompt_len ({self.max_prompt_len}) must be < max_len "
-                             f"({self.max_len})")
-        return self
-
-    @property
-    def seq_len(self) -> int:
-        return self.max_len
+    info: dict[str, object] = {"vocab_size": tokenizer.size, "seq_len": seq_len}
+    loader = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    if context.meta:
+        # Only shapes matter in a dry run; no text is read or tokenized.
+        _check_inputs(path, tokenizer, context, "a UTF-8 text file")
+        return DataSource(train=_meta_split(batch_size, seq_len, prompt_len),
+                          eval=_meta_split(batch_size, seq_len, prompt_len), info=info,
+                          **loader)
+    file, text = _read_text(path, context, "shakespeare.txt", "a UTF-8 text file")
+    cut = int(len(text) * (1.0 - eval_fraction))
+    train_text, eval_text = text[:cut], text[cut:]
+    tok = build_tokenizer(tokenizer, [train_text], context)
+    train_ids = torch.tensor(_encode(tok, train_text), dtype=torch.long)
+    windows = _chunks(train_ids, seq_len, stride or seq_len)
+    if max_examples is not None:
+        windows = windows[:max_examples]
+    if len(windows) == 0:
+        raise input_error(context, "path", f"{file} holds too little text for one sequence",
+                          code="bad-data", expected=f"more than {seq_len} tokens of "
+                          "training text", found=f"{int(train_ids.numel())} tokens",
+                          hint="use a longer text, a smaller seq_len or a smaller "
+                          "eval_fraction")
+    evaluation = None
+    if eval_fraction > 0:
+        eval_ids = torch.tensor(_encode(tok, eval_text), dtype=torch.long)
+        eval_windows = _chunks(eval_ids, seq_len, seq_len)
+        if len(eval_windows):
+            evaluation = _text_split(eval_windows, prompt_len)
+    info.update({"path": str(file), "train_tokens": int(train_ids.numel()),
+                 "train_sequences": int(len(windows))})
+    return DataSource(train=_text_split(windows, prompt_len), eval=evaluation, info=info,
+                      **loader)
 
 
-@component("jsonl_pairs", roles=("data",))
-class JsonlPairs(_TokenizedSource):
+@data("jsonl_pairs", check=_pairs_prompt_fits, sizes=_vocab_size)
+def jsonl_pairs(
+    *,
+    tokenizer: TokenizerParams = _TOKENIZER, batch_size: int = _BATCH_SIZE,
+    shuffle: bool = _SHUFFLE, drop_last: bool = _DROP_LAST,
+    eval_fraction: float = _EVAL_FRACTION, max_examples: int | None = _MAX_EXAMPLES,
+    path: str | None = param(None, doc="a JSONL file, one {prompt, response} object per "
+                             "line; default: the shipped Shakespeare dialogue pairs"),
+    prompt_key: str = param("prompt", doc="the prompt's key in each object"),
+    response_key: str = param("response", doc="the response's key in each object"),
+    max_len: int = param(128, gt=1, doc="T: tokens per sequence after truncation"),
+    max_prompt_len: int = param(64, gt=0, doc="P: prompt tokens kept (the end of a longer "
+                                "prompt; prompt_ids are left-padded to P)"),
+    add_eos: bool = param(True, doc="append <eos> to the response (it is predicted)"),
+    context: BuildContext,
+) -> _sequences("{max_len}", "{max_prompt_len}", "prompts, left-padded"):
     """Prompt/response pairs from a JSONL file, for supervised fine-tuning and distillation.
 
     Each example is ``prompt + response (+ <eos>)``, truncated to ``max_len + 1`` tokens: the
@@ -199,17 +227,259 @@ class JsonlPairs(_TokenizedSource):
     excluded from every token-level loss. ``prompt_ids`` holds the prompt left-padded to
     ``max_prompt_len`` (``prompt_mask`` marks its real tokens), ready for generation.
     """
+    from dgraph.runtime.data import DataSource
 
-    Params = JsonlPairsParams
-    inputs: dict[str, Port] = {}
-    outputs = {
-        **{name: Port(p.type, p.shape.replace("seq_len", "max_len"), p.doc)  # type: ignore
-           for name, p in _TOKEN_PORTS.items()},
-        "prompt_ids": Port("Tokens", "B, {max_prompt_len}", "prompts, left-padded"),
-        "prompt_mask": Port("Mask", "B, {max_prompt_len}", "1 = real prompt token"),
+    info: dict[str, object] = {"vocab_size": tokenizer.size, "seq_len": max_len}
+    loader = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
+    what = f"a JSONL file: one {{\"{prompt_key}\": ..., \"{response_key}\": ...}} per line"
+    if context.meta:
+        _check_inputs(path, tokenizer, context, what)
+        return DataSource(train=_meta_split(batch_size, max_len, max_prompt_len),
+                          eval=_meta_split(batch_size, max_len, max_prompt_len), info=info,
+                          **loader)
+    file, text = _read_text(path, context, "shakespeare_dialogue.jsonl", what)
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            records.append((str(obj[prompt_key]), str(obj[response_key])))
+        except (ValueError, KeyError, TypeError) as exc:
+            found = (f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError)
+                     else f"an object without the key {exc}")
+            raise ValidationError([Problem(
+                code="bad-data", location=Location(str(file), number, 1), node=context.node,
+                message=f"params.path: line {number} of {file} is not a prompt/response "
+                "pair", expected=f"a JSON object with '{prompt_key}' and "
+                f"'{response_key}'", found=found,
+                suggestion="fix the line, or set prompt_key / response_key to the file's "
+                "keys")]) from None
+    n_eval = int(len(records) * eval_fraction)
+    train_records = records[: len(records) - n_eval]
+    eval_records = records[len(records) - n_eval:]
+    if max_examples is not None:
+        train_records = train_records[:max_examples]
+    if not train_records:
+        raise input_error(context, "path", f"{file} leaves no training pairs", code="bad-data",
+                          expected="at least one prompt/response pair for training",
+                          found=f"{len(records)} pairs, {n_eval} held out by eval_fraction",
+                          hint="add pairs or lower eval_fraction")
+    tok = build_tokenizer(tokenizer, [a + b for a, b in train_records], context)
+
+    def encode(recs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        return encode_pairs([(_encode(tok, a), _encode(tok, b)) for a, b in recs],
+                            max_len, max_prompt_len, add_eos=add_eos)
+
+    info.update({"path": str(file), "train_pairs": len(train_records)})
+    return DataSource(train=encode(train_records),
+                      eval=encode(eval_records) if eval_records else None, info=info, **loader)
+
+
+# -- tokenizers ---------------------------------------------------------------------------------
+def byte_tokenizer() -> Any:
+    """A ``tokenizers.Tokenizer`` mapping every byte to one id (2..257); 0/1 are special."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({ch: i + len(SPECIAL_TOKENS) for i, ch in enumerate(alphabet)})
+    assert len(vocab) == BYTE_VOCAB_SIZE
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def build_tokenizer(p: TokenizerParams, texts: Sequence[str] = (),
+                    context: BuildContext | None = None) -> Any:
+    """The tokenizer the parameters describe; checks its size against ``p.size``.
+
+    With a ``context`` (a node being built) every problem is a located error on the node's
+    ``tokenizer`` parameters; ``save_to`` writes only inside the run directory."""
+    if p.kind == "byte":
+        tok = byte_tokenizer()
+    elif p.kind == "file":
+        tok = _tokenizer_file(p, context)
+    else:
+        tok = _train_bpe(texts, p.size)
+
+    def fail(param: str, message: str, expected: str, found: str, hint: str) -> Exception:
+        if context is None:
+            return SpecError(message, expected=expected, found=found, suggestion=hint)
+        return input_error(context, f"tokenizer.{param}", message, code="bad-tokenizer",
+                           expected=expected, found=found, hint=hint)
+
+    actual = tok.get_vocab_size(with_added_tokens=True)
+    if actual > p.size:
+        raise fail("vocab_size", f"the {p.kind} tokenizer has {actual} ids but vocab_size is "
+                   f"{p.size}", expected=f"vocab_size >= the tokenizer's {actual} ids",
+                   found=f"vocab_size: {p.size}",
+                   hint=f"set tokenizer.vocab_size to {actual} (and the models' vocab_size)")
+    for i, special in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(special) != i:
+            raise fail("path" if p.kind == "file" else "kind",
+                       f"the tokenizer gives '{special}' the id {tok.token_to_id(special)}",
+                       expected=f"'{special}' with id {i} ('<pad>' = 0, '<eos>' = 1)",
+                       found=f"'{special}' = {tok.token_to_id(special)}",
+                       hint="save a tokenizer whose first special tokens are <pad> and <eos>")
+    if p.save_to and context is not None and not context.meta:
+        folder = run_dir_path(context, "tokenizer.save_to", p.save_to)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def _tokenizer_path(p: TokenizerParams, context: BuildContext) -> Path:
+    """The ``tokenizer.json`` that ``tokenizer.path`` names (a file, or a folder holding one
+    whose ``tokenizer_config.json`` names no custom code); checked, not read."""
+    what = "a tokenizer.json saved by the tokenizers library, or a folder holding one"
+    path = existing_path(context, "tokenizer.path", p.path or "", kind="file or folder",
+                         what=what)
+    if path.is_dir():
+        check_model_folder(context, "tokenizer.path", path, what=what,
+                           expected="a tokenizer folder whose tokenizer_config.json names "
+                           "no custom code")
+        if not (path / "tokenizer.json").is_file():
+            raise input_error(context, "tokenizer.path", f"{path} holds no tokenizer.json",
+                              code="missing-file", expected=what,
+                              found="a folder without tokenizer.json",
+                              hint="save the tokenizer with tokenizer.save(...) or "
+                              "save_pretrained into that folder")
+        path = path / "tokenizer.json"
+    return path
+
+
+def _tokenizer_file(p: TokenizerParams, context: BuildContext | None) -> Any:
+    """A saved ``tokenizer.json`` (or a folder holding one), read by ``tokenizers`` (which
+    runs no code); a folder whose ``tokenizer_config.json`` names custom code is refused."""
+    from tokenizers import Tokenizer
+
+    if context is None:
+        path = Path(p.path or "")
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if not path.is_file():
+            raise SpecError(f"tokenizer file {path} does not exist")
+        return Tokenizer.from_file(str(path))
+    what = "a tokenizer.json saved by the tokenizers library"
+    path = _tokenizer_path(p, context)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
+        raise input_error(context, "tokenizer.path", f"{path} is not a readable tokenizer "
+                          "file", expected=what,
+                          found=f"{type(exc).__name__}: {str(exc).strip()[:200]}",
+                          hint="write it with tokenizers' Tokenizer.save") from None
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+# -- reading and splitting ----------------------------------------------------------------------
+def _check_inputs(path: str | None, tokenizer: TokenizerParams, context: BuildContext,
+                  what: str) -> None:
+    """The dry run reads no text, but the files the parameters name must be there."""
+    if path is not None:
+        existing_path(context, "path", path, kind="file", what=what)
+    if tokenizer.kind == "file":
+        _tokenizer_path(tokenizer, context)
+
+
+def _read_text(path: str | None, context: BuildContext, default: str, what: str
+               ) -> tuple[Path, str]:
+    """The file ``params.path`` names (default: the shipped one) and its UTF-8 text."""
+    resolved = CORPUS_DIR / default if path is None else \
+        existing_path(context, "path", path, kind="file", what=what)
+    try:
+        return resolved, resolved.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise input_error(context, "path", f"{resolved} is not UTF-8 text", expected=what,
+                          found=f"byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start} is not UTF-8", hint="convert the file to UTF-8"
+                          ) from None
+    except OSError as exc:
+        raise input_error(context, "path", f"{resolved} cannot be read", expected=what,
+                          found=f"{type(exc).__name__}: {exc.strerror or exc}",
+                          hint="check the file and its permissions") from None
+
+
+def _chunks(ids: torch.Tensor, seq_len: int, stride: int) -> torch.Tensor:
+    import torch
+
+    if ids.numel() < seq_len + 1:
+        return torch.empty((0, seq_len + 1), dtype=torch.long)
+    return ids.unfold(0, seq_len + 1, stride).contiguous()
+
+
+def _text_split(windows: torch.Tensor, prompt_len: int) -> dict[str, torch.Tensor]:
+    import torch
+
+    n, length = windows.shape
+    seq_len = length - 1
+    return {
+        "input_ids": windows[:, :-1].contiguous(),
+        "targets": windows[:, 1:].contiguous(),
+        "attention_mask": torch.ones((n, seq_len), dtype=torch.bool),
+        "loss_mask": torch.ones((n, seq_len), dtype=torch.bool),
+        "prompt_ids": windows[:, :prompt_len].contiguous(),
+        "prompt_mask": torch.ones((n, prompt_len), dtype=torch.bool),
     }
 
-    def build(self, context: BuildContext):
-        from dgraph.components.data._torch_text import build_jsonl_pairs
 
-        return build_jsonl_pairs(self.params, context)
+def _meta_split(n: int, seq_len: int, prompt_len: int) -> dict[str, torch.Tensor]:
+    import torch
+
+    def t(length: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty((n, length), dtype=dtype, device="meta")
+
+    return {"input_ids": t(seq_len, torch.long), "targets": t(seq_len, torch.long),
+            "attention_mask": t(seq_len, torch.bool), "loss_mask": t(seq_len, torch.bool),
+            "prompt_ids": t(prompt_len, torch.long), "prompt_mask": t(prompt_len, torch.bool)}
+
+
+def encode_pairs(pairs: Sequence[tuple[list[int], list[int]]], max_len: int,
+                 max_prompt_len: int, *, add_eos: bool = True) -> dict[str, torch.Tensor]:
+    """Token-id pairs -> padded next-token tensors with prompt and padding masked out."""
+    import torch
+
+    n = len(pairs)
+    input_ids = torch.full((n, max_len), PAD_ID, dtype=torch.long)
+    targets = torch.full((n, max_len), PAD_ID, dtype=torch.long)
+    attention = torch.zeros((n, max_len), dtype=torch.bool)
+    loss_mask = torch.zeros((n, max_len), dtype=torch.bool)
+    prompt_ids = torch.full((n, max_prompt_len), PAD_ID, dtype=torch.long)
+    prompt_mask = torch.zeros((n, max_prompt_len), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(pairs):
+        prompt = prompt[-max_prompt_len:] if max_prompt_len else []
+        response = list(response) + ([EOS_ID] if add_eos else [])
+        full = (prompt + response)[: max_len + 1]
+        length = len(full) - 1  # input positions
+        if length <= 0:
+            continue
+        input_ids[i, :length] = torch.tensor(full[:-1])
+        targets[i, :length] = torch.tensor(full[1:])
+        attention[i, :length] = True
+        # Position t predicts full[t + 1]: it counts when that token is in the response.
+        first = max(len(prompt) - 1, 0)
+        loss_mask[i, first:length] = True
+        if prompt:
+            prompt_ids[i, max_prompt_len - len(prompt):] = torch.tensor(prompt)
+            prompt_mask[i, max_prompt_len - len(prompt):] = True
+    return {"input_ids": input_ids, "targets": targets, "attention_mask": attention,
+            "loss_mask": loss_mask, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask}

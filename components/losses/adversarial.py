@@ -9,40 +9,32 @@ logits are computed in float32.
 
 from __future__ import annotations
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, component
+from dgraph.declare import Features, Scalar, loss
 
-__all__ = ["GANCriticLoss", "GANGeneratorLoss"]
+__all__ = ["gan_critic_loss", "gan_generator_loss"]
 
 
-@component("gan_critic_loss", roles=("loss",))
-class GANCriticLoss(Component):
+@loss
+def gan_critic_loss(real: Features("B, 1", "critic logits on real samples"),
+                    fake: Features("N, 1", "critic logits on generated samples"),
+                    ) -> Scalar(None, "critic loss"):
     """``mean(softplus(-real)) + mean(softplus(fake))``: the critic's side of a GAN.
 
     Fake scores should come from generator samples the critic update does not train (the
     compiler then runs the generator without gradients: the samples are detached).
     """
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32, mean_or_zero
 
-    inputs = {
-        "real": Port("Features", "B, 1", "critic logits on real samples"),
-        "fake": Port("Features", "N, 1", "critic logits on generated samples"),
-    }
-    outputs = {"loss": Port("Scalar", None, "critic loss")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_losses import GANCriticLossModule
-
-        return GANCriticLossModule()
+    return (mean_or_zero(F.softplus(-at_least_float32(real)))
+            + mean_or_zero(F.softplus(at_least_float32(fake))))
 
 
-@component("gan_generator_loss", roles=("loss",))
-class GANGeneratorLoss(Component):
+@loss
+def gan_generator_loss(fake: Features("B, 1", "critic logits on generated samples"),
+                       ) -> Scalar(None, "generator loss"):
     """``mean(softplus(-fake))``: the non-saturating generator loss."""
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32, mean_or_zero
 
-    inputs = {"fake": Port("Features", "B, 1", "critic logits on generated samples")}
-    outputs = {"loss": Port("Scalar", None, "generator loss")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_losses import GANGeneratorLossModule
-
-        return GANGeneratorLossModule()
+    return mean_or_zero(F.softplus(-at_least_float32(fake)))

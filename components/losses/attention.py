@@ -11,32 +11,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from dgraph.declare import Features, Scalar, loss, param
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["AttentionTransfer", "AttentionTransferParams"]
+__all__ = ["attention_map", "attention_transfer"]
 
 
-class AttentionTransferParams(Params):
-    """Parameters of :class:`AttentionTransfer`."""
+def attention_map(features, p: float, eps: float):  # torch tensors
+    """``a = Q / ||Q||_2`` with ``Q = mean_c |F|^p`` flattened over positions: ``[B, H*W]``."""
+    from dgraph.components.losses._divergence import at_least_float32
 
+    # p >= 1 (the parameter's bound): |F|^p has a finite derivative at F = 0, where ReLU
+    # features often are; for p < 1 it is infinite there and the gradient would be NaN.
+    q = at_least_float32(features).abs().pow(p).mean(dim=1).flatten(1)
+    return q / q.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+@loss
+def attention_transfer(
+    student: Features("B, Cs, H, W", "student feature map"),
+    teacher: Features("B, Ct, H, W", "teacher feature map (same H, W)"), *,
     # p >= 1, as in the paper: for p < 1, d|F|^p/dF is infinite at F = 0, where ReLU features
     # often are, so training would get NaN gradients. An eps guard (|F| + eps)^p would instead
     # add about eps^p to every position, which is not small for small p (1e-12^0.1 = 0.06).
-    p: float = Field(2.0, ge=1.0, le=16.0, description="exponent of |F| in the attention map "
-                     "(at least 1: below, the map has an infinite gradient at F = 0)")
-    reduction: Literal["norm", "mean_squared"] = Field(
-        "norm",
-        description="'norm': the paper's mean_b ||a_s - a_t||_2; 'mean_squared': the authors' "
-        "code, mean over batch and positions of (a_s - a_t)^2",
-    )
-    eps: float = Field(1e-12, gt=0.0, le=1e-2, description="guards the map's norm against 0")
-
-
-@component("attention_transfer", roles=("loss",))
-class AttentionTransfer(Component):
+    p: float = param(2.0, ge=1.0, le=16.0, doc="exponent of |F| in the attention map (at "
+                     "least 1: below, the map has an infinite gradient at F = 0)"),
+    reduction: Literal["norm", "mean_squared"] = param(
+        "norm", doc="'norm': the paper's mean_b ||a_s - a_t||_2; 'mean_squared': the authors' "
+        "code, mean over batch and positions of (a_s - a_t)^2"),
+    eps: float = param(1e-12, gt=0.0, le=1e-2, doc="guards the map's norm against 0"),
+) -> Scalar(None, "attention transfer loss"):
     """Attention transfer loss between one student and one teacher feature map.
 
     ``a(F) = Q / max(||Q||_2, eps)``, ``Q[b, i] = (1/C) sum_c |F[b, c, i]|^p`` over the
@@ -47,16 +50,16 @@ class AttentionTransfer(Component):
     ``p >= 1`` keeps the gradient finite at ``F = 0``. An empty batch gives 0 (connected to
     the inputs: backward gives zero gradients); fp16/bf16 maps are computed in float32.
     """
-
-    Params = AttentionTransferParams
-    inputs = {
-        "student": Port("Features", "B, Cs, H, W", "student feature map"),
-        "teacher": Port("Features", "B, Ct, H, W", "teacher feature map (same H, W)"),
-    }
-    outputs = {"loss": Port("Scalar", None, "attention transfer loss")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_zoo import AttentionTransferLoss
-
-        p = self.params
-        return AttentionTransferLoss(p.p, p.reduction, p.eps)
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"attention_transfer: 'student' has {student.shape[0]} examples but "
+                         f"'teacher' has {teacher.shape[0]}; both must come from the same batch")
+    if student.dim() != 4 or teacher.dim() != 4 or student.shape[2:] != teacher.shape[2:]:
+        raise ValueError(
+            f"attention_transfer needs feature maps [B, C, H, W] of equal H, W; found "
+            f"student {list(student.shape)} and teacher {list(teacher.shape)}"
+        )
+    p, eps = float(p), float(eps)
+    diff = attention_map(student, p, eps) - attention_map(teacher, p, eps)
+    if reduction == "norm":  # the norm's gradient at 0 is taken as 0 by torch
+        return diff.norm(dim=1).sum() / max(len(diff), 1)
+    return diff.pow(2).sum() / max(diff.numel(), 1)

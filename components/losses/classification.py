@@ -1,29 +1,23 @@
-"""Losses on class scores: supervised cross-entropy and Hinton et al.'s logit distillation.
+"""Supervised cross-entropy on class scores, with an optional mask for low-label settings.
 
-``cross_entropy`` takes an optional ``mask`` so that a low-label setting (only some examples
-carry a label) is expressible; ``hinton_kd`` matches softened teacher and student distributions.
+Hinton et al.'s logit distillation (``hinton_kd``) is a preset of ``kl_div``, in ``kl.py``.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Labels, Logits, Mask, Scalar, loss, param
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["CrossEntropy", "CrossEntropyParams", "HintonKD", "HintonKDParams"]
+__all__ = ["cross_entropy"]
 
 
-class CrossEntropyParams(Params):
-    """Parameters of :class:`CrossEntropy`."""
-
-    label_smoothing: float = Field(
-        0.0, ge=0.0, lt=1.0, description="mix the one-hot target with uniform by this amount"
-    )
-
-
-@component("cross_entropy", roles=("loss",))
-class CrossEntropy(Component):
+@loss
+def cross_entropy(
+    logits: Logits("B, C", "class scores"),
+    target: Labels("B", "class indices (int64); negative = no label"),
+    mask: Mask("B", "which examples have a label (optional)") = None, *,
+    label_smoothing: float = param(0.0, ge=0.0, lt=1.0,
+                                   doc="mix the one-hot target with uniform by this amount"),
+) -> Scalar(None, "mean cross-entropy over labelled examples"):
     """Cross-entropy of class scores against integer labels, averaged over labelled examples.
 
     ``loss = sum_b v_b * CE(logits_b, target_b) / max(1, sum_b v_b)`` with
@@ -41,55 +35,23 @@ class CrossEntropy(Component):
     ``eps/C`` on every class, so the loss is ``+inf`` too). fp16/bf16 logits are computed in
     float32.
     """
+    import torch
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32
 
-    Params = CrossEntropyParams
-    inputs = {
-        "logits": Port("Logits", "B, C", "class scores"),
-        "target": Port("Labels", "B", "class indices (int64); negative = no label"),
-        "mask": Port("Mask", "B", "which examples have a label (optional)", optional=True),
-    }
-    outputs = {"loss": Port("Scalar", None, "mean cross-entropy over labelled examples")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_losses import CrossEntropyLoss
-
-        return CrossEntropyLoss(label_smoothing=self.params.label_smoothing)
-
-
-class HintonKDParams(Params):
-    """Parameters of :class:`HintonKD`."""
-
-    temperature: float = Field(4.0, gt=0.0, le=1000.0, description="softmax temperature T")
-    scale_by_t2: bool = Field(
-        True, description="multiply by T^2 so gradient magnitudes do not shrink as T grows"
-    )
-
-
-@component("hinton_kd", roles=("loss",))
-class HintonKD(Component):
-    """Knowledge distillation loss of Hinton et al. (2015): KL between softened distributions.
-
-    ``loss = T^2 * (1/B) * sum_b KL(softmax(t_b / T) || softmax(s_b / T))``, i.e. PyTorch's
-    ``kl_div(..., reduction="batchmean")`` times ``T^2`` (``scale_by_t2: false`` drops the
-    ``T^2``). The loss does not detach ``teacher``: whether a gradient reaches the teacher is
-    decided by the compiler (a frozen teacher runs without gradients).
-
-    ``-inf`` logits (masked classes) are exact: a class with ``p_t = 0`` adds exactly 0, with
-    zero gradients, even where the student is ``-inf`` too; a class with ``p_t > 0`` and
-    ``p_s = 0`` makes the loss ``+inf`` (the true KL; the runtime reports a non-finite loss).
-    A row of only ``-inf`` logits is no distribution and gives NaN. An empty batch gives 0,
-    connected to the inputs. fp16/bf16 logits are computed in float32.
-    """
-
-    Params = HintonKDParams
-    inputs = {
-        "student": Port("Logits", "B, C", "student class scores"),
-        "teacher": Port("Logits", "B, C", "teacher class scores (same classes)"),
-    }
-    outputs = {"loss": Port("Scalar", None, "KD loss")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_losses import HintonKDLoss
-
-        p = self.params
-        return HintonKDLoss(p.temperature, scale_by_t2=p.scale_by_t2)
+    if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"cross_entropy expects logits [B, C] and target [B]; found logits "
+                         f"{list(logits.shape)} and target {list(target.shape)}")
+    logits, target = at_least_float32(logits), target.long()
+    if mask is None and logits.shape[0] > 0:
+        # The fast path (one kernel each way): every target is a label. Negative targets are
+        # still ignored, but a batch with none left would give NaN: wire `mask`.
+        return F.cross_entropy(logits, target, ignore_index=-1, label_smoothing=label_smoothing)
+    if mask is not None:
+        target = torch.where(mask.reshape(target.shape).bool(), target,
+                             torch.full_like(target, -1))
+    # Summed, then divided by the number of labelled examples: the same numbers as PyTorch's
+    # mean reduction, but 0 rather than NaN for a batch with no label at all.
+    total = F.cross_entropy(logits, target, reduction="sum", ignore_index=-1,
+                            label_smoothing=label_smoothing)
+    return total / (target >= 0).sum().clamp_min(1).to(total.dtype)

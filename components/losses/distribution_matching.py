@@ -6,22 +6,19 @@ Synthetic images are learned so that, under randomly initialised embedding netwo
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Features, Labels, Scalar, loss, param
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["DistributionMatching", "DistributionMatchingParams"]
+__all__ = ["distribution_matching"]
 
 
-class DistributionMatchingParams(Params):
-    """Parameters of :class:`DistributionMatching`."""
-
-    num_classes: int = Field(gt=0, description="number of classes")
-
-
-@component("distribution_matching", roles=("loss",))
-class DistributionMatching(Component):
+@loss
+def distribution_matching(
+    real: Features("B, D", "embeddings of real images"),
+    real_labels: Labels("B", "classes of the real images"),
+    synthetic: Features("N, D", "embeddings of the synthetic images"),
+    synthetic_labels: Labels("N", "classes of the synthetic images"), *,
+    num_classes: int = param(gt=0, doc="number of classes"),
+) -> Scalar(None, "sum over classes of squared mean differences"):
     """Per-class maximum mean discrepancy of embeddings, with the identity kernel.
 
     ``loss = sum_c || (1/|R_c|) sum_{i in R_c} psi(x_i) - (1/|S_c|) sum_{j in S_c} psi(s_j) ||^2``
@@ -31,17 +28,17 @@ class DistributionMatching(Component):
     leaves no class present and gives 0, connected to the inputs. fp16/bf16 embeddings are
     computed in float32.
     """
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32
 
-    Params = DistributionMatchingParams
-    inputs = {
-        "real": Port("Features", "B, D", "embeddings of real images"),
-        "real_labels": Port("Labels", "B", "classes of the real images"),
-        "synthetic": Port("Features", "N, D", "embeddings of the synthetic images"),
-        "synthetic_labels": Port("Labels", "N", "classes of the synthetic images"),
-    }
-    outputs = {"loss": Port("Scalar", None, "sum over classes of squared mean differences")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_zoo import DistributionMatchingLoss
-
-        return DistributionMatchingLoss(self.params.num_classes)
+    real = at_least_float32(real).flatten(1)
+    synthetic = at_least_float32(synthetic).flatten(1)
+    c = num_classes
+    onehot_r = F.one_hot(real_labels.reshape(-1).long().clamp_min(0), c).to(real.dtype)
+    onehot_r = onehot_r * (real_labels.reshape(-1, 1) >= 0)
+    onehot_s = F.one_hot(synthetic_labels.reshape(-1).long(), c).to(synthetic.dtype)
+    count_r, count_s = onehot_r.sum(0), onehot_s.sum(0)
+    mean_r = onehot_r.t() @ real / count_r.clamp_min(1).unsqueeze(1)
+    mean_s = onehot_s.t() @ synthetic / count_s.clamp_min(1).unsqueeze(1)
+    present = (count_r > 0) & (count_s > 0)  # classes seen in both this step
+    return ((mean_r - mean_s).pow(2).sum(1) * present).sum()

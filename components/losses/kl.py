@@ -1,34 +1,30 @@
-"""KL divergence between softened class distributions, in either direction.
+"""KL divergence between softened class distributions, in either direction; ``hinton_kd``.
 
 Forward KL ``KL(p_t || p_s)`` is mean-seeking (Hinton KD); reverse KL ``KL(p_s || p_t)`` is
 mode-seeking (used in MiniLLM-style distillation). With ``p_s = [0.1, 0.9]`` and
-``p_t = [0.9, 0.1]`` both equal ``0.8 ln 9``.
+``p_t = [0.9, 0.1]`` both equal ``0.8 ln 9``. ``hinton_kd`` is ``kl_div`` at ``T = 4`` scaled
+by ``T^2``: a preset, the same component with other defaults.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from dgraph.declare import Logits, Scalar, loss, param, preset
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["KLDiv", "KLDivParams"]
+__all__ = ["hinton_kd", "kl_div"]
 
 
-class KLDivParams(Params):
-    """Parameters of :class:`KLDiv`."""
-
-    direction: Literal["forward", "reverse"] = Field(
-        "forward", description="forward: KL(p_t || p_s); reverse: KL(p_s || p_t)"
-    )
-    temperature: float = Field(1.0, gt=0.0, le=1000.0, description="softmax temperature T")
-    scale_by_t2: bool = Field(False, description="multiply by T^2")
-
-
-@component("kl_div", roles=("loss",))
-class KLDiv(Component):
+@loss
+def kl_div(
+    student: Logits("B, C", "student class scores"),
+    teacher: Logits("B, C", "teacher class scores (same classes)"), *,
+    direction: Literal["forward", "reverse"] = param(
+        "forward", doc="forward: KL(p_t || p_s); reverse: KL(p_s || p_t)"),
+    temperature: float = param(1.0, gt=0.0, le=1000.0, doc="softmax temperature T"),
+    scale_by_t2: bool = param(
+        False, doc="multiply by T^2 so gradient magnitudes do not shrink as T grows"),
+) -> Scalar(None, "KL divergence"):
     """KL divergence between ``p_s = softmax(s / T)`` and ``p_t = softmax(t / T)``.
 
     ``forward``: ``loss = (1/B) sum_b sum_c p_t[b,c] (log p_t[b,c] - log p_s[b,c])``;
@@ -38,16 +34,35 @@ class KLDiv(Component):
     where the other side is 0 gives ``+inf``, the true KL. An empty batch gives 0, connected
     to the inputs. fp16/bf16 logits are computed in float32.
     """
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32, kl_div_terms, same_shape
 
-    Params = KLDivParams
-    inputs = {
-        "student": Port("Logits", "B, C", "student class scores"),
-        "teacher": Port("Logits", "B, C", "teacher class scores (same classes)"),
-    }
-    outputs = {"loss": Port("Scalar", None, "KL divergence")}
+    same_shape(student, teacher, "student", "teacher", "both must score the same classes")
+    log_s = F.log_softmax(at_least_float32(student) / temperature, dim=-1)
+    log_t = F.log_softmax(at_least_float32(teacher) / temperature, dim=-1)
+    if direction == "forward":  # KL(p_t || p_s)
+        kl = kl_div_terms(log_t, log_s, dim=None)
+    else:  # reverse: KL(p_s || p_t)
+        kl = kl_div_terms(log_s, log_t, dim=None)
+    scale = temperature**2 if scale_by_t2 else 1.0
+    # The mean over every row (all dimensions but the classes'); 0 for an empty batch.
+    return kl * (scale / max(student.shape[:-1].numel(), 1))
 
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_zoo import KLDivLoss
 
-        p = self.params
-        return KLDivLoss(p.temperature, p.direction, p.scale_by_t2)
+hinton_kd = preset(
+    "hinton_kd", of=kl_div, temperature=4.0, scale_by_t2=True,
+    outputs={"loss": Scalar(None, "KD loss")},
+    doc="""Knowledge distillation loss of Hinton et al. (2015): KL between softened distributions.
+
+    ``loss = T^2 * (1/B) * sum_b KL(softmax(t_b / T) || softmax(s_b / T))``, i.e. PyTorch's
+    ``kl_div(..., reduction="batchmean")`` times ``T^2`` (``scale_by_t2: false`` drops the
+    ``T^2``). ``kl_div`` with ``temperature: 4`` and ``scale_by_t2: true``. The loss does not
+    detach ``teacher``: whether a gradient reaches the teacher is decided by the compiler (a
+    frozen teacher runs without gradients).
+
+    ``-inf`` logits (masked classes) are exact: a class with ``p_t = 0`` adds exactly 0, with
+    zero gradients, even where the student is ``-inf`` too; a class with ``p_t > 0`` and
+    ``p_s = 0`` makes the loss ``+inf`` (the true KL; the runtime reports a non-finite loss).
+    A row of only ``-inf`` logits is no distribution and gives NaN. An empty batch gives 0,
+    connected to the inputs. fp16/bf16 logits are computed in float32.
+    """)

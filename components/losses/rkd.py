@@ -10,58 +10,83 @@ one example. fp16/bf16 features are computed in float32.
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Features, Scalar, loss, param
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+__all__ = ["rkd_angle", "rkd_distance"]
 
-__all__ = ["RKDAngle", "RKDDistance", "RKDParams"]
-
-
-class RKDParams(Params):
-    """Parameters of :class:`RKDDistance` and :class:`RKDAngle`."""
-
-    delta: float = Field(1.0, gt=0.0, description="smooth-L1 threshold (1: the Huber loss)")
-    eps: float = Field(1e-12, gt=0.0, le=1e-2, description="guards norms and means against 0")
+_STUDENT = Features("B, Ds", "student features (e.g. penultimate layer)")
+_TEACHER = Features("B, Dt", "teacher features (any width)")
 
 
-_INPUTS = {
-    "student": Port("Features", "B, Ds", "student features (e.g. penultimate layer)"),
-    "teacher": Port("Features", "B, Dt", "teacher features (any width)"),
-}
+_DELTA_DOC = "smooth-L1 threshold (1: the Huber loss)"
+_EPS_DOC = "guards norms and means against 0"
 
 
-@component("rkd_distance", roles=("loss",))
-class RKDDistance(Component):
+def _same_batch(student, teacher, what: str) -> None:  # torch tensors
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"{what}: 'student' has {student.shape[0]} examples but 'teacher' has "
+                         f"{teacher.shape[0]}; both must come from the same batch")
+
+
+@loss
+def rkd_distance(student: _STUDENT, teacher: _TEACHER, *,
+                 delta: float = param(1.0, gt=0.0, doc=_DELTA_DOC),
+                 eps: float = param(1e-12, gt=0.0, le=1e-2, doc=_EPS_DOC),
+                 ) -> Scalar(None, "RKD distance loss"):
     """RKD distance term: ``psi_D(x_i, x_j) = ||x_i - x_j||_2 / mu``, with
     ``mu = (1/(B(B-1))) sum_{i != j} ||x_i - x_j||_2`` the batch's mean distance;
     ``loss = (1/(B(B-1))) sum_{i != j} huber(psi_D(s_i, s_j) - psi_D(t_i, t_j))``.
     The paper weights it by ``lambda_D = 25``.
     """
+    import torch
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32, zero_from
 
-    Params = RKDParams
-    inputs = _INPUTS
-    outputs = {"loss": Port("Scalar", None, "RKD distance loss")}
+    _same_batch(student, teacher, "rkd_distance")
+    n = len(student)
+    if n < 2:  # no pair: nothing to match (a shape, so no host sync)
+        return zero_from(student, teacher)
 
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_zoo import RKDDistanceLoss
+    def normalised(x):
+        x = at_least_float32(x).flatten(1)
+        squared = (x.unsqueeze(0) - x.unsqueeze(1)).pow(2).sum(-1)
+        d = squared.clamp_min(eps).sqrt() * (1 - torch.eye(len(x), device=x.device,
+                                                           dtype=x.dtype))
+        return d / (d.sum() / max(n * (n - 1), 1)).clamp_min(eps)
 
-        return RKDDistanceLoss(self.params.delta, self.params.eps)
+    off = 1 - torch.eye(n, device=student.device)
+    per_pair = F.smooth_l1_loss(normalised(student), normalised(teacher), beta=delta,
+                                reduction="none")
+    return (per_pair * off).sum() / (n * (n - 1))
 
 
-@component("rkd_angle", roles=("loss",))
-class RKDAngle(Component):
+@loss
+def rkd_angle(student: _STUDENT, teacher: _TEACHER, *,
+              delta: float = param(1.0, gt=0.0, doc=_DELTA_DOC),
+              eps: float = param(1e-12, gt=0.0, le=1e-2, doc=_EPS_DOC),
+              ) -> Scalar(None, "RKD angle loss"):
     """RKD angle term: ``psi_A(x_i, x_j, x_k) = <e_ij, e_ik>``, the cosine of the angle at
     ``x_i``, with ``e_ij = (x_j - x_i) / ||x_j - x_i||_2``;
     ``loss = mean over triplets of distinct i, j, k of huber(psi_A(s) - psi_A(t))``.
     The paper weights it by ``lambda_A = 50``.
     """
+    import torch
+    import torch.nn.functional as F
+    from dgraph.components.losses._divergence import at_least_float32, zero_from
 
-    Params = RKDParams
-    inputs = _INPUTS
-    outputs = {"loss": Port("Scalar", None, "RKD angle loss")}
+    _same_batch(student, teacher, "rkd_angle")
+    n = len(student)
+    if n < 3:  # no triplet of distinct examples
+        return zero_from(student, teacher)
 
-    def build(self, context: BuildContext):
-        from dgraph.components.losses._torch_zoo import RKDAngleLoss
+    def cosines(x):
+        x = at_least_float32(x).flatten(1)
+        # e[i, j] = (x_j - x_i) / ||x_j - x_i||
+        e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2, eps=eps)
+        return torch.bmm(e, e.transpose(1, 2))  # [i, j, k] = <e_ij, e_ik>, the angle at x_i
 
-        return RKDAngleLoss(self.params.delta, self.params.eps)
+    off = 1 - torch.eye(n, device=student.device)
+    distinct = off.unsqueeze(2) * off.unsqueeze(1) * off.unsqueeze(0)
+    per_triplet = F.smooth_l1_loss(cosines(student), cosines(teacher), beta=delta,
+                                   reduction="none")
+    return (per_triplet * distinct).sum() / (n * (n - 1) * (n - 2))

@@ -1,37 +1,18 @@
 """Small convolutional network for images ``[B, C, H, W]``: a teacher or student for pictures.
 
 Blocks ``layer1 .. layerN`` (3x3 conv, BatchNorm, ReLU) can be tapped for feature distillation;
-their output shapes are known statically from the parameters (see :meth:`CNN.layer_shapes`).
+their output shapes are known statically from the parameters (see :func:`layer_shapes`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+from dgraph.declare import Features, Images, Logits, Module, Outputs, model, param
 
-__all__ = ["CNN", "CNNParams"]
-
-
-class CNNParams(Params):
-    """Parameters of :class:`CNN`."""
-
-    in_channels: int = Field(gt=0, le=4096, description="input image channels (1 for digits)")
-    channels: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [16, 32],
-        min_length=1,
-        max_length=16,
-        description="output channels of layer1, layer2, ...; each block after the first "
-        "halves the spatial size",
-    )
-    num_classes: int = Field(gt=0, description="number of output logits")
-    image_size: int = Field(gt=0, le=65536, description="input height = width, in pixels")
-    downsample_first: bool = Field(
-        False, description="let layer1 halve the spatial size too (stride 2)"
-    )
+__all__ = ["CNN", "layer_shapes"]
 
 
 def _halve(size: int) -> int:
@@ -39,8 +20,20 @@ def _halve(size: int) -> int:
     return (size + 1) // 2
 
 
-@component("cnn", roles=("teacher", "student", "model"))
-class CNN(Component):
+def layer_shapes(params: Any) -> dict[str, tuple[int, int, int]]:
+    """Submodule path -> ``(channels, height, width)`` of its output, per example, for the
+    parameters of a ``cnn`` node."""
+    size = params.image_size
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for index, width in enumerate(params.channels, start=1):
+        if index > 1 or params.downsample_first:
+            size = _halve(size)
+        shapes[f"layer{index}"] = (width, size, size)
+    return shapes
+
+
+@model("cnn", roles=("teacher", "student", "model"))
+class CNN(Module):
     """Small CNN: ``[Conv3x3, BatchNorm, ReLU]`` blocks, global average pool, linear head.
 
     Blocks are the submodules ``layer1 .. layerN`` (one per entry of ``channels``); block
@@ -50,30 +43,38 @@ class CNN(Component):
     to read a block's feature map ``[B, channels[i-1], h_i, h_i]``.
     """
 
-    Params = CNNParams
-    inputs = {
-        "x": Port("Images", "B, {in_channels}, {image_size}, {image_size}", "input images"),
-    }
-    outputs = {
-        "logits": Port("Logits", "B, {num_classes}", "class scores"),
-        "features": Port("Features", "B, {channels[-1]}", "globally pooled last block"),
-    }
-    tappable = True
+    def __init__(self, *,
+                 in_channels: int = param(gt=0, le=4096, doc="input image channels (1 for "
+                                          "digits)"),
+                 channels: list[Annotated[int, Field(gt=0)]] = param(
+                     [16, 32], min_length=1, max_length=16, doc="output channels of layer1, "
+                     "layer2, ...; each block after the first halves the spatial size"),
+                 num_classes: int = param(gt=0, doc="number of output logits"),
+                 image_size: int = param(gt=0, le=65536, doc="input height = width, in pixels"),
+                 downsample_first: bool = param(False, doc="let layer1 halve the spatial size "
+                                                "too (stride 2)")) -> None:
+        super().__init__()
+        from torch import nn
 
-    def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
-        """Submodule path -> ``(channels, height, width)`` of its output, per example."""
-        p = self.params
-        size = p.image_size
-        shapes: dict[str, tuple[int, int, int]] = {}
-        for index, width in enumerate(p.channels, start=1):
-            if index > 1 or p.downsample_first:
-                size = _halve(size)
-            shapes[f"layer{index}"] = (width, size, size)
-        return shapes
+        self.depth = len(channels)
+        width = in_channels
+        for index, out in enumerate(channels, start=1):
+            stride = 2 if (index > 1 or downsample_first) else 1
+            block = nn.Sequential()
+            block.conv = nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False)
+            block.bn = nn.BatchNorm2d(out)
+            block.relu = nn.ReLU(inplace=False)
+            self.add_module(f"layer{index}", block)
+            width = out
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, num_classes)
 
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_cnn import CNNModule
-
-        p = self.params
-        return CNNModule(p.in_channels, list(p.channels), p.num_classes,
-                         downsample_first=p.downsample_first)
+    def forward(self, x: Images("B, {in_channels}, {image_size}, {image_size}", "input images"),
+                ) -> Outputs(logits=Logits("B, {num_classes}", "class scores"),
+                             features=Features("B, {channels[-1]}",
+                                               "globally pooled last block")):
+        h = x
+        for index in range(1, self.depth + 1):
+            h = getattr(self, f"layer{index}")(h)
+        features = self.pool(h).flatten(1)
+        return {"logits": self.head(features), "features": features}

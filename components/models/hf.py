@@ -3,13 +3,14 @@
 The declaration imports neither torch nor transformers: the vocabulary size that the ``logits``
 port's shape needs comes from the ``config`` parameter, or from ``config.json`` in the ``path``
 folder (read as JSON, no weights loaded; a relative folder, which means the spec's folder, is
-read when the node is built, in the dry run). ``build`` imports transformers, with
+read when the node is built, in the dry run). Building imports transformers, with
 ``trust_remote_code=False``: a folder whose config names custom code (``auto_map``) is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,12 +20,14 @@ from dgraph.components._inputs import (
     existing_path,
     input_error,
 )
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+from dgraph.declare import Logits, Mask, Module, Outputs, Tokens, model, param
+from dgraph.errors import DgraphError
+from dgraph.registry import BuildContext
 
-__all__ = ["HFCausalLM", "HFCausalLMParams", "derived_config", "read_hf_config"]
+__all__ = ["HFCausalLM", "derived_config", "hf_config", "init_from_teacher_layers",
+           "load_causal_lm", "read_hf_config", "save_pretrained_from_weights"]
 
 # Config keys that mean the same thing across model types (transformers' attribute_map names
 # them on the config object; the static side has only the dict).
@@ -97,83 +100,77 @@ def _vocab_size(config: dict[str, Any] | None) -> int | None:
     return None
 
 
-class HFCausalLMParams(Params):
-    """Parameters of :class:`HFCausalLM`: exactly one of ``path`` and ``config``."""
-
-    path: str | None = Field(
-        None, description="local folder written by save_pretrained (config.json + weights); "
-        "relative to the spec's folder. Loaded with local_files_only, never downloaded"
-    )
-    config: dict[str, Any] | None = Field(
-        None, description="a transformers config as a dict with 'model_type', e.g. "
-        "{model_type: gpt2, n_layer: 2, n_embd: 32, n_head: 2, vocab_size: 100}; "
-        "the model starts from random weights"
-    )
-    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2",
-                                 "flash_attention_3"] | None = Field(
-        None, description="transformers attention implementation ('eager', 'sdpa', ...); "
-        "None: the library's default. Kernels from the Hub are not accepted"
-    )
-    derive_from: str | dict[str, Any] | None = Field(
-        None, description="build a student from a teacher's config: a saved model folder "
-        "(its config.json, and its weights for init_layers) or a config dict; changed by "
-        "num_layers / hidden_size / num_heads / intermediate_size / overrides"
-    )
-    num_layers: int | None = Field(None, gt=0, description="derive_from: number of layers")
-    hidden_size: int | None = Field(None, gt=0, description="derive_from: hidden width")
-    num_heads: int | None = Field(None, gt=0, description="derive_from: attention heads")
-    intermediate_size: int | None = Field(None, gt=0, description="derive_from: MLP width")
-    overrides: dict[str, Any] | None = Field(
-        None, description="derive_from: any other config keys to change")
-    init_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="derive_from a folder: initialise student layer i from teacher "
-        "layer init_layers[i] (and the embeddings, final norm and head from the teacher), "
-        "DistilBERT-style; needs the teacher's width"
-    )
-
-    @field_validator("config", "overrides")
-    @classmethod
-    def _plain_config(cls, value: dict[str, Any] | None, info) -> dict[str, Any] | None:
-        if value is not None:
-            check_config_dict(value, info.field_name)
-        return value
-
-    @field_validator("derive_from")
-    @classmethod
-    def _plain_teacher(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if isinstance(value, dict):
-            check_config_dict(value, "derive_from")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> HFCausalLMParams:
-        sources = [x is not None for x in (self.path, self.config, self.derive_from)]
-        if sum(sources) != 1:
-            raise ValueError("give exactly one of 'path' (a saved model folder), 'config' "
-                             "(a transformers config dict) and 'derive_from' (a teacher's "
-                             "folder or config, for a smaller student)")
-        if self.config is not None and not isinstance(self.config.get("model_type"), str):
-            raise ValueError("config needs a 'model_type' string, e.g. model_type: gpt2")
-        if isinstance(self.derive_from, dict) and \
-                not isinstance(self.derive_from.get("model_type"), str):
-            raise ValueError("derive_from config needs a 'model_type' string")
-        derived = (self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size,
-                   self.overrides, self.init_layers)
-        if self.derive_from is None and any(v is not None for v in derived):
-            raise ValueError("num_layers, hidden_size, num_heads, intermediate_size, "
-                             "overrides and init_layers only apply with derive_from")
-        if self.init_layers is not None:
-            if not isinstance(self.derive_from, str):
-                raise ValueError("init_layers copies weights: derive_from must be a saved "
-                                 "model folder")
-            if self.num_layers is not None and len(self.init_layers) != self.num_layers:
-                raise ValueError(f"init_layers names {len(self.init_layers)} teacher layers "
-                                 f"but num_layers is {self.num_layers}")
-        return self
+def _student_config(teacher: dict[str, Any], *, num_layers: int | None,
+                    hidden_size: int | None, num_heads: int | None,
+                    intermediate_size: int | None, overrides: dict[str, Any] | None,
+                    init_layers: list[int] | None) -> dict[str, Any]:
+    """``derive_from``: the teacher's config changed by the student's parameters."""
+    if num_layers is None and init_layers is not None:
+        num_layers = len(init_layers)
+    return derived_config(teacher, num_layers=num_layers, hidden_size=hidden_size,
+                          num_heads=num_heads, intermediate_size=intermediate_size,
+                          overrides=overrides)
 
 
-@component("hf_causal_lm", roles=("teacher", "student", "model"))
-class HFCausalLM(Component):
+def hf_config(p: Any) -> dict[str, Any] | None:
+    """The config of an ``hf_causal_lm`` node as plain data, from its parameters ``p``: the
+    ``config``, ``path/config.json``, or the teacher's config changed as ``derive_from`` says
+    (None when only the built node can know it: a relative folder)."""
+    if p.config is not None:
+        return dict(p.config)
+    if p.derive_from is not None:
+        teacher = dict(p.derive_from) if isinstance(p.derive_from, dict) \
+            else _static_config(p.derive_from)
+        if teacher is None:
+            return None
+        return _student_config(teacher, num_layers=p.num_layers, hidden_size=p.hidden_size,
+                               num_heads=p.num_heads, intermediate_size=p.intermediate_size,
+                               overrides=p.overrides, init_layers=p.init_layers)
+    return _static_config(p.path or "")
+
+
+def _plain_config(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, dict):
+        check_config_dict(value, info.field_name or "config")
+    return value
+
+
+# Checked whole (not inside a union) so that a bad dict is one error at the parameter.
+ConfigDict = Annotated[dict[str, Any] | None, AfterValidator(_plain_config)]
+FolderOrConfig = Annotated[str | dict[str, Any] | None, AfterValidator(_plain_config)]
+
+
+def _one_source(p: Any) -> None:
+    sources = [x is not None for x in (p.path, p.config, p.derive_from)]
+    if sum(sources) != 1:
+        raise ValueError("give exactly one of 'path' (a saved model folder), 'config' "
+                         "(a transformers config dict) and 'derive_from' (a teacher's "
+                         "folder or config, for a smaller student)")
+    if p.config is not None and not isinstance(p.config.get("model_type"), str):
+        raise ValueError("config needs a 'model_type' string, e.g. model_type: gpt2")
+    if isinstance(p.derive_from, dict) and not isinstance(p.derive_from.get("model_type"), str):
+        raise ValueError("derive_from config needs a 'model_type' string")
+    derived = (p.num_layers, p.hidden_size, p.num_heads, p.intermediate_size, p.overrides,
+               p.init_layers)
+    if p.derive_from is None and any(v is not None for v in derived):
+        raise ValueError("num_layers, hidden_size, num_heads, intermediate_size, "
+                         "overrides and init_layers only apply with derive_from")
+    if p.init_layers is not None:
+        if not isinstance(p.derive_from, str):
+            raise ValueError("init_layers copies weights: derive_from must be a saved "
+                             "model folder")
+        if p.num_layers is not None and len(p.init_layers) != p.num_layers:
+            raise ValueError(f"init_layers names {len(p.init_layers)} teacher layers "
+                             f"but num_layers is {p.num_layers}")
+
+
+def _vocabulary(p: Any) -> dict[str, Any]:
+    return {"vocab_size": _vocab_size(hf_config(p))}
+
+
+@model("hf_causal_lm", roles=("teacher", "student", "model"), check=_one_source,
+       sizes=_vocabulary)
+class HFCausalLM(Module):
     """A transformers causal LM (``AutoModelForCausalLM``): token ids in, next-token logits out.
 
     Built from a small ``config`` dict (random weights) or loaded with ``from_pretrained`` from
@@ -185,83 +182,218 @@ class HFCausalLM(Component):
     (e.g. ``model.transformer.h.0``) can be tapped.
     """
 
-    Params = HFCausalLMParams
-    inputs = {
-        "input_ids": Port("Tokens", "B, T", "token ids (int64)"),
-        "attention_mask": Port("Mask", "B, T", "1 for real tokens, 0 for padding",
-                               optional=True),
-    }
-    outputs = {"logits": Port("Logits", "B, T, {vocab_size}", "next-token scores")}
-    tappable = True
-
-    def hf_config(self) -> dict[str, Any] | None:
-        """The model's config as plain data (from ``config``, ``path/config.json`` or the
-        teacher's config changed as ``derive_from`` says)."""
-        p = self.params
-        if p.config is not None:
-            return dict(p.config)
-        if p.derive_from is not None:
-            teacher = dict(p.derive_from) if isinstance(p.derive_from, dict) \
-                else _static_config(p.derive_from)
-            if teacher is None:
-                return None
-            num_layers = p.num_layers if p.num_layers is not None else (
-                len(p.init_layers) if p.init_layers is not None else None)
-            return derived_config(teacher, num_layers=num_layers, hidden_size=p.hidden_size,
-                                  num_heads=p.num_heads,
-                                  intermediate_size=p.intermediate_size, overrides=p.overrides)
-        return _static_config(p.path or "")
-
-    def port_params(self) -> dict[str, Any]:
-        values = self.params.model_dump()
-        values["vocab_size"] = _vocab_size(self.hf_config())
-        return values
-
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_hf import build_causal_lm
-
-        p = self.params
-        path = None if p.path is None else model_folder(context, "path", p.path)
+    def __init__(
+        self, *,
+        path: str | None = param(
+            None, doc="local folder written by save_pretrained (config.json + weights); "
+            "relative to the spec's folder. Loaded with local_files_only, never downloaded"),
+        config: ConfigDict = param(
+            None, doc="a transformers config as a dict with 'model_type', e.g. "
+            "{model_type: gpt2, n_layer: 2, n_embd: 32, n_head: 2, vocab_size: 100}; "
+            "the model starts from random weights"),
+        attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2",
+                                     "flash_attention_3"] | None = param(
+            None, doc="transformers attention implementation ('eager', 'sdpa', ...); "
+            "None: the library's default. Kernels from the Hub are not accepted"),
+        derive_from: FolderOrConfig = param(
+            None, doc="build a student from a teacher's config: a saved model folder "
+            "(its config.json, and its weights for init_layers) or a config dict; changed by "
+            "num_layers / hidden_size / num_heads / intermediate_size / overrides"),
+        num_layers: int | None = param(None, gt=0, doc="derive_from: number of layers"),
+        hidden_size: int | None = param(None, gt=0, doc="derive_from: hidden width"),
+        num_heads: int | None = param(None, gt=0, doc="derive_from: attention heads"),
+        intermediate_size: int | None = param(None, gt=0, doc="derive_from: MLP width"),
+        overrides: ConfigDict = param(
+            None, doc="derive_from: any other config keys to change"),
+        init_layers: list[Annotated[int, Field(ge=0)]] | None = param(
+            None, doc="derive_from a folder: initialise student layer i from teacher "
+            "layer init_layers[i] (and the embeddings, final norm and head from the teacher), "
+            "DistilBERT-style; needs the teacher's width"),
+        context: BuildContext,
+    ) -> None:
+        super().__init__()
+        self._register_state_dict_hook(_untie_state_dict)
+        folder = None if path is None else model_folder(context, "path", path)
         # The exporter loads the trained weights right after building: it asks for the
         # architecture only, like the meta-device dry run.
         weights = not (context.meta or context.extras.get("architecture_only", False))
-        config = p.config
         teacher_path = None
-        if p.derive_from is not None:
-            if isinstance(p.derive_from, str):
-                teacher_path = model_folder(context, "derive_from", p.derive_from)
-                teacher = read_hf_config(teacher_path)
-                if teacher is None:
-                    raise input_error(
-                        context, "derive_from", f"{teacher_path / 'config.json'} is not a "
-                        "JSON object", expected="a folder written by save_pretrained",
-                        found="config.json that does not hold a JSON object",
-                        hint="re-write the folder with save_pretrained")
-                self_params = self.params.model_copy(update={"derive_from": teacher})
-                config = HFCausalLM(self_params, self.node).hf_config()
-            else:
-                config = self.hf_config()
+        teacher = derive_from
+        if isinstance(derive_from, str):
+            teacher_path = model_folder(context, "derive_from", derive_from)
+            teacher = read_hf_config(teacher_path)
+            if teacher is None:
+                raise input_error(
+                    context, "derive_from", f"{teacher_path / 'config.json'} is not a "
+                    "JSON object", expected="a folder written by save_pretrained",
+                    found="config.json that does not hold a JSON object",
+                    hint="re-write the folder with save_pretrained")
+        if teacher is not None:
+            config = _student_config(dict(teacher), num_layers=num_layers,
+                                     hidden_size=hidden_size, num_heads=num_heads,
+                                     intermediate_size=intermediate_size, overrides=overrides,
+                                     init_layers=init_layers)
         try:
-            module = build_causal_lm(path=path, config=config,
-                                     attn_implementation=p.attn_implementation,
-                                     load_weights=weights, meta=context.meta)
-            if p.init_layers is not None and weights and teacher_path is not None:
-                from dgraph.components.models._torch_hf import init_from_teacher_layers
-
-                init_from_teacher_layers(module, teacher_path, p.init_layers)
+            self.model = load_causal_lm(path=folder, config=config,
+                                        attn_implementation=attn_implementation,
+                                        load_weights=weights, meta=context.meta)
+            if init_layers is not None and weights and teacher_path is not None:
+                init_from_teacher_layers(self, teacher_path, init_layers)
         except (OSError, ValueError) as exc:
-            if path is None and teacher_path is None:
+            if folder is None and teacher_path is None:
                 raise
-            param, folder = ("path", path) if path is not None else ("derive_from",
-                                                                     teacher_path)
+            name, where = ("path", folder) if folder is not None else ("derive_from",
+                                                                       teacher_path)
             raise input_error(
-                context, param, f"transformers cannot load the model in {folder}",
+                context, name, f"transformers cannot load the model in {where}",
                 expected="a folder written by save_pretrained (config.json and the "
                 "weights, e.g. model.safetensors)",
                 found=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
                 hint="re-write the folder with save_pretrained; models are never "
                 "downloaded") from None
-        return module
+
+    def forward(self, input_ids: Tokens("B, T", "token ids (int64)"),
+                attention_mask: Mask("B, T", "1 for real tokens, 0 for padding") = None,
+                ) -> Outputs(logits=Logits("B, T, {vocab_size}", "next-token scores")):
+        import torch
+
+        if attention_mask is None and input_ids.is_meta:
+            # The dry run: transformers inspects the mask it would infer (a data-dependent
+            # check meta tensors cannot answer); an explicit all-ones mask skips that check.
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask is not None and attention_mask.dtype != torch.long:
+            attention_mask = attention_mask.to(torch.long)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return {"logits": out.logits}
+
+
+def _untie_state_dict(module: Any, state_dict: dict[str, Any], prefix: str,
+                      local_metadata: Any) -> None:
+    """Give tied parameters (input embedding = output head) their own storage.
+
+    safetensors refuses tensors that share memory; the copies load back into the tied
+    parameter twice with the same values, so a strict ``load_state_dict`` still works.
+    """
+    import torch
+
+    seen: set[int] = set()
+    for key, value in list(state_dict.items()):
+        if not key.startswith(prefix) or not torch.is_tensor(value) or value.device.type == "meta":
+            continue
+        pointer = value.untyped_storage().data_ptr()
+        if pointer in seen and value.numel():
+            state_dict[key] = value.detach().clone()
+        else:
+            seen.add(pointer)
+
+
+def load_causal_lm(*, path: Path | None, config: dict[str, Any] | None,
+                   attn_implementation: str | None = None,
+                   load_weights: bool = True, meta: bool = False) -> Any:
+    """A transformers causal LM from a saved folder (``path``) or a config dict;
+    ``load_weights=False`` builds the architecture only (random weights). ``meta`` is the dry
+    run: shapes only, with the eager attention path, which has no data-dependent checks on the
+    mask.
+
+    Never runs code from a model folder or the Hub: every transformers call gets
+    ``trust_remote_code=False`` (so it cannot ask on stdin) and ``local_files_only``."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise DgraphError("component 'hf_causal_lm' needs transformers: "
+                          'pip install "dgraph[hf]"') from None
+    extra: dict[str, Any] = {"trust_remote_code": False}
+    if meta:
+        extra["attn_implementation"] = "eager"
+    elif attn_implementation is not None:
+        extra["attn_implementation"] = attn_implementation
+    if path is not None:
+        if not (path / "config.json").is_file():
+            raise DgraphError(f"hf_causal_lm: {path} holds no config.json; 'path' must be a "
+                              "folder written by save_pretrained (models are never downloaded)")
+        if load_weights:
+            lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **extra)
+        else:
+            hf = AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                            trust_remote_code=False)
+            lm = AutoModelForCausalLM.from_config(hf, **extra)
+    else:
+        assert config is not None
+        settings = dict(config)
+        model_type = settings.pop("model_type")
+        try:
+            hf = AutoConfig.for_model(model_type, **settings)
+        except (ValueError, KeyError) as exc:
+            raise DgraphError(f"hf_causal_lm: bad config for model_type '{model_type}': "
+                              f"{exc}") from None
+        lm = AutoModelForCausalLM.from_config(hf, **extra)
+    return lm.float()
+
+
+_LAYER_KEY = re.compile(r"^(?P<head>.*?\.(?:h|layers|layer|blocks|block))\.(?P<index>\d+)\."
+                        r"(?P<tail>.*)$")
+
+
+def _layer_keys(state: dict[str, Any]) -> tuple[dict[int, dict[str, str]], list[str]]:
+    """Layer index -> {key with the index replaced by '{}': key}, and the non-layer keys."""
+    layers: dict[int, dict[str, str]] = {}
+    others = []
+    for key in state:
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            others.append(key)
+            continue
+        pattern = f"{match['head']}.{{}}.{match['tail']}"
+        layers.setdefault(int(match["index"]), {})[pattern] = key
+    return layers, others
+
+
+def init_from_teacher_layers(student: Any, teacher_path: Path, init_layers: list[int]) -> None:
+    """Copy teacher layer ``init_layers[i]`` into student layer ``i`` of a built
+    ``hf_causal_lm``, and every non-layer weight (embeddings, final norm, head) whose shape
+    matches (DistilBERT-style init)."""
+    import torch
+
+    teacher = load_causal_lm(path=teacher_path, config=None)
+    with torch.no_grad():
+        t_state = {f"model.{k}": v for k, v in teacher.state_dict().items()}
+        s_state = student.state_dict()
+        t_layers, t_others = _layer_keys(t_state)
+        s_layers, s_others = _layer_keys(s_state)
+        if len(init_layers) != len(s_layers):
+            raise DgraphError(f"init_layers names {len(init_layers)} teacher layers but the "
+                              f"student has {len(s_layers)}")
+        bad = [j for j in init_layers if j not in t_layers]
+        if bad:
+            raise DgraphError(f"init_layers: the teacher has layers 0..{len(t_layers) - 1}, "
+                              f"not {bad}")
+        updates: dict[str, Any] = {}
+        for i, j in enumerate(init_layers):
+            for pattern, s_key in s_layers[i].items():
+                t_key = t_layers[j].get(pattern)
+                if t_key is None or t_state[t_key].shape != s_state[s_key].shape:
+                    raise DgraphError(
+                        f"init_layers: student '{s_key}' {list(s_state[s_key].shape)} has no "
+                        f"teacher counterpart of the same shape in layer {j}; copying layers "
+                        "needs the teacher's width (leave hidden_size/num_heads unchanged)")
+                updates[s_key] = t_state[t_key]
+        for key in s_others:
+            if key in t_state and t_state[key].shape == s_state[key].shape:
+                updates[key] = t_state[key]
+        student.load_state_dict(updates, strict=False)
+
+
+def save_pretrained_from_weights(config: dict[str, Any], weights: Path | str,
+                                 out_dir: Path | str) -> Path:
+    """Write a dgraph ``final/<node>.safetensors`` of an ``hf_causal_lm`` built from
+    ``config`` as a transformers folder (``save_pretrained``), loadable with ``path:``."""
+    from dgraph.runtime.checkpoint import load_weights
+
+    module = HFCausalLM.create(config=config)
+    module.load_state_dict(load_weights(Path(weights)))
+    out = Path(out_dir)
+    module.model.save_pretrained(str(out))
+    return out
 
 
 def model_folder(context: BuildContext, param: str, raw: str) -> Path:

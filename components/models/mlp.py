@@ -1,19 +1,17 @@
-"""Multi-layer perceptron: the simplest teacher or student for flat inputs such as digits."""
+"""Multi-layer perceptrons: the simplest teacher or student for flat inputs such as digits, and
+a fully connected map between feature spaces (generators, critics, score networks)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field
 
+from dgraph.declare import Features, Logits, Module, Outputs, Tensor, model, param
 from dgraph.errors import did_you_mean
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
 
 __all__ = ["MLP", "MLPMap"]
 
-# The closed set of activations (the torch side maps each name to its module).
-Activation = Literal["relu", "gelu", "tanh", "silu"]
 ACTIVATION_NAMES = ("relu", "gelu", "tanh", "silu")
 
 
@@ -25,64 +23,64 @@ def _known_activation(value: object) -> object:
     return value
 
 
-class MLPParams(Params):
-    in_features: int = Field(gt=0, description="input width")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [128], description="hidden layer widths (each >= 1)")
-    num_classes: int = Field(gt=0, description="number of output logits")
-    activation: Activation = Field("relu", description="nonlinearity after each hidden layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability after each "
-                           "hidden layer")
-
-    _activation = field_validator("activation", mode="before")(_known_activation)
+# The closed set of activations; a misspelling is answered with the closest name.
+Activation = Annotated[Literal["relu", "gelu", "tanh", "silu"], BeforeValidator(_known_activation)]
+Widths = list[Annotated[int, Field(gt=0)]]
 
 
-@component("mlp", roles=("teacher", "student", "model"))
-class MLP(Component):
+@model("mlp", roles=("teacher", "student", "model"))
+class MLP(Module):
     """Fully connected network: ``x -> [Linear, activation, dropout] * len(hidden) -> Linear``.
 
     ``features`` is the last hidden layer's activation, ``logits`` the output layer's.
     Submodules ``body.<i>`` and ``head`` can be tapped.
     """
 
-    Params = MLPParams
-    inputs = {"x": Port("Features", "B, {in_features}", "flat input features")}
-    outputs = {
-        "logits": Port("Logits", "B, {num_classes}", "class scores"),
-        "features": Port("Features", "B, {hidden[-1]}", "last hidden activation"),
-    }
-    tappable = True
+    def __init__(self, *, in_features: int = param(gt=0, doc="input width"),
+                 hidden: Widths = param([128], doc="hidden layer widths (each >= 1)"),
+                 num_classes: int = param(gt=0, doc="number of output logits"),
+                 activation: Activation = param("relu", doc="nonlinearity after each hidden "
+                                                "layer"),
+                 dropout: float = param(0.0, ge=0, lt=1, doc="dropout probability after each "
+                                        "hidden layer")) -> None:
+        super().__init__()
+        from torch import nn
 
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_models import MLPModule
+        act = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}[activation]
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), act()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
 
-        p = self.params
-        return MLPModule(p.in_features, list(p.hidden), p.num_classes, p.activation, p.dropout)
+    def forward(self, x: Features("B, {in_features}", "flat input features")) -> Outputs(
+            logits=Logits("B, {num_classes}", "class scores"),
+            features=Features("B, {hidden[-1]}", "last hidden activation")):
+        features = self.body(x.flatten(1))
+        return {"logits": self.head(features), "features": features}
 
 
-class MLPMapParams(Params):
-    in_features: int = Field(gt=0, description="input width")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [128, 128], description="hidden widths (each >= 1)")
-    out_features: int = Field(gt=0, description="output width")
-    activation: Activation = Field("relu", description="nonlinearity after each hidden layer")
-
-    _activation = field_validator("activation", mode="before")(_known_activation)
-
-
-@component("mlp_map", roles=("teacher", "student", "model"))
-class MLPMap(Component):
+@model("mlp_map", roles=("teacher", "student", "model"))
+class MLPMap(Module):
     """A fully connected map ``x -> y`` between feature spaces: a generator, critic or
     score network. ``y = Linear(act(Linear(... x)))``; the output is not a class score.
+
+    ``net`` is an ``mlp`` without dropout (its submodules ``net.body.<i>``, ``net.head``).
     """
 
-    Params = MLPMapParams
-    inputs = {"x": Port("Tensor", "B, {in_features}", "input (features, noise, ...)")}
-    outputs = {"y": Port("Features", "B, {out_features}", "output")}
-    tappable = True
+    def __init__(self, *, in_features: int = param(gt=0, doc="input width"),
+                 hidden: Widths = param([128, 128], doc="hidden widths (each >= 1)"),
+                 out_features: int = param(gt=0, doc="output width"),
+                 activation: Activation = param("relu", doc="nonlinearity after each hidden "
+                                                "layer")) -> None:
+        super().__init__()
+        self.net = MLP.create(in_features=in_features, hidden=hidden, num_classes=out_features,
+                              activation=activation)
 
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_models import MLPMapModule
-
-        p = self.params
-        return MLPMapModule(p.in_features, list(p.hidden), p.out_features, p.activation)
+    def forward(self, x: Tensor("B, {in_features}", "input (features, noise, ...)")
+                ) -> Features("B, {out_features}", "output"):
+        return self.net(x)["logits"]

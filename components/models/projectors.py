@@ -1,69 +1,68 @@
 """Projectors: small trainable maps between feature spaces (FitNets regressors, CRD heads).
 
-``linear_projector`` maps flat features ``[B, in] -> [B, out]``; ``conv1x1_projector`` maps
-feature maps ``[B, C_in, H, W] -> [B, C_out, H, W]`` without changing the spatial size.
+``linear_projector`` maps flat features ``[B, in] -> [B, out]``; its preset ``token_projector``
+is the same map applied to every token, ``[B, T, in] -> [B, T, out]``; ``conv1x1_projector``
+maps feature maps ``[B, C_in, H, W] -> [B, C_out, H, W]`` without changing the spatial size.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Features, Module, param, preset, projector
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["Conv1x1Projector", "Conv1x1ProjectorParams", "LinearProjector",
-           "LinearProjectorParams"]
+__all__ = ["Conv1x1Projector", "LinearProjector", "token_projector"]
 
 
-class LinearProjectorParams(Params):
-    """Parameters of :class:`LinearProjector`."""
+@projector("linear_projector")
+class LinearProjector(Module):
+    """Linear map ``y = x W^T (+ b)`` from ``in_features`` to ``out_features``.
 
-    in_features: int = Field(gt=0, description="input width")
-    out_features: int = Field(gt=0, description="output width")
-    bias: bool = Field(True, description="add a learnable bias")
-
-
-@component("linear_projector", roles=("projector",))
-class LinearProjector(Component):
-    """Linear map ``y = x W^T (+ b)`` from ``in_features`` to ``out_features``."""
-
-    Params = LinearProjectorParams
-    inputs = {"x": Port("Features", "B, {in_features}", "features to project")}
-    outputs = {"y": Port("Features", "B, {out_features}", "projected features")}
-    tappable = True
-
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_projectors import LinearProjectorModule
-
-        p = self.params
-        return LinearProjectorModule(p.in_features, p.out_features, bias=p.bias)
-
-
-class Conv1x1ProjectorParams(Params):
-    """Parameters of :class:`Conv1x1Projector`."""
-
-    in_channels: int = Field(gt=0, description="input channels")
-    out_channels: int = Field(gt=0, description="output channels")
-    batch_norm: bool = Field(
-        False, description="follow the convolution with BatchNorm (the conv then has no bias)"
-    )
-
-
-@component("conv1x1_projector", roles=("projector",))
-class Conv1x1Projector(Component):
-    """1x1 convolution from ``in_channels`` to ``out_channels``, optionally with BatchNorm.
-
-    Keeps the spatial size: ``[B, C_in, H, W] -> [B, C_out, H, W]``. The usual regressor that
-    maps a student's feature map onto a teacher's in FitNets-style hint losses.
+    ``proj`` is the ``nn.Linear``; it acts on the last dimension, so the same map works on
+    per-token states (see ``token_projector``).
     """
 
-    Params = Conv1x1ProjectorParams
-    inputs = {"x": Port("Features", "B, {in_channels}, H, W", "feature map to project")}
-    outputs = {"y": Port("Features", "B, {out_channels}, H, W", "projected feature map")}
-    tappable = True
+    def __init__(self, *, in_features: int = param(gt=0, doc="input width"),
+                 out_features: int = param(gt=0, doc="output width"),
+                 bias: bool = param(True, doc="add a learnable bias")) -> None:
+        super().__init__()
+        from torch import nn
 
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_projectors import Conv1x1ProjectorModule
+        self.proj = nn.Linear(in_features, out_features, bias=bias)
 
-        p = self.params
-        return Conv1x1ProjectorModule(p.in_channels, p.out_channels, batch_norm=p.batch_norm)
+    def forward(self, x: Features("B, {in_features}", "features to project")
+                ) -> Features("B, {out_features}", "projected features"):
+        return self.proj(x)
+
+
+token_projector = preset(
+    "token_projector", of=LinearProjector,
+    doc="``y[b, t] = W x[b, t] (+ b)``: maps a tapped student layer to the teacher's width.\n\n"
+    "``linear_projector`` over per-token hidden states ``[B, T, in] -> [B, T, out]`` (one\n"
+    "map shared by all positions), the projector of hidden-state distillation between a\n"
+    "narrow student and a wide teacher: ``in_features`` is the student's hidden width,\n"
+    "``out_features`` the teacher's.",
+    inputs={"x": Features("B, T, {in_features}", "per-token hidden states")},
+    outputs={"y": Features("B, T, {out_features}", "projected hidden states")})
+
+
+@projector("conv1x1_projector")
+class Conv1x1Projector(Module):
+    """1x1 convolution from ``in_channels`` to ``out_channels``, optionally with BatchNorm.
+
+    Keeps the spatial size: ``[B, C_in, H, W] -> [B, C_out, H, W]``; ``y = bn(conv(x))`` where
+    ``bn`` is the identity unless ``batch_norm``. The usual regressor that maps a student's
+    feature map onto a teacher's in FitNets-style hint losses.
+    """
+
+    def __init__(self, *, in_channels: int = param(gt=0, doc="input channels"),
+                 out_channels: int = param(gt=0, doc="output channels"),
+                 batch_norm: bool = param(False, doc="follow the convolution with BatchNorm "
+                                          "(the conv then has no bias)")) -> None:
+        super().__init__()
+        from torch import nn
+
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=not batch_norm)
+        self.bn = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
+
+    def forward(self, x: Features("B, {in_channels}, H, W", "feature map to project")
+                ) -> Features("B, {out_channels}, H, W", "projected feature map"):
+        return self.bn(self.conv(x))

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from dgraph.declare import Images, Labels, Module, Outputs, component, param
+from dgraph.registry import BuildContext
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
+__all__ = ["SyntheticDigits"]
 
-__all__ = ["SyntheticDigits", "SyntheticDigitsParams"]
-
-
-class SyntheticDigitsParams(Params):
-    """Parameters of :class:`SyntheticDigits`."""
-
-    images_per_class: int = Field(10, gt=0, le=100, description="synthetic images per class")
-    init: Literal["real", "noise"] = Field(
-        "real", description="real: random training images of each class; noise: N(0.5, 0.25^2)"
-    )
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="as the digits source's")
-    split_seed: int = Field(0, ge=0, description="as the digits source's (real init only "
-                            "draws from its training split)")
+_CLASSES = 10
 
 
-@component("synthetic_digits", roles=("tensor",))
-class SyntheticDigits(Component):
+def _num_images(p: Any) -> dict[str, int]:
+    return {"num_images": _CLASSES * p.images_per_class}
+
+
+@component("synthetic_digits", roles=("tensor",), tappable=False, sizes=_num_images)
+class SyntheticDigits(Module):
     """Learnable ``images [10*ipc, 1, 8, 8]`` (an ``nn.Parameter``) and ``labels [10*ipc]``.
 
     ``labels[k] = k // images_per_class`` (a buffer, saved with the images). With
@@ -38,19 +30,36 @@ class SyntheticDigits(Component):
     without replacement by torch's global generator (so by ``train.seed``).
     """
 
-    Params = SyntheticDigitsParams
-    inputs: dict[str, Port] = {}
-    outputs = {
-        "images": Port("Images", "{num_images}, 1, 8, 8", "the synthetic images"),
-        "labels": Port("Labels", "{num_images}", "their classes (fixed)"),
-    }
+    def __init__(self, *, images_per_class: int = param(10, gt=0, le=100,
+                                                        doc="synthetic images per class"),
+                 init: Literal["real", "noise"] = param(
+                     "real", doc="real: random training images of each class; noise: "
+                     "N(0.5, 0.25^2)"),
+                 test_fraction: float = param(0.2, gt=0.0, lt=1.0,
+                                              doc="as the digits source's"),
+                 split_seed: int = param(0, ge=0, doc="as the digits source's (real init only "
+                                         "draws from its training split)"),
+                 context: BuildContext) -> None:
+        super().__init__()
+        import torch
 
-    def port_params(self) -> dict[str, Any]:
-        return {**self.params.model_dump(), "num_images": 10 * self.params.images_per_class}
+        labels = torch.arange(_CLASSES).repeat_interleave(images_per_class)
+        self.register_buffer("labels", labels)
+        self.images = torch.nn.Parameter(torch.empty(len(labels), 1, 8, 8))
+        if context.meta:
+            return
+        with torch.no_grad():
+            if init == "noise":
+                self.images.normal_(0.5, 0.25)
+                return
+            from dgraph.components.data.digits import digits_split
 
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_synthetic import SyntheticDigitsModule
+            x_train, y_train, _, _ = digits_split(test_fraction, split_seed)
+            for c in range(_CLASSES):
+                members = torch.nonzero(y_train == c).flatten()
+                chosen = members[torch.randperm(len(members))[:images_per_class]]
+                self.images[c * images_per_class:(c + 1) * images_per_class] = x_train[chosen]
 
-        p = self.params
-        return SyntheticDigitsModule(p.images_per_class, p.init, p.test_fraction, p.split_seed,
-                                     meta=context.meta)
+    def forward(self) -> Outputs(images=Images("{num_images}, 1, 8, 8", "the synthetic images"),
+                                 labels=Labels("{num_images}", "their classes (fixed)")):
+        return {"images": self.images, "labels": self.labels}

@@ -1,38 +1,21 @@
 """Target networks: a slowly updated copy of another node (EMA, stop-gradient, periodic copy).
 
 The copy has the source's ports and is updated by the runtime after every optimizer step of
-an update that trains the source. Its weights are part of checkpoints.
+an update that trains the source (the ``follows`` protocol). Its weights are part of
+checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from typing import Any
 
-from pydantic import Field
-
-from dgraph.ports import Port, parse_shape
-from dgraph.registry import BuildContext, Component, Params, component
+from dgraph.declare import Module, NodeRef, component, param
 
 __all__ = ["EMATarget"]
 
 
-def _concrete(shape: str | None, sizes: Mapping) -> str | None:
-    dims = parse_shape(shape, sizes)
-    return None if dims is None else ", ".join(str(d) for d in dims)
-
-
-class EMATargetParams(Params):
-    source: str = Field(description="the node this target follows")
-    decay: float = Field(0.95, ge=0, le=1, description="target <- decay*target + "
-                         "(1-decay)*source; 0 copies the source after each update")
-    copy_every: int | None = Field(
-        None, ge=1, description="instead of averaging, copy the source every N updates "
-        "(DQN-style periodic target)")
-
-
-@component("ema", roles=("target",))
-class EMATarget(Component):
+@component("ema", roles=("target",), tappable=False, follows="source", ports_from="source")
+class EMATarget(Module):
     """A copy of ``source`` that follows it after each update that trains it.
 
     ``theta_target <- decay * theta_target + (1 - decay) * theta_source`` (buffers are
@@ -40,32 +23,42 @@ class EMATarget(Component):
     targets, mean teachers, DQN targets. It runs like its source, on its own inputs.
     """
 
-    Params = EMATargetParams
-    follows = "source"
+    def __init__(self, *, source: NodeRef = param(doc="the node this target follows"),
+                 decay: float = param(0.95, ge=0, le=1, doc="target <- decay*target + "
+                                      "(1-decay)*source; 0 copies the source after each update"),
+                 copy_every: int | None = param(None, ge=1, doc="instead of averaging, copy "
+                                                "the source every N updates (DQN-style "
+                                                "periodic target)")) -> None:
+        super().__init__()
+        import copy
 
-    def references(self) -> dict[str, str]:
-        return {"source": self.params.source}
+        import torch
 
-    def port_params(self) -> dict:
-        return {}  # the copied ports carry the source's sizes already substituted
+        self.model = copy.deepcopy(source)
+        self.model.requires_grad_(False)
+        self.decay = decay
+        self.copy_every = copy_every
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
-    def _copied(self, peers: Mapping[str, Component], outputs: bool) -> dict[str, Port]:
-        source = peers.get(self.params.source)
-        if source is None:
-            return {}
-        ports = source.resolved_outputs(peers) if outputs else source.resolved_inputs(peers)
-        sizes = source.port_params()
-        return {name: replace(port, shape=_concrete(port.shape, sizes))
-                for name, port in ports.items()}
+    def forward(self, **inputs: Any) -> Any:
+        return self.model(**inputs)
 
-    def resolved_inputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
-        return self._copied(peers, outputs=False)
+    def follow(self, source: Any) -> None:
+        """Move the copy towards ``source`` (the referenced node's module) after an update."""
+        import torch
 
-    def resolved_outputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
-        return self._copied(peers, outputs=True)
-
-    def build(self, context: BuildContext):
-        from dgraph.components.models._torch_targets import EMAModule
-
-        return EMAModule(context.references["source"], self.params.decay,
-                         self.params.copy_every)
+        with torch.no_grad():
+            self.updates += 1
+            mine = list(self.model.parameters())
+            theirs = list(source.parameters())
+            hard = self.decay == 0 or (
+                self.copy_every is not None and int(self.updates) % self.copy_every == 0)
+            if self.copy_every is not None and not hard:
+                return
+            if hard:
+                torch._foreach_copy_(mine, theirs)
+            else:
+                torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
+            for target_buffer, source_buffer in zip(self.model.buffers(), source.buffers(),
+                                                    strict=True):
+                target_buffer.copy_(source_buffer)

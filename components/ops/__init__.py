@@ -1,9 +1,6 @@
-"""Parameter-free operations and samplers."""
+"""Operations and samplers: generic tensor ops, ``expr``, and per-step random inputs.
 
-from dgraph.components.ops import expr, tensor
-from dgraph.components.ops.basic import Detach, Flatten
-from dgraph.components.ops.lm_sampler import LMSampler
-from dgraph.components.ops.normalize import L2Normalize
-from dgraph.components.ops.samplers import GaussianNoise
+Every module here is imported by :mod:`dgraph.components`; each declares its components.
+"""
 
-__all__ = ["expr", "tensor", "Detach", "Flatten", "GaussianNoise", "L2Normalize", "LMSampler"]
+__all__: list[str] = []

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Noise, Outputs, Tensor, param, sampler
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["GaussianNoise"]
+__all__ = ["gaussian_noise"]
 
 
-class GaussianNoiseParams(Params):
-    dim: int = Field(gt=0, description="features per sample")
-    std: float = Field(1.0, gt=0, allow_inf_nan=False, description="standard deviation")
-
-
-@component("gaussian_noise", roles=("sampler",))
-class GaussianNoise(Component):
+@sampler
+def gaussian_noise(like: Tensor("B, ...", "any batch; only its size is used"), *,
+                   dim: int = param(gt=0, doc="features per sample"),
+                   std: float = param(1.0, gt=0, allow_inf_nan=False,
+                                      doc="standard deviation"),
+                   ) -> Outputs(noise=Noise("B, {dim}", "standard normal samples times std")):
     """``noise ~ N(0, std^2)`` of shape ``[B, dim]``; ``B`` is taken from the ``like`` input."""
+    import torch
 
-    Params = GaussianNoiseParams
-    inputs = {"like": Port("Tensor", "B, ...", "any batch; only its size is used")}
-    outputs = {"noise": Port("Noise", "B, {dim}", "standard normal samples times std")}
-
-    def build(self, context: BuildContext):
-        from dgraph.components.ops._torch_ops import GaussianNoiseModule
-
-        return GaussianNoiseModule(self.params.dim, self.params.std)
+    noise = torch.randn(like.shape[0], dim, device=like.device)
+    return {"noise": noise * std if std != 1.0 else noise}

@@ -14,7 +14,9 @@ import torch
 from dgraph.compiler.codegen import Program
 from dgraph.compiler.instantiate import Instances
 from dgraph.graph.model import Graph
+from dgraph.kinds import KINDS
 from dgraph.runtime.data import iterate_once
+from dgraph.runtime.metrics import as_accumulator, metric_key
 
 __all__ = ["evaluate"]
 
@@ -30,10 +32,9 @@ def _classifiers(graph: Graph) -> dict[str, tuple[str, str]]:
     """Model node -> (data node, label port) for nodes with a ``logits`` output."""
     out = {}
     for name, node in graph.nodes.items():
-        if node.kind not in ("teacher", "student", "model", "target") or \
-                "logits" not in node.outputs:
+        if not KINDS[node.kind].evaluated or "logits" not in node.outputs:
             continue
-        data = [a for a in graph.ancestors(name) if graph.nodes[a].kind == "data"]
+        data = [a for a in graph.ancestors(name) if KINDS[graph.nodes[a].kind].batches]
         if len(data) == 1 and _label_port(graph, data[0]):
             if node.outputs["logits"].type == "Logits":
                 out[name] = (data[0], _label_port(graph, data[0]))
@@ -55,9 +56,11 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     students = [n for n in classifiers if graph.nodes[n].kind == "student"]
     teachers = [n for n in classifiers if graph.nodes[n].kind == "teacher"]
     losses = [n for n, node in graph.nodes.items() if node.kind == "loss"]
-    metrics = [n for n, node in graph.nodes.items() if node.kind == "metric"]
-    metric_totals: dict[str, dict[str, float]] = {n: defaultdict(float) for n in metrics}
-    examples = 0
+    metrics = {n: as_accumulator(instances.modules[n], node.component)
+               for n, node in graph.nodes.items() if KINDS[node.kind].eval_only}
+    for accumulator in metrics.values():
+        accumulator.reset()
+    others = [n for n in program.order if n not in metrics]
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), (amp or nullcontext)():
@@ -72,7 +75,7 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
                 if len(batch) != len(iterators):
                     break
                 # Cached outputs index the training set; on held-out data, run the node.
-                values = program.run_nodes(instances, batch)
+                values = program.run_nodes(instances, batch, others)
                 size = next(iter(next(iter(batch.values())).values())).shape[0]
                 for name, (data_node, label_port) in classifiers.items():
                     predicted = values[(name, "logits")].argmax(-1)
@@ -86,23 +89,22 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
                         key = f"{student}/agreement/{teacher}"
                         sums[key] += float(same.sum())
                         counts[key] += int(same.numel())
-                examples += size
-                for metric in metrics:
-                    ports = graph.nodes[metric].outputs
-                    weight = 1 if "count" in ports else size
-                    for port in ports:
-                        if (metric, port) in values:
-                            metric_totals[metric][port] += \
-                                float(values[(metric, port)].float()) * weight
+                for metric, accumulator in metrics.items():
+                    edges = graph.edges_into(metric)
+                    if edges:
+                        accumulator.update(**{e.dst_port: values[(e.src, e.src_port)]
+                                              for e in edges})
                 for loss in losses:
                     if (loss, "loss") in values:
                         sums[f"loss/{loss}"] += float(values[(loss, "loss")].float()) * size
                         counts[f"loss/{loss}"] += size
+            # Metrics that make their own inputs (samples, episodes) do their work here, still
+            # with the generators forked and without gradients.
+            computed = {metric: accumulator.compute() for metric, accumulator in metrics.items()}
     finally:
         for name, module in instances.modules.items():
             module.train(modes[name])
     results = {key: sums[key] / counts[key] for key in sums if counts[key]}
-    for metric in metrics:
-        summary = graph.nodes[metric].component.summarize(dict(metric_totals[metric]), examples)
-        results.update({f"{metric}/{key}": value for key, value in summary.items()})
+    for metric, summary in computed.items():
+        results.update({metric_key(metric, key): float(value) for key, value in summary.items()})
     return dict(sorted(results.items()))

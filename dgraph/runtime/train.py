@@ -147,6 +147,8 @@ class Trainer:
         # Read the flag only at logging/checkpoint/eval steps where the optimizer can skip a
         # step on the device (fused optimizers); elsewhere it is read every step.
         self.defer_finite_checks = self.device.type == "cuda"
+        # Losses are read directly on CPU; elsewhere they join the device flag (one read).
+        self.read_losses_on_host = self.device.type == "cpu"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.trainable_params: dict[str, list[torch.nn.Parameter]] = {}
@@ -395,7 +397,7 @@ class Trainer:
                 except DgraphError:
                     raise
                 except Exception as exc:
-                    raise self._backward_failure(plan, step, exc) from exc
+                    raise self._backward_failure(plan, step, exc, losses) from exc
             if by_count:
                 count_total = count_total.clamp_min(1)
                 grads = [p.grad for p in params if p.grad is not None]
@@ -409,14 +411,19 @@ class Trainer:
                 # (multiplying by 1 changes no value); no host sync.
                 torch._amp_foreach_non_finite_check_and_unscale_(
                     [p.grad for p in params if p.grad is not None], self._found_inf, self._one)
-            if deferred:
+            if self.read_losses_on_host and not deferred:
+                # On CPU, reading the losses is cheaper than another pass over them.
+                if not (all(_finite(t) for t in totals)
+                        and (self.scaler is not None or not self._found_inf.item())):
+                    self._check_finite((step, name, repeat, draws), totals)
+            else:
                 torch._amp_foreach_non_finite_check_and_unscale_(
                     [t.detach() for t in totals], self._found_inf, self._one)
-                self._skipped.add_(self._found_inf)
-                self._unread.append((step, name, repeat, draws))
-            elif not (all(_finite(t) for t in totals)
-                      and (self.scaler is not None or not self._found_inf.item())):
-                self._check_finite((step, name, repeat, draws), totals)
+                if deferred:
+                    self._skipped.add_(self._found_inf)
+                    self._unread.append((step, name, repeat, draws))
+                elif self._found_inf.item():  # one read (a sync) per optimizer step
+                    self._check_finite((step, name, repeat, draws), totals)
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
             elif self._logs_after(step):
@@ -429,8 +436,8 @@ class Trainer:
                 if deferred:
                     # The fused kernels leave parameters and state alone (and take back the
                     # step count) when found_inf is set: GradScaler's own mechanism.
-                    optimizer.grad_scale = None
-                    optimizer.found_inf = self._found_inf
+                    optimizer.grad_scale = None  # type: ignore[attr-defined]
+                    optimizer.found_inf = self._found_inf  # type: ignore[attr-defined]
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             self._after_update(name)
@@ -478,8 +485,8 @@ class Trainer:
                 (f"{node.location}: " if node is not None else "") + f"{where}: {located}"
                 + hint, node=located.node, port=located.port)
         except Exception:  # noqa: BLE001 - the original error is reported below
-            values = None
-        for loss in plan.losses if values is not None else ():
+            values = {}
+        for loss in plan.losses if values else ():
             ports = ["loss", *(("sum", "count") if loss in plan.token_losses else ())]
             for port in ports:
                 if (loss, port) not in values:
@@ -495,8 +502,16 @@ class Trainer:
             f"{type(exc).__name__}: {exc}; running its nodes one at a time on the same batch "
             f"did not fail, so no node can be named{compiled}")
 
-    def _backward_failure(self, plan: UpdatePlan, step: int,
-                          exc: Exception) -> ComponentRuntimeError:
+    def _backward_failure(self, plan: UpdatePlan, step: int, exc: Exception,
+                          losses: tuple) -> ComponentRuntimeError:
+        for loss, value in zip(plan.losses, losses, strict=False):
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                node = self.graph.nodes[loss]
+                return ComponentRuntimeError(
+                    f"{node.location}: step {step}: update '{plan.name}': loss node '{loss}' "
+                    f"({node.kind} '{node.spec.type}') returned a 'loss' of shape "
+                    f"{list(value.shape)}; a loss must be a single number (reduce it with a "
+                    "mean or sum in the component)", node=loss, port="loss")
         path = [n for n in plan.nodes if n in plan.grad_nodes]
         return ComponentRuntimeError(
             f"{self.spec.source.where(('updates', plan.name))}: "
@@ -561,9 +576,11 @@ class Trainer:
             weights = self._weights(plan, self._stage_at(step), step)
             totals = []
             params = self.trainable_params[update]
+            step_fn = plan.step
+            assert step_fn is not None  # bound in __init__
             for batch in batches:
                 with self.amp():
-                    total = plan.step(batch, weights)[0]
+                    total = step_fn(batch, weights)[0]
                 total.backward(inputs=params if plan.bystanders else None)
                 totals.append(total.detach())
         parameter = self._first_nonfinite_parameter(update)

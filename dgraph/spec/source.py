@@ -91,7 +91,11 @@ def zoo_dir() -> Path:
 
 
 def zoo_names() -> list[str]:
-    """Names of the specs that ship with dgraph (``dgraph validate kd``)."""
+    """Names of the specs that ship with dgraph (``dgraph validate kd``).
+
+    Files whose names start with ``_`` are bases that zoo specs extend (``extends: _digits``):
+    they ship with the zoo and resolve by name, but are not methods, so they are not listed.
+    """
     return sorted(
         p.stem for p in zoo_dir().iterdir()
         if p.suffix in SPEC_SUFFIXES and not p.stem.startswith("_")

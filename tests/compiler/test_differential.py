@@ -6,7 +6,7 @@ import textwrap
 
 import torch
 import torch.nn.functional as F
-from dgraph.components.models._torch_models import MLPModule
+from dgraph.components.models.mlp import MLP
 from safetensors.torch import save_file
 
 from dgraph.graph import validate
@@ -47,8 +47,8 @@ train: {steps: STEPS, seed: 3, eval: {every: 1000}, checkpoint_every: 1000}
 
 def _hand_written(teacher_state, student_state, train_x, train_y, *, batch_size, seed, steps):
     """Hinton KD in plain PyTorch: the loop a user would write."""
-    teacher = MLPModule(64, [64], 10)
-    student = MLPModule(64, [16], 10)
+    teacher = MLP.create(in_features=64, hidden=[64], num_classes=10)
+    student = MLP.create(in_features=64, hidden=[16], num_classes=10)
     teacher.load_state_dict(teacher_state)
     student.load_state_dict(student_state)
     teacher.eval()
@@ -83,7 +83,7 @@ def _hand_written(teacher_state, student_state, train_x, train_y, *, batch_size,
 
 def test_compiled_kd_step_matches_hand_written_loop(tmp_path):
     torch.manual_seed(123)
-    teacher_state = MLPModule(64, [64], 10).state_dict()
+    teacher_state = MLP.create(in_features=64, hidden=[64], num_classes=10).state_dict()
     save_file({k: v.contiguous() for k, v in teacher_state.items()},
               str(tmp_path / "teacher.safetensors"))
     spec_file = tmp_path / "kd_diff.yaml"

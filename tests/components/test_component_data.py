@@ -285,3 +285,61 @@ def test_digits_ports_unify_with_real_shapes(build, make):
         assert len(dims) == source.train[name].dim()
         for dim, size in zip(dims, source.train[name].shape, strict=True):
             assert dim.size in (None, size)
+
+
+def test_digits_with_index_adds_an_index_port(build, make):
+    ports = make("digits", with_index=True).resolved_outputs({})
+    assert list(ports) == ["x", "y", "labelled", "index"]
+    assert (ports["index"].type, ports["index"].shape) == ("Labels", "B")
+    assert "index" not in make("digits").resolved_outputs({})
+    source = build("digits", with_index=True)
+    assert source.train["index"].tolist() == list(range(1437))
+    assert source.eval["index"].tolist() == list(range(360))
+
+
+def test_digits_check_names_both_sizes(make):
+    with pytest.raises(ValidationError) as info:
+        make("digits", test_fraction=0.001)
+    (error,) = info.value.errors()
+    assert error["msg"] == (
+        "Value error, test_fraction=0.001 leaves 1795 training and 2 evaluation examples; a "
+        "stratified split needs at least 10 in each")
+
+
+# -- toy2d ----------------------------------------------------------------------------------
+
+
+def test_toy2d_points_sit_around_their_mode_on_the_ring(build):
+    source = build("toy2d", modes=4, radius=3.0, std=0.01, train_size=400, eval_size=16)
+    x, mode = source.train["x"], source.train["mode"]
+    assert x.shape == (400, 2) and set(mode.tolist()) == {0, 1, 2, 3}
+    angle = mode.double() * (torch.pi / 2)
+    centre = torch.stack([angle.cos(), angle.sin()], 1) * 3.0
+    offset = x.double() - centre
+    assert float(offset.abs().max()) < 0.06 and abs(float(offset.std()) - 0.01) < 0.002
+    again = build("toy2d", modes=4, radius=3.0, std=0.01, train_size=400, eval_size=16)
+    assert torch.equal(again.train["x"], x)  # a fixed sample (seed 0)
+    meta = build("toy2d", train_size=32, eval_size=16, device="meta")
+    assert meta.train["x"].is_meta and meta.eval["mode"].shape == (16,)
+
+
+# -- text sources ---------------------------------------------------------------------------
+
+
+def test_text_sources_check_prompt_lengths_and_give_the_vocabulary_size(make):
+    with pytest.raises(ValidationError) as info:
+        make("text_lm", seq_len=8, prompt_len=8)
+    assert info.value.errors()[0]["msg"] == "Value error, prompt_len (8) must be < seq_len (8)"
+    with pytest.raises(ValidationError) as info:
+        make("jsonl_pairs", max_len=16, max_prompt_len=20)
+    assert info.value.errors()[0]["msg"] == (
+        "Value error, max_prompt_len (20) must be < max_len (16)")
+    assert make("text_lm").port_params()["vocab_size"] == 258
+    bpe = make("jsonl_pairs", tokenizer={"kind": "bpe", "vocab_size": 300})
+    assert bpe.port_params()["vocab_size"] == 300
+    cache = make("lm_topk_cache", path="c.safetensors", k=4, pairs={"max_len": 16,
+                                                                    "max_prompt_len": 6})
+    sizes = cache.port_params()
+    assert (sizes["seq_len"], sizes["prompt_len"], sizes["k"], sizes["vocab_size"]) == (
+        16, 6, 4, 258)
+    assert cache.resolved_outputs({})["topk_logprobs"].shape == "B, {seq_len}, {k}"

@@ -50,7 +50,9 @@ def test_declaration_is_documented(name):
     for field_name, field in cls.Params.model_fields.items():
         assert field.description, f"{name}.{field_name} has no description"
     module = sys.modules[cls.__module__]
-    assert module.__doc__ and cls.__name__ in module.__all__
+    # A declared component is exported under its function's or class's name.
+    exported = getattr(cls, "implementation", None) or cls
+    assert module.__doc__ and exported.__name__ in module.__all__
 
 
 SPEC = """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgraph.components.models.cnn import layer_shapes
 from pydantic import ValidationError
 
 from dgraph.ports import Port, parse_shape
@@ -62,7 +63,7 @@ def test_cnn_blocks_are_tappable_and_layer_shapes_are_right(make):
             lambda _m, _i, out, name=name: seen.__setitem__(name, tuple(out.shape[1:]))
         )
     module(x=torch.randn(2, 1, 8, 8))
-    assert seen == comp.layer_shapes() == {
+    assert seen == layer_shapes(comp.params) == {
         "layer1": (16, 8, 8), "layer2": (32, 4, 4), "layer3": (64, 2, 2)
     }
     assert isinstance(named["layer1"].bn, torch.nn.BatchNorm2d)
@@ -147,13 +148,29 @@ def test_flatten(make):
     assert parse_shape(comp.resolved_outputs({})["y"].shape)[0].symbol == "B"
 
 
-def test_detach_stops_gradient_and_keeps_type(make):
-    comp = make("detach", type="Logits")
-    assert comp.resolved_inputs({})["x"].type == "Logits"
-    assert comp.resolved_outputs({})["y"].type == "Logits"
+def test_detach_stops_gradient_and_keeps_type(make, tmp_path):
+    comp = make("detach")
+    assert comp.resolved_inputs({})["x"].type == "Tensor"
+    assert comp.resolved_outputs({})["y"].like == "x"  # the type of what feeds x
     x = torch.randn(3, 4, requires_grad=True)
     y = comp.build(CTX)(x=x)["y"]
     assert torch.equal(y, x) and not y.requires_grad
     (x * 2).sum().backward()  # x itself still works with autograd
-    with pytest.raises(ValidationError, match="unknown semantic type"):
-        make("detach", type="logits")
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        make("detach", type="Logits")  # the type comes from the input now
+    from dgraph.graph import validate
+    from dgraph.spec import load_spec
+
+    spec = tmp_path / "detach.yaml"
+    spec.write_text(
+        "dgraph: 1\nname: detach\nnodes:\n"
+        "  data: {kind: data, type: digits}\n"
+        "  student: {kind: student, type: mlp, params: {in_features: 64, num_classes: 10},\n"
+        "            inputs: {x: data.x}}\n"
+        "  stop: {kind: op, type: detach, inputs: {x: student.logits}}\n"
+        "  kd: {kind: loss, type: hinton_kd, inputs: {student: student.logits,\n"
+        "                                             teacher: stop.y}}\n"
+        "updates:\n  main: {optimizer: {type: adam, lr: 0.001}, params: [student],\n"
+        "         objective: {kd: 1}}\n")
+    graph, _ = validate(load_spec(spec))  # detached logits feed a Logits input
+    assert graph.nodes["stop"].outputs["y"].type == "Logits"

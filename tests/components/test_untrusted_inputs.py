@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from dgraph.cli import main
 from dgraph.errors import ValidationError
-from dgraph.registry import BuildContext, load_plugins
+from dgraph.registry import COMPONENTS, BuildContext, load_plugins
 
 load_plugins()
 
@@ -181,13 +181,13 @@ def test_derive_from_and_tokenizer_folders_are_checked_too(tmp_path, capsys):
 def test_transformers_is_never_asked_to_trust_code(tmp_path):
     """Below dgraph's own check: every transformers call says trust_remote_code=False, so
     the folder is refused by transformers itself, without a prompt (stdin says 'y')."""
-    from dgraph.components.models._torch_hf import build_causal_lm
+    from dgraph.components.models.hf import load_causal_lm
 
     marker = tmp_path / "MARKER"
     folder = _remote_code_folder(tmp_path / "model", marker)
     for load_weights in (True, False):
         with pytest.raises(ValueError, match="contains custom code which must be executed"):
-            build_causal_lm(path=folder, config=None, load_weights=load_weights)
+            load_causal_lm(path=folder, config=None, load_weights=load_weights)
     assert not marker.exists()
 
 
@@ -314,9 +314,6 @@ def test_files_of_the_wrong_kind_are_located(tmp_path, capsys):
 
 
 def test_tokenizer_save_to_stays_inside_the_run_directory(tmp_path, capsys):
-    from dgraph.components.data._torch_text import build_text_lm
-    from dgraph.components.data.text import TextLMParams
-
     spec = tmp_path / "spec.yaml"
     spec.write_text(LM_SPEC.format(teacher="path: model").replace(
         "max_examples: 4}", "max_examples: 4, tokenizer: {save_to: ../../tok}}"))
@@ -331,24 +328,25 @@ def test_tokenizer_save_to_stays_inside_the_run_directory(tmp_path, capsys):
         "    found:    '../../tok'\n"
         "    hint: `dgraph list data` shows the parameters of 'text_lm' and their defaults\n"
         "1 error: the spec is not valid\n")
-    params = TextLMParams(seq_len=8, prompt_len=2, max_examples=2,
-                          tokenizer={"save_to": "tok"})
-    build_text_lm(params, BuildContext(node="data", spec_dir=tmp_path))  # no run directory
+    text_lm = COMPONENTS.get("text_lm")
+    source = text_lm(text_lm.Params(seq_len=8, prompt_len=2, max_examples=2,
+                                    tokenizer={"save_to": "tok"}), "data")
+    source.build(BuildContext(node="data", spec_dir=tmp_path))  # no run directory
     assert not (tmp_path / "tok").exists()
-    build_text_lm(params, BuildContext(node="data", spec_dir=tmp_path, run_dir=tmp_path / "r"))
+    source.build(BuildContext(node="data", spec_dir=tmp_path, run_dir=tmp_path / "r"))
     assert (tmp_path / "r" / "tok" / "tokenizer.json").is_file()
 
 
 def test_a_missing_topk_cache_is_never_written_outside_the_run(tmp_path):
-    from dgraph.components.data._torch_topk import build_topk_cache, cache_path
-    from dgraph.components.data.topk_cache import LMTopKCacheParams
+    from dgraph.components.data.topk_cache import cache_path
 
-    params = LMTopKCacheParams(path="cache/c.safetensors",
-                               text={"seq_len": 8, "prompt_len": 2})
+    cache = COMPONENTS.get("lm_topk_cache")
+    node = cache(cache.Params(path="cache/c.safetensors", text={"seq_len": 8, "prompt_len": 2}),
+                 "data")
     run = BuildContext(node="data", spec_dir=tmp_path / "spec", run_dir=tmp_path / "run")
-    assert cache_path(params, run) == tmp_path / "run" / "cache" / "c.safetensors"
+    assert cache_path("cache/c.safetensors", run) == tmp_path / "run" / "cache" / "c.safetensors"
     with pytest.raises(ValidationError) as info:
-        build_topk_cache(params, run)
+        node.build(run)
     assert str(info.value) == (
         "1 problem found in the spec:\n"
         "error[missing-file]: node 'data': params.path: "
@@ -356,11 +354,12 @@ def test_a_missing_topk_cache_is_never_written_outside_the_run(tmp_path):
         "    expected: a top-k cache (.safetensors) written by write_topk_cache\n"
         "    found:    'cache/c.safetensors': no such file\n"
         "    hint: relative paths are relative to the spec's folder; write the cache with "
-        "dgraph.components.data._torch_topk.write_topk_cache, or give the node a 'teacher' to "
+        "dgraph.components.data.topk_cache.write_topk_cache, or give the node a 'teacher' to "
         "write it on the first run")
     (tmp_path / "spec" / "cache").mkdir(parents=True)
     shared = _tensors(tmp_path / "spec" / "cache" / "c.safetensors")
-    assert cache_path(params, run) == shared  # a file the user put there is read, not written
+    # A file the user put there is read, not written.
+    assert cache_path("cache/c.safetensors", run) == shared
 
 
 # -- tensor files ----------------------------------------------------------------------------

@@ -28,11 +28,11 @@ def make(type_name: str, **params):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     """A tiny GPT-2 written with save_pretrained (random weights)."""
-    from dgraph.components.models._torch_hf import build_causal_lm
+    from dgraph.components.models.hf import HFCausalLM
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("teacher_hf")
-    module = build_causal_lm(path=None, config=dict(TINY_GPT2, n_layer=3))
+    module = HFCausalLM.create(config=dict(TINY_GPT2, n_layer=3))
     module.model.save_pretrained(str(folder))
     return folder
 
@@ -68,8 +68,10 @@ def test_bpe_tokenizer_and_jsonl_pairs_mask_prompts(tmp_path):
 
 
 def test_derived_student_from_teacher_layers(teacher_dir):
+    from dgraph.components.models.hf import hf_config
+
     comp = make("hf_causal_lm", derive_from=str(teacher_dir), init_layers=[0, 2])
-    assert comp.hf_config()["n_layer"] == 2 and comp.port_params()["vocab_size"] == 258
+    assert hf_config(comp.params)["n_layer"] == 2 and comp.port_params()["vocab_size"] == 258
     student = comp.build(BuildContext(node="student"))
     from transformers import AutoModelForCausalLM
 
@@ -80,7 +82,7 @@ def test_derived_student_from_teacher_layers(teacher_dir):
     torch.testing.assert_close(s.wte.weight, t.wte.weight)
     narrow = make("hf_causal_lm", derive_from=str(teacher_dir), num_layers=1, hidden_size=16,
                   num_heads=2)
-    assert narrow.hf_config()["n_embd"] == 16
+    assert hf_config(narrow.params)["n_embd"] == 16
     assert narrow.build(BuildContext(node="s")).model.transformer.h[0].ln_1.weight.shape == (16,)
     with pytest.raises(Exception, match="init_layers"):
         make("hf_causal_lm", derive_from=str(teacher_dir), num_layers=3, init_layers=[0])
@@ -92,7 +94,9 @@ def test_sampler_generates_from_the_referenced_model(teacher_dir):
     teacher = make("hf_causal_lm", path=str(teacher_dir)).build(BuildContext(node="t"))
     assert isinstance(COMPONENTS.get("hf_causal_lm"), type(HFCausalLM))
     sampler = make("lm_sampler", source="teacher", max_new_tokens=5, top_k=10, top_p=0.9)
-    module = sampler.build(BuildContext(node="s", extras={"modules": {"teacher": teacher}}))
+    assert sampler.references() == {"source": "teacher"}  # an edge of the graph
+    module = sampler.build(BuildContext(node="s", references={"source": teacher}))
+    assert not list(module.parameters())  # the teacher is used by reference, not owned
     prompts = torch.tensor([[0, 0, 40, 41], [40, 41, 42, 43]])
     mask = prompts != 0
     torch.manual_seed(0)
@@ -102,7 +106,7 @@ def test_sampler_generates_from_the_referenced_model(teacher_dir):
     assert out["loss_mask"][:, :3].sum() == 0 and out["attention_mask"][0, :2].sum() == 0
     assert torch.equal(out["input_ids"][:, :4], prompts)
     mixed = make("lm_sampler", source="teacher", on_policy=0.0, max_new_tokens=5).build(
-        BuildContext(node="s", extras={"modules": {"teacher": teacher}}))
+        BuildContext(node="s", references={"source": teacher}))
     data = {"input_ids": torch.ones(2, 6, dtype=torch.long),
             "targets": torch.ones(2, 6, dtype=torch.long),
             "attention_mask": torch.ones(2, 6, dtype=torch.bool),
@@ -112,8 +116,7 @@ def test_sampler_generates_from_the_referenced_model(teacher_dir):
 
 
 def test_topk_cache_round_trip_equals_online_kd(tmp_path, teacher_dir):
-    from dgraph.components.data._torch_topk import read_topk_cache, write_topk_cache
-    from dgraph.components.losses._torch_token import TokenKLLoss, TokenTopKKLLoss
+    from dgraph.components.data.topk_cache import read_topk_cache, write_topk_cache
 
     teacher = make("hf_causal_lm", path=str(teacher_dir)).build(BuildContext(node="t")).eval()
     source = make("text_lm", seq_len=12, batch_size=4, max_examples=6,
@@ -127,10 +130,12 @@ def test_topk_cache_round_trip_equals_online_kd(tmp_path, teacher_dir):
     student = torch.randn(6, 12, 258)
     with torch.no_grad():
         online_logits = teacher(input_ids=source.train["input_ids"])["logits"]
-    online = TokenKLLoss("forward")(student, online_logits, source.train["loss_mask"])
+    online = make("token_kl", direction="forward").build(BuildContext(node="kl"))(
+        student=student, teacher=online_logits, mask=source.train["loss_mask"])
     for mode in ("renormalize", "other"):
-        cached = TokenTopKKLLoss(mode)(student, train["topk_logprobs"], train["topk_indices"],
-                                       train["loss_mask"])
+        cached = make("token_topk_kl", missing_mass=mode).build(BuildContext(node="topk"))(
+            student=student, topk_logprobs=train["topk_logprobs"],
+            topk_indices=train["topk_indices"], mask=train["loss_mask"])
         torch.testing.assert_close(cached["loss"], online["loss"], atol=1e-5, rtol=1e-5)
     assert sizes["memory_ratio"] == pytest.approx(4 * 258 / (258 * (4 + 2)))  # fp32 + int16
     small = write_topk_cache(tmp_path / "k16.safetensors", teacher, source, k=16)
@@ -138,8 +143,8 @@ def test_topk_cache_round_trip_equals_online_kd(tmp_path, teacher_dir):
 
 
 def test_training_from_the_cache_never_runs_a_teacher(tmp_path, teacher_dir, monkeypatch):
-    from dgraph.components.data import _torch_topk
-    from dgraph.components.models._torch_hf import CausalLMModule
+    from dgraph.components.data import topk_cache
+    from dgraph.components.models.hf import HFCausalLM
 
     from dgraph.runtime.train import Trainer
 
@@ -163,16 +168,16 @@ def test_training_from_the_cache_never_runs_a_teacher(tmp_path, teacher_dir, mon
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher ran")
 
-    monkeypatch.setattr(_torch_topk, "write_topk_cache", refuse)
-    monkeypatch.setattr(_torch_topk, "_teacher_module", refuse)
+    monkeypatch.setattr(topk_cache, "write_topk_cache", refuse)
+    monkeypatch.setattr(topk_cache, "_teacher_module", refuse)
     calls = []
-    original = CausalLMModule.forward
+    original = HFCausalLM.forward
 
     def spy(self, *args, **kwargs):
         calls.append(id(self))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(CausalLMModule, "forward", spy)
+    monkeypatch.setattr(HFCausalLM, "forward", spy)
     (tmp_path / "second").mkdir()
     trainer = Trainer(graph, tmp_path / "second", progress=False, log=lambda *_: None)
     summary = trainer.run()

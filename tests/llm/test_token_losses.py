@@ -6,12 +6,35 @@ import math
 
 import pytest
 import torch
-from dgraph.components.losses._torch_token import (
-    TokenCELoss,
-    TokenJSDLoss,
-    TokenKLLoss,
-    TokenTopKKLLoss,
-)
+
+from dgraph.registry import COMPONENTS, BuildContext, load_plugins
+
+load_plugins()
+
+
+def _loss(type_name: str, *ports: str, **params):
+    """The built node of ``type_name``, called with its input ports in the order ``ports``."""
+    cls = COMPONENTS.get(type_name)
+    module = cls(cls.Params.model_validate(params), node=type_name).build(
+        BuildContext(node=type_name))
+    return lambda *tensors: module(**dict(zip(ports, tensors, strict=False)))
+
+
+def token_kl(direction: str = "forward", **params):
+    return _loss("token_kl", "student", "teacher", "mask", direction=direction, **params)
+
+
+def token_jsd(**params):
+    return _loss("token_jsd", "student", "teacher", "mask", **params)
+
+
+def token_ce(**params):
+    return _loss("token_ce", "logits", "targets", "mask", **params)
+
+
+def token_topk_kl(missing_mass: str = "renormalize", **params):
+    return _loss("token_topk_kl", "student", "topk_logprobs", "topk_indices", "mask",
+                 missing_mass=missing_mass, **params)
 
 
 def _logits(probs):
@@ -21,8 +44,8 @@ def _logits(probs):
 def test_forward_and_reverse_kl_equal_0_8_ln_9():
     s, t = _logits([0.1, 0.9]), _logits([0.9, 0.1])
     expected = 0.8 * math.log(9)
-    fwd = TokenKLLoss("forward")(s, t)["loss"]
-    rev = TokenKLLoss("reverse")(s, t)["loss"]
+    fwd = token_kl("forward")(s, t)["loss"]
+    rev = token_kl("reverse")(s, t)["loss"]
     assert fwd.item() == pytest.approx(expected, abs=1e-6)
     assert rev.item() == pytest.approx(expected, abs=1e-6)
 
@@ -33,33 +56,33 @@ def test_jsd_beta_half_matches_the_formula_by_hand():
     kl_t = sum(a * math.log(a / c) for a, c in zip(pt, m, strict=True))
     kl_s = sum(b * math.log(b / c) for b, c in zip(ps, m, strict=True))
     expected = 0.5 * kl_t + 0.5 * kl_s
-    got = TokenJSDLoss(beta=0.5)(_logits(ps), _logits(pt))["loss"].item()
+    got = token_jsd(beta=0.5)(_logits(ps), _logits(pt))["loss"].item()
     assert got == pytest.approx(expected, abs=1e-6)
     # beta = 0.3 too: JSD = b KL(t||m) + (1-b) KL(s||m), m = b t + (1-b) s
     b = 0.3
     m = [b * a + (1 - b) * c for a, c in zip(pt, ps, strict=True)]
     expected = b * sum(a * math.log(a / c) for a, c in zip(pt, m, strict=True)) + (1 - b) * sum(
         c * math.log(c / q) for c, q in zip(ps, m, strict=True))
-    got = TokenJSDLoss(beta=b)(_logits(ps), _logits(pt))["loss"].item()
+    got = token_jsd(beta=b)(_logits(ps), _logits(pt))["loss"].item()
     assert got == pytest.approx(expected, abs=1e-6)
 
 
 def test_jsd_endpoints_are_the_two_kls():
     torch.manual_seed(0)
     s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
-    fwd = TokenKLLoss("forward")(s, t)["loss"]
-    rev = TokenKLLoss("reverse")(s, t)["loss"]
-    torch.testing.assert_close(TokenJSDLoss(beta=0.0)(s, t)["loss"], fwd)
-    torch.testing.assert_close(TokenJSDLoss(beta=1.0)(s, t)["loss"], rev)
+    fwd = token_kl("forward")(s, t)["loss"]
+    rev = token_kl("reverse")(s, t)["loss"]
+    torch.testing.assert_close(token_jsd(beta=0.0)(s, t)["loss"], fwd)
+    torch.testing.assert_close(token_jsd(beta=1.0)(s, t)["loss"], rev)
     # ... and the limits of JSD/beta, JSD/(1 - beta)
-    small = TokenJSDLoss(beta=1e-4)(s.double(), t.double())["loss"] / 1e-4
+    small = token_jsd(beta=1e-4)(s.double(), t.double())["loss"] / 1e-4
     assert small.item() == pytest.approx(fwd.item(), rel=1e-2)
 
 
 def test_temperature_scales_like_hinton():
     s, t = torch.randn(1, 3, 5), torch.randn(1, 3, 5)
-    soft = TokenKLLoss("forward", temperature=2.0)(s, t)["loss"]
-    plain = TokenKLLoss("forward")(s / 2.0, t / 2.0)["loss"]
+    soft = token_kl("forward", temperature=2.0)(s, t)["loss"]
+    plain = token_kl("forward")(s / 2.0, t / 2.0)["loss"]
     torch.testing.assert_close(soft, 4.0 * plain)
 
 
@@ -67,20 +90,20 @@ def test_masking_excludes_prompt_and_padding_tokens():
     torch.manual_seed(1)
     s, t = torch.randn(2, 6, 9), torch.randn(2, 6, 9)
     mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    out = TokenKLLoss("forward")(s, t, mask)
+    out = token_kl("forward")(s, t, mask)
     # Changing masked positions changes nothing.
     s2, t2 = s.clone(), t.clone()
     s2[~mask] = torch.randn(int((~mask).sum()), 9) * 10
     t2[~mask] = torch.randn(int((~mask).sum()), 9) * 10
-    again = TokenKLLoss("forward")(s2, t2, mask)
+    again = token_kl("forward")(s2, t2, mask)
     torch.testing.assert_close(out["loss"], again["loss"])
     assert out["count"].item() == 5.0
-    per = TokenKLLoss("forward")(s[mask].view(1, 5, 9), t[mask].view(1, 5, 9))
+    per = token_kl("forward")(s[mask].view(1, 5, 9), t[mask].view(1, 5, 9))
     torch.testing.assert_close(out["loss"], per["loss"])
 
 
 def test_masked_pairs_from_the_jsonl_source():
-    from dgraph.components.data._torch_text import encode_pairs
+    from dgraph.components.data.text import encode_pairs
 
     enc = encode_pairs([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], max_len=6,
                        max_prompt_len=4)
@@ -92,13 +115,13 @@ def test_masked_pairs_from_the_jsonl_source():
     assert enc["loss_mask"][1].tolist() == [True, True, True, True, True, False]
     assert enc["prompt_ids"][0].tolist() == [0, 5, 6, 7]
     assert enc["prompt_mask"][1].tolist() == [False, False, False, True]
-    ce = TokenCELoss()(torch.randn(2, 6, 12), enc["targets"], enc["loss_mask"])
+    ce = token_ce()(torch.randn(2, 6, 12), enc["targets"], enc["loss_mask"])
     assert ce["count"].item() == 8.0
 
 
 @pytest.mark.parametrize("make", [
-    lambda: TokenKLLoss("forward"), lambda: TokenKLLoss("reverse", temperature=2.0),
-    lambda: TokenJSDLoss(beta=0.5)])
+    lambda: token_kl("forward"), lambda: token_kl("reverse", temperature=2.0),
+    lambda: token_jsd(beta=0.5)])
 def test_four_micro_batches_of_two_equal_one_batch_of_eight(make):
     torch.manual_seed(2)
     vocab, length = 11, 9
@@ -130,16 +153,16 @@ def test_topk_with_k_equal_vocab_is_the_forward_kl():
     torch.manual_seed(3)
     s, t = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
     top = torch.log_softmax(t, -1).topk(6, -1)
-    fwd = TokenKLLoss("forward")(s, t)["loss"]
+    fwd = token_kl("forward")(s, t)["loss"]
     for mode in ("renormalize", "other"):
-        got = TokenTopKKLLoss(mode)(s, top.values, top.indices)["loss"]
+        got = token_topk_kl(mode)(s, top.values, top.indices)["loss"]
         torch.testing.assert_close(got, fwd, atol=1e-5, rtol=1e-5)
     small = torch.log_softmax(t, -1).topk(2, -1)
-    a = TokenTopKKLLoss("renormalize")(s, small.values, small.indices)["loss"]
-    b = TokenTopKKLLoss("other")(s, small.values, small.indices)["loss"]
+    a = token_topk_kl("renormalize")(s, small.values, small.indices)["loss"]
+    b = token_topk_kl("other")(s, small.values, small.indices)["loss"]
     assert torch.isfinite(a) and torch.isfinite(b) and a.item() != b.item()
 
 
 def test_vocabulary_mismatch_at_run_time_names_both_sizes():
     with pytest.raises(ValueError, match="student vocabulary 5 != teacher vocabulary 6"):
-        TokenKLLoss()(torch.randn(1, 2, 5), torch.randn(1, 2, 6))
+        token_kl()(torch.randn(1, 2, 5), torch.randn(1, 2, 6))

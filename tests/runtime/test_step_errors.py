@@ -61,6 +61,22 @@ class _Faulty(Component):
         return _FaultyModule(self.params.fault)
 
 
+class _VectorLossModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": (x**2).mean(dim=1)}  # one value per example: not reduced
+
+
+@component("test_step_vector_loss", roles=("loss",))
+class _VectorLoss(Component):
+    """Forgets to reduce over the batch."""
+
+    inputs = {"x": Port("Features", "B, 3", "values")}
+    outputs = {"loss": Port("Scalar", None, "meant to be a scalar")}
+
+    def build(self, context: BuildContext):
+        return _VectorLossModule()
+
+
 class _DataParams(Params):
     fault: str = Field("float_labels", pattern="^(float_labels|missing_port)$")
 
@@ -163,6 +179,21 @@ def test_a_failing_backward_names_the_update_and_gradient_path(tmp_path):
         f"{_at(path, 'main: {')}: step 0: update 'main': back-propagation through 'm', 'fit' "
         f"failed: RuntimeError: {cause}. A component that changes a tensor in place after "
         "using it, or a custom autograd function, is the usual cause")
+
+
+def test_a_loss_that_is_not_a_scalar_is_named(tmp_path):
+    _data(tmp_path)
+    text = SPEC.replace("FAULT", "raise").replace(
+        "type: mse, inputs: {prediction: m.y, target: data.x}",
+        "type: test_step_vector_loss, inputs: {x: m.y}")
+    path = _write(tmp_path, text)
+    with pytest.raises(ComponentRuntimeError) as info:
+        _trainer(path).run()
+    assert str(info.value) == (
+        f"{_at(path, 'fit: {')}: step 0: update 'main': loss node 'fit' (loss "
+        "'test_step_vector_loss') returned a 'loss' of shape [2]; a loss must be a single "
+        "number (reduce it with a mean or sum in the component)")
+    assert (info.value.node, info.value.port) == ("fit", "loss")
 
 
 # -- data that cannot make the batches ---------------------------------------------------------

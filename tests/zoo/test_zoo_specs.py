@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dgraph.components.data._torch_dd_eval import random_real_set, train_on_set
+from dgraph.components.data._dd_eval import random_real_set, train_on_set
 
 from dgraph.graph import validate
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint, load_weights

@@ -1,25 +1,63 @@
-"""Divergences between distributions given as log-probabilities, exact where a probability is 0.
+"""The maths the losses share: divergences exact where a probability is 0, and safe means.
 
-Shared by the logit losses (``hinton_kd``, ``kl_div``, ``dkd``) and the token losses. The rule
-everywhere: a term whose weight ``p`` is 0 (a ``-inf`` logit, or an underflow) contributes
-exactly 0 to the value and to every gradient. The weight's log-ratio is masked *before* the
-product, so ``0 * -inf`` and ``-inf - -inf`` never appear, neither in the value nor in the
-backward pass (a ``where`` after the product still sends ``0 * nan`` into the gradient). A term
-with ``p > 0`` and ``q = 0`` contributes ``+inf``: the divergence is infinite, and the runtime's
-finite check reports it. A row whose entries are all ``-inf`` is not a distribution at all: its
-log-softmax is NaN and so is its divergence.
+Private: imported only inside the loss implementations, so it may import torch at the top.
+
+Divergences take distributions as log-probabilities. The rule everywhere: a term whose weight
+``p`` is 0 (a ``-inf`` logit, or an underflow) contributes exactly 0 to the value and to every
+gradient. The weight's log-ratio is masked *before* the product, so ``0 * -inf`` and
+``-inf - -inf`` never appear, neither in the value nor in the backward pass (a ``where`` after
+the product still sends ``0 * nan`` into the gradient). A term with ``p > 0`` and ``q = 0``
+contributes ``+inf``: the divergence is infinite, and the runtime's finite check reports it. A
+row whose entries are all ``-inf`` is not a distribution at all: its log-softmax is NaN and so
+is its divergence.
+
+Means over a batch are sums divided by ``max(count, 1)`` with the count taken from shapes (no
+host sync): an empty batch gives 0, still connected to the inputs (zero gradients).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["at_least_float32", "generalized_jsd", "kl_div_terms", "kl_with_probs"]
+__all__ = [
+    "at_least_float32",
+    "generalized_jsd",
+    "kl_div_terms",
+    "kl_with_probs",
+    "mean_or_zero",
+    "same_shape",
+    "zero_from",
+]
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 when it is a narrower float (fp16, bf16), else unchanged (no copy)."""
     return x.float() if x.is_floating_point() and x.dtype.itemsize < 4 else x
+
+
+def same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str,
+               hint: str = "put a projector in front of the student to match them") -> None:
+    """Refuse two inputs of different shapes (the ports' ``...`` is checked statically; this
+    catches what only the run knows)."""
+    if a.shape != b.shape:
+        raise ValueError(f"'{a_name}' has shape {list(a.shape)} but '{b_name}' has shape "
+                         f"{list(b.shape)}; they must be equal ({hint})")
+
+
+def mean_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements; 0 (connected to ``x``) when there are none."""
+    return x.sum() / max(x.numel(), 1)
+
+
+def zero_from(*inputs: torch.Tensor) -> torch.Tensor:
+    """A zero that depends on every input: backward through it gives zero gradients.
+
+    The sum of empty slices, not ``0 * sum``: an infinite input must not make it NaN.
+    """
+    total = at_least_float32(inputs[0]).flatten()[:0].sum()
+    for x in inputs[1:]:
+        total = total + at_least_float32(x).flatten()[:0].sum()
+    return total
 
 
 def kl_with_probs(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor,

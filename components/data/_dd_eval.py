@@ -2,7 +2,8 @@
 
 A fresh network is trained *only* on the set and tested on the real test split; the same is
 done with the same number of real training images per class chosen at random, the baseline a
-distilled set must beat. Used by ``benchmarks/dd_eval.py`` and the zoo tests.
+distilled set must beat. Used by ``benchmarks/dd_eval.py`` and the zoo tests; not a component
+(private: importing it imports torch).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from dgraph.components.models._torch_synthetic import digits_split
+from dgraph.components.data.digits import digits_split
+
+from dgraph.registry import COMPONENTS, BuildContext
 
 __all__ = ["compare_with_random_real", "random_real_set", "train_on_set"]
 
@@ -29,16 +32,16 @@ def random_real_set(images_per_class: int, seed: int, *, test_fraction: float = 
     return x_train[index].clone(), y_train[index].clone()
 
 
+# The evaluation networks, as the registered model types build them.
+_MODELS = {"cnn": {"in_channels": 1, "channels": [32, 64], "num_classes": 10, "image_size": 8},
+           "mlp": {"in_features": 64, "hidden": [128], "num_classes": 10}}
+
+
 def _model(kind: str) -> torch.nn.Module:
-    if kind == "cnn":
-        from dgraph.components.models._torch_cnn import CNNModule
-
-        return CNNModule(1, [32, 64], 10)
-    if kind == "mlp":
-        from dgraph.components.models._torch_models import MLPModule
-
-        return MLPModule(64, [128], 10, "relu", 0.0)
-    raise ValueError(f"unknown evaluation model '{kind}' (use 'cnn' or 'mlp')")
+    if kind not in _MODELS:
+        raise ValueError(f"unknown evaluation model '{kind}' (use 'cnn' or 'mlp')")
+    component = COMPONENTS.get(kind)
+    return component(component.Params(**_MODELS[kind]), "eval").build(BuildContext("eval"))
 
 
 def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, seed: int, steps: int = 300,

@@ -1,0 +1,1 @@
+"""Metric nodes: accumulators over held-out splits (see dgraph.runtime.metrics)."""
