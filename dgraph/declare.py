@@ -20,7 +20,7 @@ Three shapes of implementation:
   with ``super().__init__()`` and creates submodules as usual, and ``forward`` takes the input
   ports;
 * a **data builder** (``@data``): called once with the parameters, returns a
-  :class:`dgraph.runtime.data.DataSource` whose tensors are the output ports.
+  :class:`dgraph.data.DataSource` whose tensors are the output ports.
 
 A keyword-only argument annotated :class:`~dgraph.registry.BuildContext` receives where the node
 is built (device, seed, spec folder); it is not a parameter.

@@ -195,7 +195,7 @@ class Component:
 
         Returns an ``nn.Module`` whose ``forward`` takes the input ports as keyword arguments
         and returns a dict from output port name to tensor (data components return a
-        :class:`dgraph.runtime.data.DataSource`).
+        :class:`dgraph.data.DataSource`).
         """
         raise NotImplementedError(f"component type '{self.name}' does not implement build()")
 

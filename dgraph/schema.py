@@ -16,18 +16,22 @@ __all__ = ["spec_json_schema"]
 
 
 def spec_json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a dgraph spec file."""
+    """The JSON Schema (draft 2020-12) of a dgraph spec file.
+
+    A file without ``extends`` must be complete (``$defs/complete``); a file with ``extends``
+    is completed by its base, so the same rules apply without any required key
+    (``$defs/partial``). A node with ``shares`` is completed by its owner.
+    """
     load_plugins()
-    schema = copy.deepcopy(Spec.model_json_schema(by_alias=True, mode="validation"))
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "dgraph spec"
-    schema.setdefault("properties", {})["extends"] = {
+    complete = copy.deepcopy(Spec.model_json_schema(by_alias=True, mode="validation"))
+    complete.setdefault("properties", {})["extends"] = {
         "type": "string",
         "description": "a base spec (file relative to this one, or zoo name) merged under this one",
     }
-    defs = schema.setdefault("$defs", {})
+    defs = complete.pop("$defs", {})
     node = defs["NodeSpec"]
     node["properties"]["type"]["enum"] = list(COMPONENTS)
+    node["anyOf"] = [{"required": ["shares"]}, {"required": node.pop("required", [])}]
     conditions = []
     for name, cls in COMPONENTS.items():
         params = copy.deepcopy(cls.Params.model_json_schema(mode="validation"))
@@ -46,7 +50,37 @@ def spec_json_schema() -> dict[str, Any]:
             },
         })
     node["allOf"] = conditions
-    return schema
+    partial_defs = {f"partial__{key}": _rename_refs(_without_required(value), "partial")
+                    for key, value in defs.items()}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "dgraph spec",
+        "description": complete.get("description", ""),
+        "if": {"required": ["extends"]},
+        "then": {"$ref": "#/$defs/partial"},
+        "else": {"$ref": "#/$defs/complete"},
+        "$defs": {
+            **defs, **partial_defs, "complete": complete,
+            "partial": _rename_refs(_without_required(complete), "partial"),
+        },
+    }
+
+
+def _without_required(value: Any) -> Any:
+    """``value`` with every ``required`` list (and the shares-or-kind choice) dropped."""
+    if isinstance(value, dict):
+        # An ``if`` keeps its ``required``: it selects the rules of one component type.
+        return {key: item if key == "if" else _without_required(item)
+                for key, item in value.items()
+                if key != "required" and not (key == "anyOf" and _is_required_choice(item))}
+    if isinstance(value, list):
+        return [_without_required(item) for item in value]
+    return value
+
+
+def _is_required_choice(options: Any) -> bool:
+    return isinstance(options, list) and all(
+        isinstance(option, dict) and set(option) == {"required"} for option in options)
 
 
 def _rename_refs(value: Any, prefix: str) -> Any:

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgraph.data import DataSource
 from dgraph.errors import DgraphError, ExportError, did_you_mean
 from dgraph.graph import Graph, Node, validate
 from dgraph.ports import Port, format_shape, parse_shape
 from dgraph.registry import BuildContext
-from dgraph.runtime.data import DataSource
 from dgraph.spec import Spec, load_spec
 
 __all__ = ["DYNAMIC_SYMBOLS", "ExportSubject", "PortInfo", "load_subject"]

@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from dgraph.cli import main
-from dgraph.spec import zoo_names
+from dgraph.spec import load_spec, zoo_names
 from dgraph.spec.source import resolve_spec_path
 
 
@@ -37,6 +37,11 @@ def plain(name: str) -> dict[str, Any]:
     return YAML(typ="safe", pure=True).load(resolve_spec_path(name).read_text(encoding="utf-8"))
 
 
+def complete(name: str) -> dict[str, Any]:
+    """A zoo spec with its bases merged in (what dgraph validates)."""
+    return copy.deepcopy(load_spec(name).raw)
+
+
 def messages(validator: jsonschema.Draft202012Validator, data: dict[str, Any]) -> list[str]:
     return [error.message for error in validator.iter_errors(data)]
 
@@ -52,8 +57,31 @@ def test_schema_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_schema_is_a_valid_json_schema(schema: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert "nodes" in schema["required"]
-    assert "extends" in schema["properties"]
+    complete, partial = schema["$defs"]["complete"], schema["$defs"]["partial"]
+    assert "nodes" in complete["required"] and "required" not in partial
+    assert "extends" in complete["properties"]
+    assert schema["if"] == {"required": ["extends"]}
+
+
+def test_a_file_with_extends_may_leave_out_what_its_base_gives(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    partial = {"extends": "kd", "updates": {"main": {"objective": {"kd": 1.0}}}}
+    assert messages(validator, partial) == []
+    del partial["extends"]
+    assert messages(validator, partial) == ["'params' is a required property",
+                                            "'nodes' is a required property"]
+
+
+def test_a_sharing_node_may_leave_out_kind_type_and_params(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    data = complete("adversarial_toy")
+    data["nodes"]["critic_on_fake"] = {"shares": "critic", "inputs": {"x": "generator.y"}}
+    assert messages(validator, data) == []
+    del data["nodes"]["critic_on_fake"]["shares"]
+    assert messages(validator, data) == [
+        "{'inputs': {'x': 'generator.y'}} is not valid under any of the given schemas"]
 
 
 @pytest.mark.parametrize("name", zoo_names())
@@ -96,7 +124,7 @@ def test_other_mistakes_fail_schema_validation(
     value: Any,
     expected: str | None,
 ) -> None:
-    data = copy.deepcopy(plain("kd"))
+    data = complete("kd")
     target = data
     for key in path[:-1]:
         target = target[key]

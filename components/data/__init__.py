@@ -1,4 +1,4 @@
-"""Data source components: each builds a :class:`dgraph.runtime.data.DataSource`.
+"""Data source components: each builds a :class:`dgraph.data.DataSource`.
 
 Every module here is imported by :mod:`dgraph.components`; each declares its sources.
 """

@@ -94,7 +94,7 @@ def digits(
     import numpy as np
     import torch
 
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     n_train, n_eval = split_sizes(test_fraction)
     x_tail = (64,) if flatten else (1, 8, 8)

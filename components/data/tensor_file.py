@@ -107,7 +107,7 @@ def tensor_file(
     given shape's rank and fixed sizes are checked when the file is read. In a dry run (meta
     device) only the files' headers are read.
     """
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     train = _load_split(keys, cast_float, path, "path", context)
     evaluation = None

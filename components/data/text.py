@@ -166,7 +166,7 @@ def text_lm(
     """
     import torch
 
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     info: dict[str, object] = {"vocab_size": tokenizer.size, "seq_len": seq_len}
     loader = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}
@@ -227,7 +227,7 @@ def jsonl_pairs(
     excluded from every token-level loss. ``prompt_ids`` holds the prompt left-padded to
     ``max_prompt_len`` (``prompt_mask`` marks its real tokens), ready for generation.
     """
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     info: dict[str, object] = {"vocab_size": tokenizer.size, "seq_len": max_len}
     loader = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": drop_last}

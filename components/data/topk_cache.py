@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
 __all__ = ["TopKTeacher", "cache_path", "lm_topk_cache", "read_topk_cache",
            "write_topk_cache"]
@@ -137,7 +137,7 @@ def lm_topk_cache(
     """
     import torch
 
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     kind, text_params = _text_source(text, pairs)
     seq_len, prompt_len = _lengths(text_params)

@@ -35,7 +35,7 @@ def toy2d(
 
     import torch
 
-    from dgraph.runtime.data import DataSource
+    from dgraph.data import DataSource
 
     def sample(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         mode = torch.randint(0, modes, (n,), generator=generator)

@@ -186,8 +186,10 @@ def random_shift(x: Images("B, C, H, W", "images"),
                  x2: Images("B, C, H, W", "a second batch shifted identically (optional)") = None,
                  *, max_shift: int = param(2, ge=0, le=64, doc="largest shift in pixels"),
                  ) -> _PAIRED:
-    """Translate each image by a random integer offset in ``[-max_shift, max_shift]`` along both
-    axes, filling with zeros (a padded random crop). Differentiable in the pixels.
+    """Translate each image by up to ``max_shift`` pixels along both axes (a padded random crop).
+
+    Offsets are random integers in ``[-max_shift, max_shift]``; uncovered pixels are zero.
+    Differentiable in the pixels.
 
     With ``x2`` connected (same batch size), both batches get the same offsets.
     """

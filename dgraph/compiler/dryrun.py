@@ -41,14 +41,14 @@ def dry_run(graph: Graph) -> list[Problem]:
         with torch.no_grad():
             values = program.run_nodes(instances, batch)
     except ComponentRuntimeError as exc:
-        name = str(exc).split("'")[1] if "'" in str(exc) else None
-        node = graph.nodes.get(name) if name else None
+        node = graph.nodes.get(exc.node) if exc.node is not None else None
         raise ValidationError([
             Problem(
                 code="dry-run-failed",
                 message=f"the meta-device dry run failed: {exc}",
-                location=node.location if node else None,
-                node=name,
+                location=node.location if node is not None else None,
+                node=exc.node if node is not None else None,
+                port=exc.port if node is not None else None,
                 suggestion="check the widths and shapes feeding this node (`dgraph viz` shows "
                 "the shapes the dry run could compute)",
             )

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgraph.data import DataSource
 from dgraph.errors import ComponentRuntimeError, DgraphError, Problem, ValidationError
 from dgraph.graph.model import Graph
 from dgraph.registry import BuildContext
-from dgraph.runtime.data import DataSource
 
 __all__ = ["Instances", "TapRecorder", "build_context", "instantiate"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,19 +76,31 @@ def param_groups(entries: list[str | ParamGroupSpec], modules: dict[str, nn.Modu
     return groups
 
 
+def _on_cuda(groups: list[dict]) -> bool:
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
 def build_optimizer(spec: OptimizerSpec, groups: list[dict]) -> torch.optim.Optimizer:
+    """The update's optimizer over ``groups``.
+
+    Adam, AdamW and SGD use the fused kernels when every parameter is on a CUDA device: one
+    launch per step, and they accept a non-finite flag (``found_inf``) that skips the step
+    on the device, so the runtime need not read the flag on the host every step (see
+    :mod:`dgraph.runtime.step`). Elsewhere, and for RMSprop, the foreach kernels.
+    """
     kwargs: dict = {"lr": spec.lr, "weight_decay": spec.weight_decay}
+    kernels: dict[str, Any] = {"fused": True} if _on_cuda(groups) else {"foreach": True}
     if spec.type in ("adam", "adamw"):
         if spec.betas is not None:
             kwargs["betas"] = spec.betas
         if spec.eps is not None:
             kwargs["eps"] = spec.eps
         cls = torch.optim.Adam if spec.type == "adam" else torch.optim.AdamW
-        # foreach kernels are the fast path on both CPU and GPU
-        return cls(groups, foreach=True, **kwargs)
+        return cls(groups, **kernels, **kwargs)
     if spec.type == "sgd":
         return torch.optim.SGD(groups, momentum=spec.momentum, nesterov=spec.nesterov,
-                               foreach=True, **kwargs)
+                               **kernels, **kwargs)
     if spec.type == "rmsprop":
         if spec.eps is not None:
             kwargs["eps"] = spec.eps

@@ -1,57 +1,23 @@
-"""In-memory data sources and the loader that batches them exactly resumably.
+"""Batching a data node's tensors, exactly resumably.
 
-A data component builds a :class:`DataSource`: named tensors for training and for held-out
-evaluation. The :class:`BatchLoader` walks seeded permutations epoch by epoch; its position is
-two integers, so a checkpoint can restore it exactly.
+A data component builds a :class:`dgraph.data.DataSource` (named tensors for training and for
+held-out evaluation). The :class:`BatchLoader` walks seeded permutations of its training
+tensors epoch by epoch; its position is two integers, so a checkpoint can restore it exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 from dgraph.errors import DgraphError
 
-__all__ = ["BatchLoader", "DataSource"]
-
-
-@dataclass
-class DataSource:
-    """Tensors keyed by output port; every tensor's first dimension indexes examples.
-
-    ``eval`` holds the held-out split (None when the source has none). ``label_names`` names
-    the classes, for metrics and for export metadata.
-    """
-
-    train: dict[str, torch.Tensor]
-    eval: dict[str, torch.Tensor] | None = None
-    batch_size: int = 64
-    shuffle: bool = True
-    drop_last: bool = True
-    label_names: list[str] | None = None
-    info: dict[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for split_name, split in (("train", self.train), ("eval", self.eval or {})):
-            for name, t in split.items():
-                if not isinstance(t, torch.Tensor) or t.dim() == 0:
-                    found = ("a scalar tensor" if isinstance(t, torch.Tensor)
-                             else f"a {type(t).__name__}")
-                    raise ValueError(
-                        f"{split_name} value '{name}' is {found}; every value must be a tensor "
-                        "whose first dimension indexes examples")
-            sizes = {name: int(t.shape[0]) for name, t in split.items()}
-            if len(set(sizes.values())) > 1:
-                raise ValueError(f"{split_name} tensors have different lengths: {sizes}")
-
-    def __len__(self) -> int:
-        return next(iter(self.train.values())).shape[0] if self.train else 0
+__all__ = ["BatchLoader", "iterate_once"]
 
 
 class BatchLoader:
-    """Seeded, resumable batching over a :class:`DataSource`'s tensors, already on device.
+    """Seeded, resumable batching over a data source's tensors, already on the device.
 
     ``size`` is the number of examples (needed when no tensor is batched). A batch larger
     than the data, or no data at all, is refused: it cannot be drawn, and cutting it short

@@ -4,6 +4,10 @@ Every file is strict JSON: a non-finite value (NaN, inf) is written as ``null`` 
 :func:`finite_json`). A run that starts at step N (a resume) first drops what a killed run
 logged after its checkpoint: metrics.jsonl keeps the rows with ``step <= N`` (rewritten
 atomically) and TensorBoard purges events from step N+1 on, so no step is logged twice.
+
+The pictures of the graph (graph.svg, graph.mmd, TensorBoard's image) are drawn by a layer
+above the runtime (``dgraph.viz``, which the runtime does not import) and handed over as
+:class:`GraphPictures`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,28 @@ import math
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dgraph.runtime.rundir import RunDirError, atomic_write_text, os_reason
 
-__all__ = ["RunLogger", "finite_json", "truncate_metrics"]
+__all__ = ["GraphPictures", "RunLogger", "finite_json", "truncate_metrics"]
+
+
+@dataclass(frozen=True)
+class GraphPictures:
+    """The graph, drawn for a run's directory and TensorBoard.
+
+    Attributes:
+        svg: written as ``graph.svg``.
+        mermaid: Mermaid source, written as ``graph.mmd`` and shown in TensorBoard's text tab.
+        image: an ``H x W x 3`` uint8 array of the same drawing, TensorBoard's image.
+    """
+
+    svg: str
+    mermaid: str
+    image: Any
 
 
 def finite_json(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -113,6 +133,17 @@ class RunLogger:
     def text(self, tag: str, text: str) -> None:
         if self._tb is not None:
             self._tb.add_text(tag, text, 0)
+
+    def pictures(self, run_dir: Path, pictures: GraphPictures) -> None:
+        """Write ``graph.svg`` and ``graph.mmd`` into the run directory and show the graph
+        in TensorBoard (rank 0 only, like everything the logger writes)."""
+        if not self.enabled:
+            return
+        atomic_write_text(run_dir / "graph.svg", pictures.svg, what="graph drawing")
+        atomic_write_text(run_dir / "graph.mmd", pictures.mermaid, what="graph drawing")
+        self.image("graph", pictures.image)
+        self.text("graph", "```mermaid\n" + pictures.mermaid + "\n```\n\nSee graph.svg in "
+                  "the run directory for the drawing.")
 
     def log(self, step: int, values: dict[str, float], *, stage: str | None = None) -> None:
         if not self.enabled:

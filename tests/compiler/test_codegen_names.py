@@ -61,13 +61,17 @@ def _load(data: dict, folder: Path):
     return graph
 
 
-def _structure(source: str) -> list[tuple[int, str]]:
-    """The token stream with the text of string literals, names and comments blanked out."""
-    out = []
+def _structure(source: str) -> list[tuple]:
+    """Each line's token stream with string literals, names and comments blanked out, sorted.
+
+    Sorted because node names decide the order of independent statements (the topological
+    order is lexicographic); what they must never change is what the statements are.
+    """
+    lines: dict[int, list[tuple[int, str]]] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         blank = tok.type in (tokenize.STRING, tokenize.NAME, tokenize.COMMENT)
-        out.append((tok.type, "" if blank else tok.string))
-    return out
+        lines.setdefault(tok.start[0], []).append((tok.type, "" if blank else tok.string))
+    return sorted(tuple(line) for line in lines.values())
 
 
 def _assert_only_literal_or_derived(source: str, names: list[str]) -> None:

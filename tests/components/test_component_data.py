@@ -10,9 +10,9 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
+from dgraph.data import DataSource
 from dgraph.errors import ValidationError as DgraphValidationError
 from dgraph.ports import parse_shape
-from dgraph.runtime.data import DataSource
 
 # -- digits ---------------------------------------------------------------------------------
 

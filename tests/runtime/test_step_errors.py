@@ -14,11 +14,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dgraph.compiler.dryrun import dry_run
+from dgraph.data import DataSource
 from dgraph.errors import ComponentRuntimeError, DgraphError, ValidationError
 from dgraph.graph import validate
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
-from dgraph.runtime.data import BatchLoader, DataSource
+from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
 

@@ -57,6 +57,7 @@ if "tokacc_lm" not in COMPONENTS:
         inputs = {"logits": Port("Logits", "B, T, V"), "target": Port("Tokens", "B, T"),
                   "mask": Port("Mask", "B, T")}
         outputs = {"loss": Port("Scalar"), "sum": Port("Scalar"), "count": Port("Scalar")}
+        token_normalised = True  # the protocol: normalise by the count of all micro-batches
 
         def build(self, context: BuildContext):
             return _TokenNLL()

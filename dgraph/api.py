@@ -1,0 +1,111 @@
+"""The Python entry point of ``dgraph train``: :func:`train` a spec into a run directory.
+
+It sits above the runtime, beside the CLI: it validates the spec, claims and locks the run
+directory, trains the zoo runs that nodes start from when they are missing (saying so), draws
+the graph (``dgraph.viz``) for the run directory and TensorBoard, then sets up and runs a
+:class:`~dgraph.runtime.train.Trainer`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from dgraph.graph import Graph, validate
+from dgraph.runtime.logging import GraphPictures
+from dgraph.runtime.rundir import open_run_dir, spec_run_dir
+from dgraph.runtime.setup import missing_runs, rank
+from dgraph.runtime.train import Trainer
+from dgraph.spec import Spec, load_spec, zoo_names
+from dgraph.spec.source import read_spec_text
+
+__all__ = ["graph_pictures", "train"]
+
+Say = Callable[[str], Any]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def graph_pictures(graph: Graph) -> GraphPictures:
+    """The drawings a run keeps of its graph: SVG, Mermaid and TensorBoard's image."""
+    from dgraph.viz import render, to_image
+
+    return GraphPictures(svg=render(graph, "svg"), mermaid=render(graph, "mmd"),
+                         image=to_image(graph))
+
+
+def _train_missing_runs(graph: Graph, run_dir: Path, *, progress: bool, say: Say) -> None:
+    """Train the zoo runs that nodes start from (``init: {run: <zoo spec>}``) and that are
+    not found, beside ``run_dir``. A missing run that is not a zoo spec is left to the
+    Trainer, which reports it where the spec names it."""
+    for node, run_ref, target in missing_runs(graph, run_dir):
+        if run_ref not in zoo_names():
+            continue
+        if not missing_runs_of(graph, run_dir, node):
+            continue  # trained just now for another node
+        say(f"node '{node}' needs the run of zoo spec '{run_ref}', which is missing: training "
+            f"it first into {target} (dgraph train {run_ref} --out {target})")
+        train(run_ref, out=target, progress=progress, log=say,
+              overrides=[f"train.device={graph.spec.train.device}"])
+
+
+def missing_runs_of(graph: Graph, run_dir: Path, node: str) -> bool:
+    """Whether ``node``'s ``init.run`` is still missing."""
+    return any(name == node for name, _run, _target in missing_runs(graph, run_dir))
+
+
+def _resume_command(spec_ref: str | Path | Spec, spec: Spec, run_dir: Path,
+                    overrides: Iterable[str]) -> str:
+    """The shell command that continues this run."""
+    if isinstance(spec_ref, Spec):
+        spec_ref = spec.path if spec.path is not None else "SPEC"
+    words = ["dgraph", "train", str(spec_ref), "--out", str(run_dir)]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join([*words, "--resume"])
+
+
+def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (),
+          out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, log: Say | None = None) -> dict[str, float]:
+    """Validate, compile and run a spec; returns the final evaluation metrics.
+
+    Args:
+        spec_ref: a spec file, a zoo name (``"kd"``) or a loaded :class:`Spec`.
+        overrides: ``KEY=VALUE`` overrides, as ``--set`` gives them.
+        out: the run directory (default: the spec's ``train.out``, else ``runs/<name>``).
+        resume: continue from the run's last checkpoint.
+        overwrite: replace a previous run in ``out`` (only dgraph's own files are deleted).
+        progress: show a progress bar on a terminal.
+        log: receives messages for the user (default: standard error).
+
+    The run directory is locked for the whole job (see :mod:`dgraph.runtime.rundir`). A node
+    that starts from the run of a zoo spec that is not found (``init: {run: teacher_digits}``)
+    has that spec trained first, beside the run directory, with a message saying so.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM stopped the run after writing a checkpoint.
+    """
+    say: Say = log or _stderr
+    overrides = list(overrides)
+    spec = spec_ref if isinstance(spec_ref, Spec) else load_spec(spec_ref, overrides)
+    graph, warnings = validate(spec)
+    for warning in warnings:
+        say(warning.render())
+    run_dir = Path(out) if out is not None else spec_run_dir(spec)
+    # Only rank 0 claims and locks the folder; the other ranks of the job share its lock.
+    lock: AbstractContextManager[Any] = open_run_dir(
+        run_dir, spec_name=spec.display_name, spec_text=read_spec_text(spec.raw),
+        resume=resume, overwrite=overwrite, say=say) if rank() == 0 else nullcontext()
+    with lock:
+        _train_missing_runs(graph, run_dir, progress=progress, say=say)
+        pictures = graph_pictures(graph) if rank() == 0 else None
+        trainer = Trainer(graph, run_dir, progress=progress, log=say, pictures=pictures)
+        return trainer.run(resume=resume,
+                           command=_resume_command(spec_ref, spec, run_dir, overrides))

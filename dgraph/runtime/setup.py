@@ -1,0 +1,354 @@
+"""Setting a run up, once, from a validated graph: device, seeding, stages, modules and their
+initial weights, the compiled steps, data loaders, teacher caches, optimizers and schedulers.
+
+:class:`RunSetup` is what a run is made of; the step (:mod:`dgraph.runtime.step`), the
+checkpoints (:mod:`dgraph.runtime.state`) and the loop (:mod:`dgraph.runtime.train`) work on
+it. A node that starts from another run (``init: {run: ...}``) only has its weights loaded
+here; a missing run is a located error (:func:`dgraph.api.train` trains a missing zoo run
+before the run is set up).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgraph.compiler.codegen import Program, compile_graph
+from dgraph.compiler.instantiate import Instances, build_context, instantiate
+from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups
+from dgraph.errors import CheckpointError, DgraphError
+from dgraph.graph import Graph
+from dgraph.kinds import KINDS
+from dgraph.runtime.checkpoint import load_weights, save_weights
+from dgraph.runtime.data import BatchLoader
+from dgraph.spec import Spec, zoo_names
+from dgraph.spec.model import InitSpec
+
+__all__ = [
+    "RunSetup",
+    "Stage",
+    "amp_context",
+    "find_run_weights",
+    "missing_runs",
+    "plan_stages",
+    "rank",
+    "resolve_device",
+    "run_candidates",
+    "seed_everything",
+]
+
+AmpContext = Callable[[], AbstractContextManager[Any]]
+
+
+def rank() -> int:
+    """This process's rank under ``torchrun`` (0 when it runs alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when available, else the CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DgraphError("train.device is 'cuda' but no CUDA device is available; "
+                          "use --set train.device=cpu or auto")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def amp_context(device: torch.device, precision: str) -> AmpContext:
+    """A factory of the autocast context of ``train.precision`` (a null context for fp32)."""
+    if precision == "fp32":
+        return nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    device_type = device.type
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
+
+# -- stages --------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """A phase of the run: steps ``[start, end)``, its updates and the role changes at its start."""
+
+    name: str
+    start: int
+    end: int
+    updates: list[str]
+    copy: dict[str, str]
+    reinit: list[str]
+    weights: dict[str, Any]
+
+
+def plan_stages(spec: Spec) -> list[Stage]:
+    """The stages with their step ranges (one stage, ``main``, when the spec has none)."""
+    total = spec.train.steps
+    if not spec.stages:
+        return [Stage("main", 0, total, list(spec.updates), {}, [], {})]
+    lengths = [s.steps for s in spec.stages]
+    if sum(lengths) != total:
+        # Stage lengths are proportions of train.steps, so `--set train.steps=N` scales all.
+        scaled = [max(1, round(total * n / sum(lengths))) for n in lengths]
+        lengths = scaled
+    out, start = [], 0
+    for stage, length in zip(spec.stages, lengths, strict=True):
+        out.append(Stage(stage.name, start, start + length, list(stage.updates),
+                         dict(stage.copy_weights), list(stage.reinit), dict(stage.weights)))
+        start += length
+    return out
+
+
+# -- initial weights -------------------------------------------------------------------------------
+def run_candidates(run_ref: str, run_dir: Path) -> list[Path]:
+    """Where the run an ``init.run`` names is looked for: as written, beside this run's
+    directory, and under ``runs/``. The second is where a missing zoo run is trained."""
+    return [Path(run_ref), run_dir.parent / run_ref, Path("runs") / run_ref]
+
+
+def find_run_weights(run_ref: str, node: str, run_dir: Path) -> Path | None:
+    """``final/<node>.safetensors`` of the first candidate run that holds it, else None."""
+    for run in run_candidates(run_ref, run_dir):
+        weights = run / "final" / f"{node}.safetensors"
+        if weights.exists():
+            return weights
+    return None
+
+
+def _starts_from_a_run(graph: Graph) -> dict[str, InitSpec]:
+    """Node -> its ``init``, for the module nodes that start from another run's weights."""
+    return {name: node.spec.init for name, node in graph.nodes.items()
+            if node.spec.init is not None and node.spec.init.run is not None
+            and not KINDS[node.kind].batches}
+
+
+def missing_runs(graph: Graph, run_dir: Path) -> list[tuple[str, str, Path]]:
+    """(node, run name, the folder beside ``run_dir`` it is looked for in) for every node whose
+    ``init.run`` has no weights yet."""
+    return [(name, init.run, run_candidates(init.run, run_dir)[1])
+            for name, init in _starts_from_a_run(graph).items()
+            if init.run is not None and find_run_weights(init.run, init.node or name,
+                                                         run_dir) is None]
+
+
+def init_weights_path(spec: Spec, name: str, init: InitSpec, run_dir: Path) -> Path:
+    """The file node ``name`` starts from; a located CheckpointError when its run is missing."""
+    if init.weights is not None:
+        path = Path(init.weights)
+        if not path.is_absolute() and spec.path is not None:
+            local = spec.path.parent / path
+            path = local if local.exists() else path
+        return path
+    run_ref = init.run or ""
+    node = init.node or name
+    found = find_run_weights(run_ref, node, run_dir)
+    if found is not None:
+        return found
+    candidates = run_candidates(run_ref, run_dir)
+    if run_ref in zoo_names():
+        hint = (f"Train it with `dgraph train {run_ref} --out {candidates[1]}` (`dgraph train` "
+                "and dgraph.api.train do so before the run starts), or point init.run at the "
+                "run directory")
+    else:
+        hint = (f"Produce them with `dgraph train <spec> --out {candidates[1]}`, or point "
+                "init.run at the run directory")
+    raise CheckpointError(
+        f"{spec.source.where(('nodes', name, 'init', 'run'))}: node '{name}': no trained "
+        f"weights for node '{node}' in run '{run_ref}' (looked in "
+        f"{', '.join(str(c / 'final') for c in candidates)}). {hint}"
+    )
+
+
+def load_initial_weights(graph: Graph, instances: Instances, run_dir: Path) -> None:
+    """Load every module node's ``init`` weights (a file, or another run's final weights)."""
+    for name, node in graph.nodes.items():
+        init = node.spec.init
+        if init is None or name not in instances.modules:
+            continue
+        path = init_weights_path(graph.spec, name, init, run_dir)
+        state = load_weights(path)
+        module = instances.modules[name]
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if init.strict and (missing or unexpected):
+            raise CheckpointError(
+                f"node '{name}': weights in {path} do not match its module "
+                f"(missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]}); "
+                "check the node's params match the run that produced them, or set "
+                "init.strict: false"
+            )
+
+
+# -- data ----------------------------------------------------------------------------------------
+def ports_used(graph: Graph, data_nodes: list[str]) -> dict[str, set[str]]:
+    """Per data node, the ports some node reads: only those are batched."""
+    used: dict[str, set[str]] = {name: set() for name in data_nodes}
+    for edge in graph.edges:
+        if edge.src in used:
+            used[edge.src].add(edge.src_port)
+    for name, node in graph.nodes.items():
+        if node.spec.cache is not None:
+            # A cached node's outputs are looked up by example index.
+            for ancestor in graph.ancestors(name):
+                if ancestor in used:
+                    used[ancestor].add("__index__")
+    return used
+
+
+def build_loaders(graph: Graph, instances: Instances, *, seed: int,
+                  device: torch.device) -> dict[str, BatchLoader]:
+    """A seeded loader per data node, over the ports that are read (and example indices)."""
+    used = ports_used(graph, list(instances.data))
+    return {
+        name: BatchLoader(
+            {port: t for port, t in {**source.train,
+                                     "__index__": torch.arange(len(source))}.items()
+             if port in used[name]},
+            source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
+            seed=seed, device=device, size=len(source),
+        )
+        for name, source in instances.data.items()
+    }
+
+
+def set_train_modes(graph: Graph, instances: Instances) -> None:
+    """Trainable modules in training mode, frozen ones in eval mode (shared ones as owned)."""
+    for name, module in instances.modules.items():
+        if graph.nodes[name].spec.shares is not None:
+            continue
+        module.train(not graph.nodes[name].frozen)
+
+
+# -- the run -------------------------------------------------------------------------------------
+class RunSetup:
+    """Everything a run is made of, built once from a validated graph.
+
+    The order is fixed (it decides what the seeded generators draw): seed, build the modules,
+    load initial weights, compile and bind the steps, plan the stages, make the loaders and
+    the optimizers, fill the teacher caches, set train/eval modes.
+    """
+
+    def __init__(self, graph: Graph, run_dir: Path) -> None:
+        self.graph = graph
+        self.spec = graph.spec
+        self.run_dir = run_dir
+        self.rank = rank()
+        self.train_cfg = self.spec.train
+        self.device = resolve_device(self.train_cfg.device)
+        seed_everything(self.train_cfg.seed)
+        self.instances: Instances = instantiate(graph, device=self.device,
+                                                seed=self.train_cfg.seed, run_dir=run_dir)
+        load_initial_weights(graph, self.instances, run_dir)
+        self.program: Program = compile_graph(graph)
+        self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
+        self.stages = plan_stages(self.spec)
+        self.total_steps = self.stages[-1].end
+        self.loaders = build_loaders(graph, self.instances, seed=self.train_cfg.seed,
+                                     device=self.device)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.trainable_params: dict[str, list[torch.nn.Parameter]] = {}
+        for stage in self.stages:
+            for update in stage.updates:
+                if update not in self.optimizers:
+                    self.build_optimizer(update, stage.end - stage.start)
+        self.amp: AmpContext = amp_context(self.device, self.train_cfg.precision)
+        self._fill_caches()
+        set_train_modes(graph, self.instances)
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.train_cfg.precision == "fp16" else None)
+
+    def build_optimizer(self, name: str, steps: int) -> None:
+        """(Re)build update ``name``'s optimizer and scheduler for a stage of ``steps`` steps."""
+        update = self.spec.updates[name]
+        plan = self.program.plans[name]
+        if update.accumulate > 1 and plan.token_losses and \
+                set(plan.token_losses) != set(plan.losses):
+            others = sorted(set(plan.losses) - set(plan.token_losses))
+            raise DgraphError(
+                f"update '{name}' accumulates {update.accumulate} micro-batches and mixes "
+                f"token-normalised losses ({', '.join(plan.token_losses)}) with others "
+                f"({', '.join(others)}); their normalisations cannot be combined exactly. "
+                "Use accumulate: 1, or put the other losses in an update of their own"
+            )
+        groups = param_groups(update.params, self.instances.modules, name)
+        optimizer = build_optimizer(update.optimizer, groups)
+        self.optimizers[name] = optimizer
+        self.schedulers[name] = build_scheduler(update.scheduler, optimizer,
+                                                steps // update.every)
+        self.trainable_params[name] = [p for g in groups for p in g["params"]]
+
+    def _fill_caches(self) -> None:
+        """Run cached frozen nodes once over their whole dataset, in example order."""
+        cached = [n for n, node in self.graph.nodes.items() if node.spec.cache is not None]
+        for name in cached:
+            node = self.graph.nodes[name]
+            cache_spec = node.spec.cache
+            assert cache_spec is not None
+            source = next(a for a in self.graph.ancestors(name)
+                          if KINDS[self.graph.nodes[a].kind].batches)
+            tensors = self.loaders[source].tensors
+            disk = None
+            if cache_spec.where == "disk":
+                folder = Path(cache_spec.path) if cache_spec.path else self.run_dir / "cache"
+                disk = folder / f"{name}.safetensors"
+                if disk.exists():
+                    stored = load_weights(disk)
+                    size = next(iter(tensors.values())).shape[0]
+                    if all(t.shape[0] == size for t in stored.values()):
+                        self.program.caches.setdefault(name, {}).update(
+                            {k: v.to(self.device) for k, v in stored.items()})
+                        continue
+            chunks: dict[str, list[torch.Tensor]] = {}
+            size = next(iter(tensors.values())).shape[0]
+            upstream = self.graph.ancestors(name) | {name}
+            nodes = [n for n in self.program.order if n in upstream]
+            with torch.no_grad(), self.amp():
+                for start in range(0, size, 1024):
+                    batch = {source: {k: v[start:start + 1024] for k, v in tensors.items()}}
+                    values = self.program.run_nodes(self.instances, batch, nodes)
+                    for port in node.outputs:
+                        if (name, port) in values:
+                            chunks.setdefault(port, []).append(values[(name, port)])
+            cache = {port: torch.cat(parts) for port, parts in chunks.items()}
+            self.program.caches.setdefault(name, {}).update(cache)
+            if disk is not None and self.rank == 0:
+                save_weights(disk, cache, {"node": name})
+
+    # -- stages ------------------------------------------------------------------------------
+    def stage_at(self, step: int) -> Stage:
+        for stage in self.stages:
+            if stage.start <= step < stage.end:
+                return stage
+        return self.stages[-1]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """The role changes at a stage's start: copies, re-initialisations, fresh optimizers."""
+        for dst, src in stage.copy.items():
+            state = self.instances.modules[src].state_dict()
+            self.instances.modules[dst].load_state_dict(state)
+        for name in stage.reinit:
+            context = build_context(self.graph, name, device=str(self.device),
+                                    seed=self.train_cfg.seed + stage.start,
+                                    run_dir=self.run_dir, modules=self.instances.modules)
+            fresh = self.graph.nodes[name].component.build(context)
+            self.instances.modules[name].load_state_dict(fresh.to(self.device).state_dict())
+        if stage.start > 0:
+            # A new stage starts its optimizers afresh (the roles of nodes may have changed).
+            for update in stage.updates:
+                self.build_optimizer(update, stage.end - stage.start)
+
+    def logs_after(self, step: int) -> bool:
+        """Whether the (0-based) step ``step`` ends with a logged record."""
+        done = step + 1
+        return done % self.train_cfg.log_every == 0 or done == self.total_steps

@@ -1,0 +1,121 @@
+"""What a run's checkpoint holds, and the final weights.
+
+A checkpoint holds the step, the weights of every module that changes (trained, copied or
+re-initialised between stages, or a target), optimizers, schedulers, the loss scaler, the
+loaders' positions and every random generator, so a resumed run continues bit-identically on
+CPU. The file format (atomic writes, safe reads) is :mod:`dgraph.runtime.checkpoint`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgraph import __version__
+from dgraph.errors import CheckpointError
+from dgraph.kinds import KINDS
+from dgraph.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint, save_weights
+from dgraph.runtime.setup import RunSetup
+
+__all__ = ["load_run_state", "run_state", "save_final", "save_run_state", "saved_modules"]
+
+
+def saved_modules(run: RunSetup) -> dict[str, torch.nn.Module]:
+    """The modules a checkpoint holds: those that change during the run."""
+    changing = {d for s in run.stages for d in s.copy} | {n for s in run.stages
+                                                         for n in s.reinit}
+    return {name: module for name, module in run.instances.unique_modules().items()
+            if not run.graph.nodes[name].frozen or name in changing
+            or KINDS[run.graph.nodes[name].kind].follows}
+
+
+def run_state(run: RunSetup, step: int) -> dict[str, Any]:
+    """The checkpoint of ``run`` after ``step`` steps (tensors and plain values only)."""
+    return {
+        "format": 1,
+        "dgraph_version": __version__,
+        "spec_name": run.spec.display_name,
+        "step": step,
+        "modules": {n: m.state_dict() for n, m in saved_modules(run).items()},
+        "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()},
+        "schedulers": {n: _scheduler_state(s) for n, s in run.schedulers.items() if s},
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "loaders": {n: loader.state_dict() for n, loader in run.loaders.items()},
+        "rng": capture_rng(),
+    }
+
+
+def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
+    """Restore ``run`` from a checkpoint read from ``path``; returns its step.
+
+    The optimizers of the stage the step lies in are built first (a stage after the first
+    starts with fresh ones). A checkpoint of another spec, or of a changed graph, is a
+    CheckpointError.
+    """
+    if state.get("spec_name") != run.spec.display_name:
+        raise CheckpointError(
+            f"checkpoint {path} belongs to spec '{state.get('spec_name')}', not "
+            f"'{run.spec.display_name}'; resume with the spec that wrote it"
+        )
+    step = int(state["step"])
+    stage = run.stage_at(step)
+    if stage.start > 0 and step >= stage.start:
+        for update in stage.updates:
+            run.build_optimizer(update, stage.end - stage.start)
+    modules = saved_modules(run)
+    try:
+        for name, module_state in state["modules"].items():
+            modules[name].load_state_dict(module_state)
+        for name, opt_state in state["optimizers"].items():
+            if name in run.optimizers:
+                run.optimizers[name].load_state_dict(opt_state)
+        for name, sched_state in state["schedulers"].items():
+            run.schedulers[name].load_state_dict(sched_state)
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        for name, loader_state in state["loaders"].items():
+            run.loaders[name].load_state_dict(loader_state)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not match this spec's graph ({type(exc).__name__}: "
+            f"{exc}); was the spec changed since it was written?"
+        ) from None
+    restore_rng(state["rng"])
+    return step
+
+
+def save_run_state(run: RunSetup, step: int) -> Path | None:
+    """Write the checkpoint of ``step`` (rank 0 only); its path, or None on other ranks."""
+    if run.rank != 0:
+        return None
+    return save_checkpoint(run.run_dir / "checkpoints", step, run_state(run, step),
+                           run.train_cfg.keep_checkpoints)
+
+
+def save_final(run: RunSetup) -> None:
+    """``final/<node>.safetensors`` for every trained or saved node (rank 0 only)."""
+    if run.rank != 0:
+        return
+    final = run.run_dir / "final"
+    trained = set(run.graph.trained_by())
+    for name, module in run.instances.unique_modules().items():
+        node = run.graph.nodes[name]
+        if name in trained or KINDS[node.kind].saved:
+            metadata = {"node": name, "type": node.spec.type, "kind": node.kind,
+                        "spec": run.spec.display_name, "dgraph_version": __version__,
+                        "params": json.dumps(node.spec.params, sort_keys=True)}
+            if run.spec.path is not None:  # `dgraph export` resolves paths against it
+                metadata["spec_dir"] = str(run.spec.path.parent.resolve())
+            save_weights(final / f"{name}.safetensors", module.state_dict(), metadata)
+
+
+def _scheduler_state(scheduler: Any) -> dict[str, Any]:
+    # LambdaLR stores its multiplier objects' attributes; they are rebuilt from the spec, and
+    # leaving them out keeps the checkpoint loadable with weights_only=True.
+    state = scheduler.state_dict()
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state

@@ -1,0 +1,413 @@
+"""The step: one update of a training step, with its checks.
+
+:meth:`StepRunner.run_update` draws the update's batches, runs its generated step (over
+micro-batches and repeats), back-propagates, checks losses and gradients for NaN/inf, clips,
+steps the optimizer and lets target nodes follow. A step that raises is re-run one node at a
+time to name the failing node; a non-finite step is never applied and is reported with the
+first non-finite parameter and node output (see :meth:`StepRunner.check_finite`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from dgraph.compiler.codegen import UpdatePlan
+from dgraph.compiler.schedules import value_at
+from dgraph.errors import ComponentRuntimeError, DgraphError, NonFiniteError
+from dgraph.runtime.setup import RunSetup, Stage
+from dgraph.spec import ScheduleSpec
+
+__all__ = ["StepRunner"]
+
+# What a step drew: (epoch, position) per data node of the update, per micro-batch.
+Draws = list[tuple[tuple[int, int], ...]]
+
+
+class StepRunner:
+    """Runs the updates of a set-up run, one at a time, and holds the non-finite check's state."""
+
+    def __init__(self, setup: RunSetup) -> None:
+        self.setup = setup
+        device = setup.device
+        self._constant_weights: dict[tuple[str, str], dict[str, float]] = {}
+        self._followers = self._targets_following()
+        # The non-finite check (see check_finite): a sticky on-device flag, the number of
+        # optimizer steps it made skip since it was last read, and what those steps drew.
+        self._found_inf = torch.zeros((), device=device)
+        self._skipped = torch.zeros((), device=device)
+        self._one = torch.ones((), device=device)
+        self._unread: list[tuple[int, str, int, Draws]] = []
+        self._shared_drawn: dict[str, tuple[int, int]] = {}
+        # Read the flag only at logging/checkpoint/eval steps where the optimizer can skip a
+        # step on the device (fused optimizers); elsewhere it is read every step.
+        self.defer_finite_checks = device.type == "cuda"
+        # Losses are read directly on CPU; elsewhere they join the device flag (one read).
+        self.read_losses_on_host = device.type == "cpu"
+
+    def _weights(self, plan: UpdatePlan, stage: Stage, step: int) -> dict[str, float]:
+        key = (plan.name, stage.name)
+        constant = self._constant_weights.get(key)
+        if constant is not None:
+            return constant
+        schedules = {loss: stage.weights.get(loss, plan.spec.weight_of(loss))
+                     for loss in plan.losses}
+        weights = {loss: value_at(s, step) for loss, s in schedules.items()}
+        if not any(isinstance(s, ScheduleSpec) for s in schedules.values()):
+            # Fixed weights: computed once, not on every step.
+            self._constant_weights[key] = weights
+        return weights
+
+    def _draw(self, plan: UpdatePlan, cache: dict[str, dict[str, torch.Tensor]]) -> dict:
+        batch = {}
+        for data_node in plan.data_nodes:
+            if data_node not in cache:
+                cache[data_node] = self.setup.loaders[data_node].next()
+            batch[data_node] = cache[data_node]
+        return batch
+
+    def run_update(self, name: str, stage: Stage, step: int,
+                   shared: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Run update ``name`` at (0-based) ``step``; its loss terms, total and grad norm.
+
+        ``shared`` holds the batches drawn so far in this step: updates of one step read
+        the same examples of a data node.
+        """
+        setup = self.setup
+        plan = setup.program.plans[name]
+        spec = plan.spec
+        optimizer = setup.optimizers[name]
+        params = setup.trainable_params[name]
+        scaler = setup.scaler
+        weights = self._weights(plan, stage, step)
+        terms: dict[str, torch.Tensor] = {}
+        # Token-level losses under accumulation: back-propagate their sums, then divide the
+        # gradients by the token count of all micro-batches, so splitting a batch into
+        # micro-batches changes nothing.
+        by_count = bool(plan.token_losses) and spec.accumulate > 1
+        # With loss scaling (fp16) non-finite gradients are the scaler's to skip; otherwise a
+        # step skips on the device only where the optimizer supports it (see check_finite).
+        deferred = scaler is None and self.defer_finite_checks and \
+            getattr(optimizer, "_step_supports_amp_scaling", False)
+        for repeat in range(spec.repeat):
+            sum_total = count_total = None
+            totals: list[torch.Tensor] = []
+            # Where each micro-batch came from: (epoch, position) per data node, so that a
+            # failed step can be re-run on the same examples without keeping them.
+            draws: Draws = []
+            for micro in range(spec.accumulate):
+                cache = shared if repeat == 0 and micro == 0 else {}
+                reused = tuple(cache) if cache else ()
+                batch = self._draw(plan, cache)
+                drawn = tuple(self._shared_drawn[d] if d in reused else setup.loaders[d].drawn
+                              for d in plan.data_nodes)
+                if cache is shared:
+                    self._shared_drawn.update(zip(plan.data_nodes, drawn, strict=True))
+                draws.append(drawn)
+                try:
+                    with setup.amp():
+                        result = plan.step(batch, weights)
+                except DgraphError:
+                    raise
+                except Exception as exc:
+                    raise self._located_failure(plan, step, batch, exc) from exc
+                total, losses = result[0], result[1]
+                totals.append(total)
+                if by_count:
+                    scaled = result[2]
+                    sum_total = result[2].detach() + (0 if sum_total is None else sum_total)
+                    count_total = result[3].detach() + (0 if count_total is None else count_total)
+                else:
+                    scaled = total / spec.accumulate if spec.accumulate > 1 else total
+                if scaler is not None:
+                    scaled = scaler.scale(scaled)
+                try:
+                    scaled.backward(inputs=params if plan.bystanders else None)
+                except DgraphError:
+                    raise
+                except Exception as exc:
+                    raise self._backward_failure(plan, step, exc, losses) from exc
+            if by_count:
+                count_total = count_total.clamp_min(1)
+                grads = [p.grad for p in params if p.grad is not None]
+                if grads:
+                    torch._foreach_div_(grads, count_total)
+                total = sum_total / count_total
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            else:
+                # One fused pass over the gradients sets the sticky flag when any is NaN/inf
+                # (multiplying by 1 changes no value); no host sync.
+                torch._amp_foreach_non_finite_check_and_unscale_(
+                    [p.grad for p in params if p.grad is not None], self._found_inf, self._one)
+            if self.read_losses_on_host and not deferred:
+                # On CPU, reading the losses is cheaper than another pass over them.
+                if not (all(_finite(t) for t in totals)
+                        and (scaler is not None or not self._found_inf.item())):
+                    self.check_finite((step, name, repeat, draws), totals)
+            else:
+                torch._amp_foreach_non_finite_check_and_unscale_(
+                    [t.detach() for t in totals], self._found_inf, self._one)
+                if deferred:
+                    self._skipped.add_(self._found_inf)
+                    self._unread.append((step, name, repeat, draws))
+                elif self._found_inf.item():  # one read (a sync) per optimizer step
+                    self.check_finite((step, name, repeat, draws), totals)
+            if spec.clip_grad_norm is not None:
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+            elif setup.logs_after(step):
+                # Gradients are cleared below, so the norm is taken now, on logging steps only.
+                terms["grad_norm"] = _grad_norm(params)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                if deferred:
+                    # The fused kernels leave parameters and state alone (and take back the
+                    # step count) when found_inf is set: GradScaler's own mechanism.
+                    optimizer.grad_scale = None  # type: ignore[attr-defined]
+                    optimizer.found_inf = self._found_inf  # type: ignore[attr-defined]
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self._after_update(name)
+        scheduler = setup.schedulers.get(name)
+        if scheduler is not None:
+            scheduler.step()
+        if deferred and self.reads_after(step):
+            self.check_finite()
+        terms["total"] = total
+        for loss, value in zip(plan.losses, losses, strict=True):
+            terms[loss] = value
+        return terms
+
+    def _after_update(self, update: str) -> None:
+        """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
+        for target, source in self._followers[update]:
+            target.follow(source)
+
+    def _targets_following(self) -> dict[str, list[tuple[torch.nn.Module, torch.nn.Module]]]:
+        """Per update, the (target module, source module) pairs to move after it steps."""
+        out: dict[str, list] = {}
+        for update, plan in self.setup.program.plans.items():
+            trained = set(plan.trained)
+            out[update] = [
+                (self.setup.instances.modules[name], self.setup.instances.modules[source])
+                for name, node in self.setup.graph.nodes.items()
+                if (follows := node.component.follows) is not None
+                and (source := node.component.references().get(follows)) in trained
+            ]
+        return out
+
+    def _located_failure(self, plan: UpdatePlan, step: int, batch: dict,
+                         exc: Exception) -> ComponentRuntimeError:
+        """The error for an exception from a generated step: the step's nodes are run again
+        one at a time (the slow path) on the same batch, to find the node that raises."""
+        where = f"step {step}: update '{plan.name}'"
+        try:
+            with self.setup.amp():
+                values = self.setup.program.run_nodes(self.setup.instances, batch, plan.nodes)
+        except ComponentRuntimeError as located:
+            node = self.setup.graph.nodes.get(located.node or "")
+            hint = "" if located.port is not None else \
+                ". Check the node's parameters against the inputs it was given"
+            return ComponentRuntimeError(
+                (f"{node.location}: " if node is not None else "") + f"{where}: {located}"
+                + hint, node=located.node, port=located.port)
+        except Exception:  # noqa: BLE001 - the original error is reported below
+            values = {}
+        for loss in plan.losses if values else ():
+            ports = ["loss", *(("sum", "count") if loss in plan.token_losses else ())]
+            for port in ports:
+                if (loss, port) not in values:
+                    node = self.setup.graph.nodes[loss]
+                    return ComponentRuntimeError(
+                        f"{node.location}: {where}: loss node '{loss}' ({node.kind} "
+                        f"'{node.spec.type}') produced no output '{port}'; the component must "
+                        "return every output port it declares", node=loss, port=port)
+        compiled = " (train.compile is on: set it to false to rule torch.compile out)" \
+            if self.setup.train_cfg.compile else ""
+        return ComponentRuntimeError(
+            f"{self.setup.spec.source.where(('updates', plan.name))}: {where}: the step raised "
+            f"{type(exc).__name__}: {exc}; running its nodes one at a time on the same batch "
+            f"did not fail, so no node can be named{compiled}")
+
+    def _backward_failure(self, plan: UpdatePlan, step: int, exc: Exception,
+                          losses: tuple) -> ComponentRuntimeError:
+        for loss, value in zip(plan.losses, losses, strict=False):
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                node = self.setup.graph.nodes[loss]
+                return ComponentRuntimeError(
+                    f"{node.location}: step {step}: update '{plan.name}': loss node '{loss}' "
+                    f"({node.kind} '{node.spec.type}') returned a 'loss' of shape "
+                    f"{list(value.shape)}; a loss must be a single number (reduce it with a "
+                    "mean or sum in the component)", node=loss, port="loss")
+        path = [n for n in plan.nodes if n in plan.grad_nodes]
+        return ComponentRuntimeError(
+            f"{self.setup.spec.source.where(('updates', plan.name))}: "
+            f"step {step}: update '{plan.name}': back-propagation through "
+            f"{', '.join(repr(n) for n in path) or 'its nodes'} failed: "
+            f"{type(exc).__name__}: {exc}. A component that changes a tensor in place after "
+            "using it, or a custom autograd function, is the usual cause")
+
+    def reads_after(self, step: int) -> bool:
+        """Whether the non-finite flag is read after ``step``: before anything is logged,
+        evaluated or saved, and at the end of a stage (its optimizers are then replaced)."""
+        done = step + 1
+        cfg = self.setup.train_cfg
+        return (self.setup.logs_after(step) or done % cfg.checkpoint_every == 0
+                or done % cfg.eval.every == 0 or done == self.setup.stage_at(step).end)
+
+    def check_finite(self, current: tuple[int, str, int, Draws] | None = None,
+                     totals: list[torch.Tensor] | None = None) -> None:
+        """Read the non-finite flag; raise NonFiniteError for the first step it caught.
+
+        Every optimizer step checks its losses and gradients on the device: one fused pass
+        sets ``_found_inf`` when any of them is NaN or infinite. A flagged step must leave
+        parameters and optimizer state untouched (an Adam step with zeroed gradients would
+        still move the parameters and count a step), and the decision has to be made on the
+        device or read on the host:
+
+        - fused optimizers (``_step_supports_amp_scaling``; GradScaler relies on the same
+          mechanism; ``build_optimizer`` makes Adam, AdamW and SGD fused on CUDA) skip on the
+          device when given ``found_inf``. On CUDA (where a read would stall the queue) they
+          run ahead unsynchronised: the flag is sticky, so every step from the first bad one
+          on is skipped, and it is read here after logging, checkpoint, evaluation and
+          stage-end steps (``reads_after``), so before anything is logged, evaluated or
+          saved (``Trainer.save`` calls this first, so the checkpoint a signal asks for at
+          any other step never holds a skipped step). ``_unread`` records what each step
+          drew, and ``_skipped`` counts the steps skipped, which locates the first bad one.
+          Learning-rate schedules and EMA targets (which follow an unchanged source) still
+          advance on those steps; the run stops at the read, before anything is logged or
+          saved;
+        - other optimizers (the foreach ones, and every optimizer on CPU, where the read is
+          a fraction of a microsecond) have the flag read at once by ``run_update``, which
+          calls this with the ``current`` step's record before the optimizer step.
+
+        With loss scaling (fp16) the GradScaler skips non-finite gradients itself, as it
+        expects some; only a non-finite loss raises. The error names the step and update, the
+        first parameter that holds or received a non-finite value, and the first node whose
+        output went non-finite when the step was re-run on the slow path.
+        """
+        if current is None:
+            if not self._unread or not self._found_inf.item():
+                self._unread.clear()
+                return
+        pending = int(self._skipped.item()) if self._unread else 0
+        if pending:
+            record, totals = self._unread[len(self._unread) - pending], None
+        else:
+            record = current if current is not None else self._unread[-1]
+        step, update, repeat, draws = record
+        plan = self.setup.program.plans[update]
+        optimizer = self.setup.optimizers[update]
+        batches = [self._batch_at(plan, drawn) for drawn in draws]
+        if totals is None:
+            # The gradients are gone: redo the step (parameters are as they were then, as
+            # every later step was skipped).
+            optimizer.zero_grad(set_to_none=True)
+            weights = self._weights(plan, self.setup.stage_at(step), step)
+            totals = []
+            params = self.setup.trainable_params[update]
+            step_fn = plan.step
+            assert step_fn is not None  # bound at set-up
+            for batch in batches:
+                with self.setup.amp():
+                    total = step_fn(batch, weights)[0]
+                total.backward(inputs=params if plan.bystanders else None)
+                totals.append(total.detach())
+        parameter = self._first_nonfinite_parameter(update)
+        optimizer.zero_grad(set_to_none=True)
+        self._found_inf.zero_()
+        self._skipped.zero_()
+        self._unread.clear()
+        losses = [float(t.detach().float().sum()) for t in totals]
+        loss = next((v for v in losses if not math.isfinite(v)), losses[0])
+        found = "no node output was non-finite when the step was re-run"
+        for micro, batch in enumerate(batches):
+            culprit = self._first_nonfinite(plan, batch)
+            if culprit is not None:
+                node = self.setup.graph.nodes[culprit[0]]
+                found = (f"the first node whose output went non-finite is '{culprit[0]}' "
+                         f"(port '{culprit[1]}', {node.kind} '{node.spec.type}'"
+                         + (f", micro-batch {micro + 1} of {len(batches)}" if len(batches) > 1
+                            else "") + ")")
+                break
+        if parameter is None:
+            grads = "gradients finite" if self.setup.scaler is None else \
+                "gradients finite once unscaled"
+        else:
+            grads = parameter
+        repeats = plan.spec.repeat
+        skipped = "The step was skipped" if not pending or pending == 1 else (
+            f"The step and the {pending - 1} step{'s' if pending > 2 else ''} after it were "
+            "skipped")
+        raise NonFiniteError(
+            f"step {step}: update '{update}'"
+            + (f" (repeat {repeat + 1} of {repeats})" if repeats > 1 else "")
+            + f" went non-finite (loss {loss}; {grads}); {found}. {skipped}: parameters and "
+            "optimizer state are unchanged. Lower the learning rate, clip gradients "
+            "(clip_grad_norm), or check the data; the last checkpoint is intact"
+        )
+
+    def _batch_at(self, plan: UpdatePlan, drawn: tuple[tuple[int, int], ...]) -> dict:
+        return {data_node: self.setup.loaders[data_node].batch_at(*at)
+                for data_node, at in zip(plan.data_nodes, drawn, strict=True)}
+
+    def _first_nonfinite_parameter(self, update: str) -> str | None:
+        """'parameter 'node.name' ...' for the first parameter of ``update`` that holds a
+        non-finite value, else the first whose gradient is non-finite; None when neither."""
+        named: list[tuple[str, torch.nn.Parameter]] = []
+        for group in self.setup.optimizers[update].param_groups:
+            node = group.get("node", "?")
+            names = {id(p): n for n, p in self.setup.instances.modules[node].named_parameters()} \
+                if node in self.setup.instances.modules else {}
+            named += [(f"{node}.{names.get(id(p), '?')}", p) for p in group["params"]]
+        for label, p in named:
+            if not bool(torch.isfinite(p.detach()).all()):
+                return f"parameter '{label}' holds non-finite values"
+        for label, p in named:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return f"first non-finite gradient: parameter '{label}'"
+        return None
+
+    def _first_nonfinite(self, plan: UpdatePlan, batch: dict) -> tuple[str, str] | None:
+        found: list[tuple[str, str]] = []
+
+        class _Stop(Exception):
+            pass
+
+        def check(node: str, outputs: dict[str, torch.Tensor]) -> None:
+            for port, value in outputs.items():
+                if torch.is_tensor(value) and value.is_floating_point() and \
+                        not torch.isfinite(value).all():
+                    found.append((node, port))
+                    raise _Stop
+
+        for data_node, tensors in batch.items():
+            for port, value in tensors.items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    return (data_node, port)
+        try:
+            # Under the step's autocast too: an fp16 overflow shows only there.
+            with torch.no_grad(), self.setup.amp():
+                self.setup.program.run_nodes(self.setup.instances, batch, plan.nodes, check=check)
+        except _Stop:
+            pass
+        return found[0] if found else None
+
+
+def _finite(value: torch.Tensor) -> bool:
+    """Whether every element of a loss is finite (one host read; cheap on CPU)."""
+    value = value.detach()
+    return math.isfinite(value.item()) if value.numel() == 1 else \
+        bool(torch.isfinite(value).all())
+
+
+def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """The total 2-norm of the parameters' gradients (what clip_grad_norm_ reports)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
