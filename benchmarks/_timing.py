@@ -28,7 +28,7 @@ def yaml_list(values: list[int]) -> str:
 def resolve_device(choice: str) -> torch.device:
     """dgraph's own device rule, with a command-line exit instead of an exception."""
     from dgraph.errors import DgraphError
-    from dgraph.runtime.train import resolve_device as dgraph_device
+    from dgraph.runtime.setup import resolve_device as dgraph_device
 
     try:
         return dgraph_device(choice)

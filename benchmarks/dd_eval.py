@@ -21,8 +21,8 @@ from pathlib import Path
 
 from dgraph.components.data._dd_eval import compare_with_random_real
 
+from dgraph.api import train
 from dgraph.runtime.checkpoint import load_weights
-from dgraph.runtime.train import train
 
 
 def main(argv: list[str] | None = None) -> int:

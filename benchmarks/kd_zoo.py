@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgraph.runtime.train import train
+from dgraph.api import train
 
 METHODS = ["kd", "fitnet", "at", "rkd", "dkd", "crd", "born_again", "multi_teacher"]
 CNN_SCRATCH = ["updates.main.objective.at1=0", "updates.main.objective.at2=0",

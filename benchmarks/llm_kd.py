@@ -50,7 +50,7 @@ def run(workdir: Path, setup: dict, *, log=print) -> dict[str, float]:
     """Teacher, save_pretrained round trip, KD student and scratch student; perplexities."""
     from dgraph.components.models.hf import save_pretrained_from_weights
 
-    from dgraph.runtime.train import train
+    from dgraph.api import train
 
     workdir = Path(workdir)
     data = [f"nodes.data.params.seq_len={setup['seq_len']}",

@@ -30,7 +30,7 @@ import torch
 from dgraph.exporters.api import export_run
 from dgraph.exporters.source import load_subject
 
-from dgraph.runtime.train import train
+from dgraph.api import train
 
 SEQ = 32
 GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 100,

@@ -2,9 +2,10 @@
 
 Both sides train a copy of the same student, distilled from the same frozen teacher, on the
 same batches, with the same loss (0.9 * Hinton KD at T=4 + 0.1 * cross-entropy) and the same
-optimizer (Adam, foreach). The dgraph side is exactly what ``Trainer.run`` does per step minus
-logging/eval/checkpoints: ``Trainer._run_update`` (draw a batch from the BatchLoader, call the
-generated ``plan.step``, backward, ``optimizer.step``, ``zero_grad``). The hand side indexes
+optimizer (Adam: foreach on CPU, fused on CUDA). The dgraph side is exactly what
+``Trainer.run`` does per step minus logging/eval/checkpoints: ``StepRunner.run_update`` (draw
+a batch from the BatchLoader, call the generated ``plan.step``, backward, ``optimizer.step``,
+``zero_grad``). The hand side indexes
 the same on-device tensors with the loader's own permutations, precomputed, so both sides see
 identical batches and (on CPU) end with bit-identical student weights, which is checked.
 
@@ -156,7 +157,9 @@ class HandKD:
         self.student = MLP.create(in_features=cfg["in_features"], hidden=cfg["student"],
                                   num_classes=cfg["classes"]).to(device)
         self.student.load_state_dict(student_state)
-        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, foreach=True)
+        # The kernels dgraph's build_optimizer picks: fused on CUDA, foreach elsewhere.
+        kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, **kernels)
         self.x, self.y, self.indices = x, y, indices
         self.loader, self.losses = loader, losses
         self.i = 0
@@ -212,7 +215,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
     counter = {"step": 0}
 
     def dgraph_step() -> None:
-        trainer._run_update("main", stage, counter["step"], {})
+        trainer.step_runner.run_update("main", stage, counter["step"], {})
         counter["step"] += 1
 
     arms = {"dgraph": dgraph_step, "hand": hand.step}
@@ -236,7 +239,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
                                    loader.tensors["y"], indices, loader=own_loader(),
                                    losses=kd_ce).step
         # The generated step with the runtime's loader, optimizer and backward, but none of
-        # _run_update's bookkeeping (finite check, target following, terms dict).
+        # run_update's bookkeeping (finite check, target following, terms dict).
         plan = trainer.program.plans["main"]
         optimizer = trainer.optimizers["main"]
         inline_loader = own_loader()
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time hand-written variants that use dgraph's BatchLoader "
                         "and/or its kd / ce loss modules (hand+both: loader and both losses), "
-                        "and the generated step without _run_update ('plan.step inline'), to "
+                        "and the generated step without run_update ('plan.step inline'), to "
                         "attribute the overhead (the same-weights check is then skipped)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads (0: leave the default)")

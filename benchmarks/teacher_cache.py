@@ -3,7 +3,7 @@
 Two trainers are built from the same KD spec (0.9 * Hinton KD at T=4 + 0.1 * CE, Adam), one
 with the teacher's outputs cached, one without; the teacher is much larger than the student
 (default: digits, teacher 64->[2048,2048,2048], student 64->[64], batch 64). Their steps
-(``Trainer._run_update``, what ``Trainer.run`` does per step minus logging) are timed
+(``StepRunner.run_update``, what ``Trainer.run`` does per step minus logging) are timed
 interleaved in one process after a warm-up: ms/step medians and the median of per-round ratios
 uncached/cached.
 
@@ -167,16 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     counters = {"off": 0, "on": 0}
 
     def step_off() -> None:
-        plain._run_update("main", plain.stages[0], counters["off"], {})
+        plain.step_runner.run_update("main", plain.stages[0], counters["off"], {})
         counters["off"] += 1
 
     def step_on() -> None:
-        cached._run_update("main", cached.stages[0], counters["on"], {})
+        cached.step_runner.run_update("main", cached.stages[0], counters["on"], {})
         counters["on"] += 1
 
     # Same seed, same batches: the first losses must agree (cache holds the same logits).
-    first_off = plain._run_update("main", plain.stages[0], 0, {})["total"].item()
-    first_on = cached._run_update("main", cached.stages[0], 0, {})["total"].item()
+    first_off = plain.step_runner.run_update("main", plain.stages[0], 0, {})["total"].item()
+    first_on = cached.step_runner.run_update("main", cached.stages[0], 0, {})["total"].item()
     counters["off"] = counters["on"] = 1
 
     # Amdahl parts: teacher forward alone, and a plain student step alone (fixed teacher logits).
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         t_logits = t_module(xb)["logits"]
     student = MLP.create(in_features=args.in_features, hidden=args.student_hidden,
                          num_classes=args.classes).to(device)
-    optimizer = torch.optim.Adam(student.parameters(), lr=LR, foreach=True)
+    kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}  # as dgraph's
+    optimizer = torch.optim.Adam(student.parameters(), lr=LR, **kernels)
 
     def teacher_fwd() -> None:
         with torch.no_grad():

@@ -44,20 +44,15 @@ def _train_missing_runs(graph: Graph, run_dir: Path, *, progress: bool, say: Say
     """Train the zoo runs that nodes start from (``init: {run: <zoo spec>}``) and that are
     not found, beside ``run_dir``. A missing run that is not a zoo spec is left to the
     Trainer, which reports it where the spec names it."""
+    trained: set[str] = set()
     for node, run_ref, target in missing_runs(graph, run_dir):
-        if run_ref not in zoo_names():
+        if run_ref not in zoo_names() or run_ref in trained:
             continue
-        if not missing_runs_of(graph, run_dir, node):
-            continue  # trained just now for another node
         say(f"node '{node}' needs the run of zoo spec '{run_ref}', which is missing: training "
             f"it first into {target} (dgraph train {run_ref} --out {target})")
         train(run_ref, out=target, progress=progress, log=say,
               overrides=[f"train.device={graph.spec.train.device}"])
-
-
-def missing_runs_of(graph: Graph, run_dir: Path, node: str) -> bool:
-    """Whether ``node``'s ``init.run`` is still missing."""
-    return any(name == node for name, _run, _target in missing_runs(graph, run_dir))
+        trained.add(run_ref)
 
 
 def _resume_command(spec_ref: str | Path | Spec, spec: Spec, run_dir: Path,

@@ -263,8 +263,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dgraph.api import train
     from dgraph.runtime.logging import finite_json
-    from dgraph.runtime.train import TrainingInterrupted, train
+    from dgraph.runtime.shutdown import TrainingInterrupted
 
     try:
         summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
@@ -283,7 +284,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dgraph.runtime.train import TrainingInterrupted, train
+    from dgraph.api import train
+    from dgraph.runtime.shutdown import TrainingInterrupted
 
     console = Console()
     out = Path(args.out)

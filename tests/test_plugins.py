@@ -54,7 +54,7 @@ updates:
 """
 
 DEMO_BLOCK = """\
-demo_l1  [loss]  (dgraph_plugin_demo.DemoL1)
+demo_l1  [loss]  (dgraph_plugin_demo.demo_l1)
     Mean absolute error between two tensors of the same shape, times ``scale``.
   inputs:
     prediction: Tensor[B, ...]  predicted values
@@ -62,7 +62,7 @@ demo_l1  [loss]  (dgraph_plugin_demo.DemoL1)
   outputs:
     loss: Scalar[*]  scaled mean absolute error
   params:
-    scale: float = default 1.0  multiplies the mean absolute error
+    scale: float = default 1.0, > 0.0  multiplies the mean absolute error
 """
 
 

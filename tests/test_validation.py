@@ -285,7 +285,7 @@ a valid integer, unable to parse string as an integer
     "nodes.kd.params.temprature=2": """\
 <--set nodes.kd.params.temprature=2>: error[unknown-param]: node 'kd': component type \
 'hinton_kd' has no parameter 'temprature'
-    expected: one of: temperature, scale_by_t2
+    expected: one of: direction, temperature, scale_by_t2
     found:    temprature: 2
     hint: did you mean 'temperature'?
 1 error: the spec is not valid

@@ -320,7 +320,7 @@ def _teacher_run_weights(t: TopKTeacher, context: BuildContext) -> Path:
     """``final/<node>.safetensors`` of the teacher's run: a run directory relative to the
     spec's folder or next to this run's; a zoo spec's run is trained inside this run's
     directory when it is found nowhere (a component writes only there)."""
-    from dgraph.runtime.train import train
+    from dgraph.api import train
     from dgraph.spec import zoo_names
 
     run = t.run or ""

@@ -66,8 +66,9 @@ class MLP(Module):
 
 @model("mlp_map", roles=("teacher", "student", "model"))
 class MLPMap(Module):
-    """A fully connected map ``x -> y`` between feature spaces: a generator, critic or
-    score network. ``y = Linear(act(Linear(... x)))``; the output is not a class score.
+    """A fully connected map ``x -> y`` between feature spaces (generator, critic, score net).
+
+    ``y = Linear(act(Linear(... x)))``; the output is not a class score.
 
     ``net`` is an ``mlp`` without dropout (its submodules ``net.body.<i>``, ``net.head``).
     """

@@ -56,7 +56,8 @@ def dry_run(graph: Graph) -> list[Problem]:
     finally:
         for recorder in instances.taps.values():
             recorder.remove()
-    concrete = {key: tuple(t.shape) for key, t in values.items() if isinstance(t, torch.Tensor)}
+    concrete: dict[tuple[str, str], object] = {
+        key: tuple(t.shape) for key, t in values.items() if isinstance(t, torch.Tensor)}
     graph.shapes, problems = infer_shapes(graph, concrete)
     graph.dry_run = True
     if problems:

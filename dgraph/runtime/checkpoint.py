@@ -44,7 +44,7 @@ def capture_rng() -> dict[str, Any]:
         state["cuda"] = torch.cuda.get_rng_state_all()
     version, keys, gauss = random.getstate()
     state["python"] = {"version": version, "keys": list(keys), "gauss": gauss}
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state["numpy"] = {
         "keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "pos": int(np_state[2]),

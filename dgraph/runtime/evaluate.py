@@ -35,9 +35,9 @@ def _classifiers(graph: Graph) -> dict[str, tuple[str, str]]:
         if not KINDS[node.kind].evaluated or "logits" not in node.outputs:
             continue
         data = [a for a in graph.ancestors(name) if KINDS[graph.nodes[a].kind].batches]
-        if len(data) == 1 and _label_port(graph, data[0]):
-            if node.outputs["logits"].type == "Logits":
-                out[name] = (data[0], _label_port(graph, data[0]))
+        label = _label_port(graph, data[0]) if len(data) == 1 else None
+        if label is not None and node.outputs["logits"].type == "Logits":
+            out[name] = (data[0], label)
     return out
 
 

@@ -146,7 +146,8 @@ class RunLogger:
                   "the run directory for the drawing.")
 
     def log(self, step: int, values: dict[str, float], *, stage: str | None = None) -> None:
-        if not self.enabled:
+        metrics, tb = self._metrics, self._tb
+        if not self.enabled or metrics is None or tb is None:
             return
         record: dict[str, Any] = {"step": step, "time": round(time.perf_counter() -
                                                              self.start_time, 4)}
@@ -154,21 +155,21 @@ class RunLogger:
             record["stage"] = stage
         record.update(finite_json(values)[0])
         try:
-            self._metrics.write(json.dumps(record, allow_nan=False) + "\n")
-            self._metrics.flush()
+            metrics.write(json.dumps(record, allow_nan=False) + "\n")
+            metrics.flush()
         except OSError as exc:
             raise RunDirError(f"cannot write {self._path} ({os_reason(exc)}); free space (or "
                               "fix the folder's permissions), then continue with --resume") \
                 from None
         for key, value in values.items():
-            self._tb.add_scalar(key, value, step)
+            tb.add_scalar(key, value, step)
         losses = "  ".join(f"{k.removeprefix('loss/')}={v:.4g}" for k, v in values.items()
                            if k.startswith("loss/"))
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step, losses=losses)
 
     def advance(self, step: int) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)
 
     def line(self, message: str) -> None:

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from dgraph import __version__
 from dgraph.errors import DgraphError, SpecError
@@ -145,7 +145,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         with _open_temp(tmp, fd) as raw:
             handle = _Recorded(raw)
             try:
-                write(handle)
+                write(cast(IO[bytes], handle))
             except OSError:
                 raise
             except Exception:
@@ -183,6 +183,7 @@ def spec_run_dir(spec) -> Path:
     :class:`SpecError`. ``--out`` on the command line is how a user writes elsewhere.
     """
     cwd = Path.cwd()
+    key: tuple[str, ...]
     if spec.train.out:
         value, key = spec.train.out, ("train", "out")
         base, candidate, inside = cwd, Path(spec.train.out), "the working directory"

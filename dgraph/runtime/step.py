@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -81,6 +82,8 @@ class StepRunner:
         optimizer = setup.optimizers[name]
         params = setup.trainable_params[name]
         scaler = setup.scaler
+        step_fn = plan.step
+        assert step_fn is not None  # bound at set-up
         weights = self._weights(plan, stage, step)
         terms: dict[str, torch.Tensor] = {}
         # Token-level losses under accumulation: back-propagate their sums, then divide the
@@ -92,7 +95,8 @@ class StepRunner:
         deferred = scaler is None and self.defer_finite_checks and \
             getattr(optimizer, "_step_supports_amp_scaling", False)
         for repeat in range(spec.repeat):
-            sum_total = count_total = None
+            sum_total: torch.Tensor | None = None
+            count_total: torch.Tensor | None = None
             totals: list[torch.Tensor] = []
             # Where each micro-batch came from: (epoch, position) per data node, so that a
             # failed step can be re-run on the same examples without keeping them.
@@ -108,7 +112,7 @@ class StepRunner:
                 draws.append(drawn)
                 try:
                     with setup.amp():
-                        result = plan.step(batch, weights)
+                        result = step_fn(batch, weights)
                 except DgraphError:
                     raise
                 except Exception as exc:
@@ -130,6 +134,7 @@ class StepRunner:
                 except Exception as exc:
                     raise self._backward_failure(plan, step, exc, losses) from exc
             if by_count:
+                assert sum_total is not None and count_total is not None
                 count_total = count_total.clamp_min(1)
                 grads = [p.grad for p in params if p.grad is not None]
                 if grads:
@@ -187,9 +192,10 @@ class StepRunner:
         for target, source in self._followers[update]:
             target.follow(source)
 
-    def _targets_following(self) -> dict[str, list[tuple[torch.nn.Module, torch.nn.Module]]]:
-        """Per update, the (target module, source module) pairs to move after it steps."""
-        out: dict[str, list] = {}
+    def _targets_following(self) -> dict[str, list[tuple[Any, torch.nn.Module]]]:
+        """Per update, the (target module, source module) pairs to move after it steps; a
+        target module has ``follow(source)`` (the target protocol of its kind)."""
+        out: dict[str, list[tuple[Any, torch.nn.Module]]] = {}
         for update, plan in self.setup.program.plans.items():
             trained = set(plan.trained)
             out[update] = [

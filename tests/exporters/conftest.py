@@ -15,7 +15,7 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from dgraph.runtime.train import train  # noqa: E402
+from dgraph.api import train  # noqa: E402
 
 GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 100,
         "n_positions": 64, "bos_token_id": 0, "eos_token_id": 0}

@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dgraph.api import train
 from dgraph.cli import main
-from dgraph.runtime.train import train
 
 SPEC_HINT = ("hint: the run's spec.resolved.yaml was changed after training, or final/ holds "
              "weights of another run; export with the spec the run was trained with")

@@ -205,7 +205,7 @@ def test_vocabulary_mismatch_is_a_validation_error_naming_both_sizes():
     spec_file = load_spec("llm_kd").path
     assert str(info.value) == (
         "1 problem found in the spec:\n"
-        f"{spec_file}:33:48: error[shape-mismatch]: node 'kd', port 'teacher': dimension "
+        f"{spec_file}:15:48: error[shape-mismatch]: node 'kd', port 'teacher': dimension "
         "vocab of input 'teacher' is 258 (from teacher.logits) but must be 300 (from "
         "student.logits via input 'student')\n"
         "    expected: Logits[B, T, vocab=300]\n"

@@ -8,9 +8,9 @@ import textwrap
 import torch
 from torch import nn
 
+from dgraph.api import train
 from dgraph.ports import Port
 from dgraph.registry import COMPONENTS, BuildContext, Component, component
-from dgraph.runtime.train import train
 
 
 class _NLL(nn.Module):

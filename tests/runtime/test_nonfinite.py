@@ -82,7 +82,7 @@ def test_nan_loss_stops_the_run_before_the_step_is_applied(tmp_path, host):
         expected -= 0.1 * 0.5 / math.sqrt(expected - 0.75)
     assert expected < 0.75
     trainer = _trainer(tmp_path, SQRT)
-    trainer.read_losses_on_host = host
+    trainer.step_runner.read_losses_on_host = host
     with pytest.raises(NonFiniteError) as info:
         trainer.run()
     assert str(info.value) == (
@@ -105,7 +105,7 @@ def test_finite_loss_with_infinite_gradient_is_caught(tmp_path, clip, host):
     text = SQRT.replace("init: ones", "init: zeros").replace("offset: 0.75", "offset: 0.0")
     overrides = [] if clip is None else [f"updates.main.clip_grad_norm={clip}"]
     trainer = _trainer(tmp_path, text, *overrides)
-    trainer.read_losses_on_host = host
+    trainer.step_runner.read_losses_on_host = host
     with pytest.raises(NonFiniteError) as info:
         trainer.run()
     assert str(info.value) == (
@@ -176,7 +176,7 @@ def _fused(trainer: Trainer) -> None:
     old = trainer.optimizers["main"]
     groups = [{"params": g["params"], "node": g["node"]} for g in old.param_groups]
     trainer.optimizers["main"] = torch.optim.Adam(groups, lr=0.01, fused=True)
-    trainer.defer_finite_checks = True
+    trainer.step_runner.defer_finite_checks = True
 
 
 def test_deferred_check_skips_every_step_until_it_is_read(tmp_path):
@@ -202,7 +202,7 @@ def test_deferred_check_skips_every_step_until_it_is_read(tmp_path):
     for key in ("step", "exp_avg", "exp_avg_sq"):
         assert torch.equal(state[key], expected[key]), key
     # The flag was reset with the report: the trainer is usable again.
-    assert float(trainer._found_inf) == 0.0 and trainer._unread == []
+    assert float(trainer.step_runner._found_inf) == 0.0 and trainer.step_runner._unread == []
 
 
 def test_deferred_check_passes_clean_runs(tmp_path):
@@ -213,10 +213,28 @@ def test_deferred_check_passes_clean_runs(tmp_path):
     trainer.run()
     reference = _trainer(tmp_path, DATA, run="reference")
     _fused(reference)
-    reference.defer_finite_checks = False
+    reference.step_runner.defer_finite_checks = False
     reference.run()
     assert torch.equal(trainer.instances.modules["p"].value, reference.instances.modules["p"].value)
-    assert trainer._unread == []
+    assert trainer.step_runner._unread == []
+
+
+def test_a_checkpoint_between_reads_first_reads_the_flag(tmp_path):
+    # The checkpoint a signal asks for falls between two reads of the deferred flag: it is
+    # read first, so the skipped step is reported and nothing is written.
+    _nan_data(tmp_path, bad=5)  # step 2 draws examples 4 and 5
+    trainer = _trainer(tmp_path, DATA, "train.log_every=100", "train.checkpoint_every=100",
+                       "train.eval.every=100")
+    _fused(trainer)
+    stage = trainer.stages[0]
+    for step in range(3):
+        trainer.step_runner.run_update("main", stage, step, {})
+        trainer.step = step + 1
+    assert trainer.step_runner._unread  # steps 0-2 ran ahead, unread
+    with pytest.raises(NonFiniteError, match=re.escape("step 2: update 'main' went non-finite")):
+        trainer.save()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert trainer.save() == tmp_path / "run" / "checkpoints" / "step_00000003.pt"
 
 
 def test_fp16_loss_scaling_skips_infinite_gradients_itself(tmp_path):

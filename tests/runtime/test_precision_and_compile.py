@@ -41,8 +41,8 @@ def test_compiled_step_matches_eager(tmp_path):
     compiled.instances.modules["teacher"].load_state_dict(
         eager.instances.modules["teacher"].state_dict())
     for step in range(3):
-        a = eager._run_update("main", eager.stages[0], step, {})
-        b = compiled._run_update("main", compiled.stages[0], step, {})
+        a = eager.step_runner.run_update("main", eager.stages[0], step, {})
+        b = compiled.step_runner.run_update("main", compiled.stages[0], step, {})
         torch.testing.assert_close(b["total"], a["total"], rtol=1e-4, atol=1e-5)
     assert "compile" in type(compiled.program.plans["main"].step).__module__ or \
         hasattr(compiled.program.plans["main"].step, "_torchdynamo_orig_callable")

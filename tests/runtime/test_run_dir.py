@@ -22,8 +22,7 @@ from dgraph.errors import CheckpointError, SpecError
 from dgraph.runtime import rundir
 from dgraph.runtime.checkpoint import load_checkpoint, save_weights
 from dgraph.runtime.logging import truncate_metrics
-from dgraph.runtime.rundir import LOCK, MARKER, RunDirError, RunLock
-from dgraph.runtime.train import default_run_dir
+from dgraph.runtime.rundir import LOCK, MARKER, RunDirError, RunLock, spec_run_dir
 from dgraph.spec import load_spec
 
 SHORT = ["--quiet", "--set", "train.steps=4", "--set", "train.eval.every=100"]
@@ -142,15 +141,15 @@ def test_train_out_must_stay_in_the_working_directory(tmp_path, monkeypatch, out
     spec = load_spec("teacher_digits", [f"train.out={out}"])
     target = (tmp_path.resolve() / out).resolve()
     with pytest.raises(SpecError) as info:
-        default_run_dir(spec)
+        spec_run_dir(spec)
     assert str(info.value) == (
         f"<--set train.out={out}>: train.out '{out}' would put the run directory at {target}, "
         f"outside the working directory ({tmp_path.resolve()}); a spec may only choose a "
         "folder inside the working directory (such as runs/my_run); pass --out DIR on the "
         "command line to write elsewhere")
-    assert default_run_dir(load_spec("teacher_digits", ["train.out=runs/a/b"])) == \
+    assert spec_run_dir(load_spec("teacher_digits", ["train.out=runs/a/b"])) == \
         Path("runs/a/b")
-    assert default_run_dir(load_spec("teacher_digits")) == Path("runs/teacher_digits")
+    assert spec_run_dir(load_spec("teacher_digits")) == Path("runs/teacher_digits")
 
 
 # -- one job per run directory -----------------------------------------------------------------

@@ -114,8 +114,8 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(token_file):
     whole = _trainer(token_file, batch=8, accumulate=1, name="whole")
     split = _trainer(token_file, batch=2, accumulate=4, name="split")
     split.instances.modules["lm"].load_state_dict(whole.instances.modules["lm"].state_dict())
-    terms_whole = whole._run_update("main", whole.stages[0], 0, {})
-    terms_split = split._run_update("main", split.stages[0], 0, {})
+    terms_whole = whole.step_runner.run_update("main", whole.stages[0], 0, {})
+    terms_split = split.step_runner.run_update("main", split.stages[0], 0, {})
     torch.testing.assert_close(terms_split["total"], terms_whole["total"], rtol=0, atol=1e-6)
     after_whole = whole.instances.modules["lm"].state_dict()
     for key, value in split.instances.modules["lm"].state_dict().items():

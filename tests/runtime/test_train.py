@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dgraph.api import train
 from dgraph.errors import NonFiniteError
 from dgraph.graph import validate
-from dgraph.runtime.train import Trainer, train
+from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec, zoo_names
 
 QUIET = {"progress": False, "log": lambda _m: None}

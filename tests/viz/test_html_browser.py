@@ -174,7 +174,7 @@ def test_hovering_a_node_shows_its_type_ports_shapes_and_updates(fitnet: Page) -
     rows = fitnet.rows()
     assert rows["type"] == "mlp" and rows["kind"] == "student"
     assert rows["frozen"] == "no (trainable)"
-    assert rows["trained by"] == "hint (every 1, repeat 1), main (every 1, repeat 1)"
+    assert rows["trained by"] == "main (every 1, repeat 1), hint (every 1, repeat 1)"
     assert rows["exported"] == "yes"
     assert rows["defined at"].endswith("fitnet.yaml:21:3")
     assert fitnet.ports("inputs") == {"x": "Features[B, 64]  ← data.x"}

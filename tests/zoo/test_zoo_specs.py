@@ -12,9 +12,10 @@ import pytest
 import torch
 from dgraph.components.data._dd_eval import random_real_set, train_on_set
 
+from dgraph.api import train
 from dgraph.graph import validate
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint, load_weights
-from dgraph.runtime.train import Trainer, train
+from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec, zoo_names
 from dgraph.viz import render
 
@@ -104,7 +105,7 @@ def test_born_again_rounds_copy_the_student_into_the_teacher(runs):
     (runs / "born_again_rounds").mkdir()
     trainer = Trainer(graph, runs / "born_again_rounds", **QUIET)
     seen = []
-    begin = trainer._begin_stage
+    begin = trainer.begin_stage
 
     def record(stage):
         def weights(node):
@@ -116,7 +117,7 @@ def test_born_again_rounds_copy_the_student_into_the_teacher(runs):
         seen.append((stage.name, all(torch.equal(student[k], teacher[k]) for k in student),
                      any(not torch.equal(student[k], fresh[k]) for k in student)))
 
-    trainer._begin_stage = record
+    trainer.begin_stage = record
     trainer.run()
     assert seen == [("gen0", False, False), ("gen1", True, True), ("gen2", True, True)]
 

@@ -1,43 +1,19 @@
 """A demo dgraph plug-in: registers the loss component type ``demo_l1`` on import.
 
-Like dgraph's own components, the declaration imports no torch; ``build`` does.
+Written as a third party would: one declaration, torch imported only when the loss runs.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from dgraph.declare import Scalar, Tensor, loss, param
 
-from dgraph.ports import Port
-from dgraph.registry import BuildContext, Component, Params, component
-
-__all__ = ["DemoL1", "DemoL1Params"]
+__all__ = ["demo_l1"]
 
 
-class DemoL1Params(Params):
-    """Parameters of :class:`DemoL1`."""
-
-    scale: float = Field(1.0, gt=0.0, description="multiplies the mean absolute error")
-
-
-@component("demo_l1", roles=("loss",))
-class DemoL1(Component):
+@loss("demo_l1")
+def demo_l1(prediction: Tensor("B, ...", "predicted values"),
+            target: Tensor("B, ...", "target values (same shape)"), *,
+            scale: float = param(1.0, gt=0.0, doc="multiplies the mean absolute error"),
+            ) -> Scalar(None, "scaled mean absolute error"):
     """Mean absolute error between two tensors of the same shape, times ``scale``."""
-
-    Params = DemoL1Params
-    inputs = {
-        "prediction": Port("Tensor", "B, ...", "predicted values"),
-        "target": Port("Tensor", "B, ...", "target values (same shape)"),
-    }
-    outputs = {"loss": Port("Scalar", None, "scaled mean absolute error")}
-
-    def build(self, context: BuildContext):
-        import torch
-        from torch import nn
-
-        scale = self.params.scale
-
-        class DemoL1Module(nn.Module):
-            def forward(self, prediction: torch.Tensor, target: torch.Tensor):
-                return {"loss": scale * (prediction - target).abs().mean()}
-
-        return DemoL1Module()
+    return scale * (prediction - target).abs().mean()
