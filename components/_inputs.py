@@ -38,12 +38,12 @@ NO_REMOTE_CODE_HINT = (
 
 def _param(context: BuildContext, param: str) -> str:
     # A component built inside another's parameters (lm_topk_cache's teacher) gets a prefix.
-    return context.extras.get("param_prefix", "") + param
+    return context.param_prefix + param
 
 
 def where(context: BuildContext, param: str) -> Location | None:
     """The spec location of ``params.<param>`` of the node being built, when known."""
-    source = context.extras.get("spec_source")
+    source = context.source
     if source is None:
         return None
     path = ("nodes", context.node, "params", *_param(context, param).split("."))

@@ -53,7 +53,14 @@ class BuildContext:
     # The built modules of the nodes this node's parameters refer to (``references()``),
     # by parameter name: an EMA target's ``source``, a sampler's ``model``.
     references: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    # Where the spec's values came from, so that a component can locate its own errors at
+    # ``nodes.<node>.params.<param_prefix><param>`` (the prefix for a model built inside
+    # another node's parameters).
+    source: Any = None
+    param_prefix: str = ""
+    # False when only the architecture is wanted (the exporter loads trained weights next):
+    # components then skip loading pretrained weights.
+    weights: bool = True
 
     @property
     def meta(self) -> bool:

@@ -132,11 +132,12 @@ class ExportSubject:
 
 
 def _build(node: Node, name: str, run_dir: Path, spec_dir: Path | None, *,
-           extras: dict[str, Any] | None = None, references: dict[str, Any] | None = None):
+           weights: bool = True, references: dict[str, Any] | None = None):
     """Build a node's runtime object with relative paths resolved as ``dgraph train`` did;
-    ``references`` are the built modules of the nodes its parameters name."""
+    ``references`` are the built modules of the nodes its parameters name; ``weights=False``
+    builds the architecture only (trained weights are loaded next)."""
     context = BuildContext(node=name, device="cpu", spec_dir=spec_dir, run_dir=run_dir,
-                           references=dict(references or {}), extras=dict(extras or {}))
+                           references=dict(references or {}), weights=weights)
     return node.component.build(context)
 
 
@@ -408,13 +409,12 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
     target = graph.nodes[name]
     state, meta = _read_weights(weights, target, name)
     spec_dir = _spec_dir(meta)
-    extras: dict[str, Any] = {"architecture_only": True}
     try:
         # The nodes its parameters name (an EMA target's source), rebuilt without weights.
         references = {param: _build(graph.nodes[other], other, run_dir, spec_dir,
-                                    extras=extras)
+                                    weights=False)
                       for param, other in target.component.references().items()}
-        module = _build(target, name, run_dir, spec_dir, extras=extras, references=references)
+        module = _build(target, name, run_dir, spec_dir, weights=False, references=references)
     except DgraphError:
         raise
     except Exception as exc:

@@ -294,8 +294,7 @@ def _teacher_module(t: TopKTeacher, context: BuildContext) -> nn.Module:
     causal_lm = COMPONENTS.get("hf_causal_lm")
     # Built as part of this node: its errors point at params.teacher.* of the data node.
     inner = BuildContext(node=context.node, spec_dir=context.spec_dir, run_dir=context.run_dir,
-                         extras={"spec_source": context.extras.get("spec_source"),
-                                 "param_prefix": "teacher."})
+                         source=context.source, param_prefix="teacher.")
     module = causal_lm(causal_lm.Params(path=t.path, config=t.config), context.node).build(inner)
     if t.config is None:
         return module

@@ -216,7 +216,7 @@ class HFCausalLM(Module):
         folder = None if path is None else model_folder(context, "path", path)
         # The exporter loads the trained weights right after building: it asks for the
         # architecture only, like the meta-device dry run.
-        weights = not (context.meta or context.extras.get("architecture_only", False))
+        weights = context.weights and not context.meta
         teacher_path = None
         teacher = derive_from
         if isinstance(derive_from, str):

@@ -88,19 +88,14 @@ def _tap_problem(graph: Graph, node: str, path: str, module: nn.Module) -> Probl
 
 def build_context(graph: Graph, name: str, *, device: str, seed: int,
                   run_dir: Path | None, modules: dict[str, nn.Module]) -> BuildContext:
-    """What a node's ``build`` gets: where it is, and the modules built so far (the module a
-    target or sampler names is passed as ``source_module``)."""
+    """What a node's ``build`` gets: where it is, and the built modules of the nodes its
+    parameters name (``BuildContext.references``, by parameter)."""
     spec_dir = graph.spec.path.parent if graph.spec.path else None
-    context = BuildContext(node=name, device=device, seed=seed, spec_dir=spec_dir,
-                           run_dir=run_dir)
-    context.extras["modules"] = modules
-    context.extras["spec_source"] = graph.spec.source  # locates a component's input errors
-    context.references = {param: modules[node] for param, node in
-                          graph.nodes[name].component.references().items() if node in modules}
-    source = context.references.get("source")
-    if source is not None:
-        context.extras["source_module"] = source
-    return context
+    references = {param: modules[node] for param, node in
+                  graph.nodes[name].component.references().items() if node in modules}
+    # ``source`` locates a component's own input errors in the spec.
+    return BuildContext(node=name, device=device, seed=seed, spec_dir=spec_dir,
+                        run_dir=run_dir, references=references, source=graph.spec.source)
 
 
 def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int = 0,

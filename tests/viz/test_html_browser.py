@@ -176,7 +176,7 @@ def test_hovering_a_node_shows_its_type_ports_shapes_and_updates(fitnet: Page) -
     assert rows["frozen"] == "no (trainable)"
     assert rows["trained by"] == "main (every 1, repeat 1), hint (every 1, repeat 1)"
     assert rows["exported"] == "yes"
-    assert rows["defined at"].endswith("fitnet.yaml:21:3")
+    assert rows["defined at"].endswith("fitnet.yaml:12:3")
     assert fitnet.ports("inputs") == {"x": "Features[B, 64]  ← data.x"}
     assert fitnet.ports("outputs") == {"logits": "Logits[B, 10]", "features": "Features[B, 24]"}
     assert fitnet.ports("tapped submodules") == {"body.1": "Features[*]"}
