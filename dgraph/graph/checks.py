@@ -358,8 +358,7 @@ def check_unused(graph: Graph, out: Collector) -> None:
         used.add(current)
         stack.extend(e.src for e in graph.edges_into(current) if e.src not in used)
     referenced = {n.spec.shares for n in graph.nodes.values() if n.spec.shares}
-    for comp_node in graph.nodes.values():
-        referenced |= set(comp_node.component.references().values())
+    referenced |= {reference.src for reference in graph.references}
     for name, node in graph.nodes.items():
         if name not in used and name not in referenced and not KINDS[node.kind].batches:
             out.add(

@@ -14,7 +14,7 @@ from dgraph.ports import Port, Shape
 from dgraph.registry import Component
 from dgraph.spec.model import NodeSpec, Spec
 
-__all__ = ["Edge", "Graph", "Node"]
+__all__ = ["Edge", "Graph", "Node", "Reference"]
 
 
 @dataclass
@@ -56,6 +56,23 @@ class Edge:
         return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Node ``dst`` names node ``src`` in its parameter ``param`` (an EMA target's ``source``).
+
+    Not a data flow within a step: ``dst`` receives ``src``'s module when it is built. Drawn
+    by ``viz``, checked by validation, and ordered before ``dst`` when nodes are built.
+    """
+
+    src: str
+    dst: str
+    param: str
+    location: Location
+
+    def __str__(self) -> str:
+        return f"{self.dst}.params.{self.param} -> {self.src}"
+
+
 @dataclass
 class Graph:
     """A spec whose nodes are built and whose wiring has been resolved."""
@@ -63,6 +80,7 @@ class Graph:
     spec: Spec
     nodes: dict[str, Node]
     edges: list[Edge]
+    references: list[Reference] = field(default_factory=list)
     shapes: dict[tuple[str, str], Shape | None] = field(default_factory=dict)
     dry_run: bool = False  # True once shapes come from running the graph on the meta device
 

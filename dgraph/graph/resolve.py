@@ -11,7 +11,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from dgraph.errors import Problem, RegistryError
 from dgraph.graph.common import Collector, close, names
-from dgraph.graph.model import Edge, Graph, Node
+from dgraph.graph.model import Edge, Graph, Node, Reference
 from dgraph.ports import Port
 from dgraph.registry import COMPONENTS, Component, load_plugins
 from dgraph.spec.model import NodeSpec, Spec
@@ -148,6 +148,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
         if comp is not None:
             components[name] = comp
 
+    references: list[Reference] = []
     for name, ns in spec.nodes.items():
         if ns.shares is not None:
             _check_shares(name, ns, spec, out)
@@ -155,7 +156,10 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
         if comp is None:
             continue
         for param, target in comp.references().items():
-            if target not in spec.nodes:
+            if target in spec.nodes:
+                references.append(Reference(target, name, param,
+                                            spec.source.where(("nodes", name, "params", param))))
+            else:
                 out.add(
                     "unknown-node",
                     f"parameter '{param}' names no node '{target}'",
@@ -261,7 +265,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
                 or f"`dgraph list {src_node.kind}` shows the ports of '{src_node.spec.type}'",
             )
     _resolve_like_types(nodes, edges)
-    return Graph(spec=spec, nodes=nodes, edges=edges), out.problems
+    return Graph(spec=spec, nodes=nodes, edges=edges, references=references), out.problems
 
 
 def _resolve_like_types(nodes: dict[str, Node], edges: list[Edge]) -> None:

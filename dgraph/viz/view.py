@@ -311,13 +311,9 @@ def _node_params(node: Node) -> dict[str, Any]:
         return dict(node.spec.params)
 
 
-def _references(node: Node) -> dict[str, str]:
+def _references(graph: Graph, node: Node) -> dict[str, str]:
     """The parameters of ``node`` that name another node (``{"source": "student"}``)."""
-    try:
-        refs = node.component.references()
-    except Exception:  # a component that cannot say is drawn without its references
-        return {}
-    return {str(k): str(v) for k, v in refs.items() if isinstance(v, str)}
+    return {r.param: r.src for r in graph.references if r.dst == node.name}
 
 
 def _grad_edges(
@@ -395,7 +391,7 @@ def build_view(graph: Graph) -> GraphView:
         edge_types.append(stype)
         edges.append(EdgeView(e.src, e.src_port, e.dst, e.dst_port, stype, shape, tap=e.tap))
 
-    references = {name: _references(node) for name, node in graph.nodes.items()}
+    references = {name: _references(graph, node) for name, node in graph.nodes.items()}
     wired = {(e.src, e.dst, e.dst_port) for e in graph.edges}
     ref_edges = [
         EdgeView(target, "", name, param, "", "", ref=True)
