@@ -19,11 +19,20 @@ class FunctionModule(nn.Module):
     """A parameter-free node: ``forward(**ports)`` calls the declared function."""
 
     def __init__(self, fn: Callable[..., Any], params: dict[str, Any],
-                 single_output: str | None) -> None:
+                 single_output: str | None, schedules: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.params = params
         self.single_output = single_output
+        # Parameters that follow a schedule: their value for the current step is set by
+        # set_step (the StepAware protocol), once per step, not looked up in forward.
+        self.schedules = dict(schedules or {})
+        if self.schedules:
+            self.set_step(0)
+
+    def set_step(self, step: int) -> None:
+        for name, schedule in self.schedules.items():
+            self.params[name] = schedule.at(step) if hasattr(schedule, "at") else schedule
 
     def forward(self, **ports: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.fn(**ports, **self.params)

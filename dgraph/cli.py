@@ -293,9 +293,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The students see 50 labels; the KD student also sees the other training images,
     # unlabelled, through the teacher (a transfer set): where distillation earns its keep.
     low_label = ["nodes.data.params.labelled=50"]
-    runs = (("teacher_digits", "teacher (all labels)", "teacher", []),
-            ("student_digits", "student from scratch (50 labels)", "student", low_label),
-            ("kd", "student with Hinton KD (50 labels + teacher)", "student", low_label))
+    runs: tuple[tuple[str, str, str, list[str]], ...] = (
+        ("teacher_digits", "teacher (all labels)", "teacher", []),
+        ("student_digits", "student from scratch (50 labels)", "student", low_label),
+        ("kd", "student with Hinton KD (50 labels + teacher)", "student", low_label))
     for spec, role, node, extra in runs:
         overrides = [*extra, *(args.set or [])]
         shown = "".join(f" --set {o}" for o in overrides)

@@ -32,7 +32,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, cast, runtime_checkable
 
 from pydantic import Field, StringConstraints, create_model, model_validator
 from pydantic.fields import FieldInfo
@@ -47,9 +47,12 @@ from dgraph.registry import (
     Params,
     _check_declaration,
 )
+from dgraph.spec.model import Weight
 
 __all__ = [
     "Module",
+    "Scheduled",
+    "StepAware",
     "NodeRef",
     "Outputs",
     "PortNames",
@@ -88,9 +91,10 @@ class PortType:
 
 
 class TypeOf(PortType):
-    """An output whose semantic type is that of what feeds input ``port``: ``TypeOf("x")("B, ...")``.
+    """An output whose semantic type is that of what feeds input ``port``.
 
-    Generic ops use it so that ``add(Logits, Logits)`` still feeds a ``Logits`` input.
+    ``TypeOf("x")("B, ...")``: generic ops use it so that ``add(Logits, Logits)`` still feeds a
+    ``Logits`` input.
     """
 
     def __init__(self, port: str, fallback: str = "Tensor") -> None:
@@ -130,6 +134,22 @@ class Outputs(dict):
         super().__init__({name: _as_port(port, f"output '{name}'") for name, port in ports.items()})
 
 
+# A number, or a schedule of the step (``{schedule: linear, start: 1.0, end: 0.1, steps:
+# 1000}``); a function component receives the value for the current step.
+Scheduled = Weight
+
+
+@runtime_checkable
+class StepAware(Protocol):
+    """A built node whose behaviour depends on the training step (scheduled parameters).
+
+    The runtime calls ``set_step(step)`` on such modules before each step (and before
+    evaluation, with the step reached).
+    """
+
+    def set_step(self, step: int) -> None: ...
+
+
 class NodeRef:
     """The type of a parameter that names another node of the spec (``source: student``).
 
@@ -156,6 +176,12 @@ class Module:
     importing torch at the top of the file.
     """
 
+    if TYPE_CHECKING:  # for the checker only: neither exists on Module itself
+        # set on the class by @component (see ``decorate``)
+        component: ClassVar[type[_Declared]]
+        # written by each class component
+        forward: Callable[..., Any]
+
     @classmethod
     def create(cls, context: BuildContext | None = None, **params: Any) -> Any:
         """The built torch module, outside a graph (scripts, tests, other components).
@@ -163,7 +189,7 @@ class Module:
         ``params`` are validated and defaulted as in a spec: ``MLP.create(in_features=64,
         num_classes=10)``. ``context`` defaults to a CPU build named after the type.
         """
-        declared = cls.component  # type: ignore[attr-defined]
+        declared = cls.component
         if context is None:
             context = BuildContext(node=declared.name)
         return declared(declared.Params.model_validate(params), context.node).build(context)
@@ -205,6 +231,7 @@ class _Declared(Component):
     single_output: str | None = None
     context_arg: str | None = None
     node_refs: tuple[str, ...] = ()
+    scheduled: tuple[str, ...] = ()
     ports_from: str | None = None
     names_arg: str | None = None  # the keyword-only argument annotated PortNames
     port_names: Mapping[str, str] = {}  # a preset's renamed inputs: port -> argument
@@ -256,7 +283,8 @@ class _Declared(Component):
 
         if self.shape == "class":
             return torch_class(implementation)(**kwargs)
-        return FunctionModule(implementation, kwargs, self.single_output)
+        schedules = {name: kwargs[name] for name in self.scheduled}
+        return FunctionModule(implementation, kwargs, self.single_output, schedules)
 
 
 def _renamed(fn: Callable[..., Any], names: Mapping[str, str]) -> Callable[..., Any]:
@@ -462,12 +490,17 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "shape": shape,
             "single_output": single,
             "context_arg": context_arg,
+            "scheduled": tuple(n for n, (annotation, _) in fields.items()
+                               if annotation is Scheduled),
             "node_refs": tuple(n for n, (_, info) in fields.items() if _is_ref(info)),
             "token_normalised": token_normalised,
             "follows": follows,
             "names_arg": _injected(obj, PortNames, what),
             "params_check": staticmethod(check) if check is not None else None,
         }
+        if attributes["scheduled"] and shape != "function":
+            raise RegistryError(f"{what}: scheduled parameters {list(attributes['scheduled'])} "
+                                "are for function components (called every step)")
         for flag, value in (("follows", follows), ("ports_from", ports_from)):
             if value is not None and value not in attributes["node_refs"]:
                 raise RegistryError(f"{what}: {flag}='{value}' must name a NodeRef parameter")
@@ -481,7 +514,7 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
         if summarize is not None:
             attributes["summarize"] = lambda self, totals, examples: summarize(totals, examples)
         # Named as the declared object, so that it reads as the same thing in messages.
-        declared = type(obj.__name__, (_Declared,), attributes)
+        declared = cast("type[_Declared]", type(obj.__name__, (_Declared,), attributes))
         declared.name = type_name
         declared.roles = tuple(roles)
         _check_declaration(declared, type_name)
@@ -556,7 +589,7 @@ def preset(name: str, of: Any, *, doc: str,
     if inputs is not None or outputs is not None:
         attributes.update(_preset_ports(name, base, attributes, inputs or {}, outputs or {},
                                         replace_inputs=inputs is not None))
-    declared = type(f"{name}_preset", (base,), attributes)
+    declared = cast("type[_Declared]", type(f"{name}_preset", (base,), attributes))
     declared.name = name
     _check_declaration(declared, name)
     COMPONENTS.register(name, declared, origin=f"preset of {base.name}")

@@ -137,6 +137,11 @@ class NoParams(Params):
     """For components that take no parameters."""
 
 
+# The model base under a name that Component's class attribute ``Params`` does not hide: in
+# the class body, annotations that say ``Params`` would name that attribute.
+_Params = Params
+
+
 class Component:
     """Declaration of a component type. Subclass, set the class attributes, register.
 
@@ -151,7 +156,7 @@ class Component:
 
     name: ClassVar[str] = ""
     roles: ClassVar[tuple[str, ...]] = ()
-    Params: ClassVar[type[Params]] = NoParams
+    Params: ClassVar[type[_Params]] = NoParams
     inputs: ClassVar[dict[str, Port]] = {}
     outputs: ClassVar[dict[str, Port]] = {}
     tappable: ClassVar[bool] = False
@@ -162,7 +167,7 @@ class Component:
     # (its module implements ``follow(source_module)``: EMA targets, periodic copies).
     follows: ClassVar[str | None] = None
 
-    def __init__(self, params: Params, node: str = "") -> None:
+    def __init__(self, params: _Params, node: str = "") -> None:
         self.params = params
         self.node = node
 

@@ -94,7 +94,7 @@ input 'teacher' (Logits)
     expected: Logits[B, C] (or a subtype of Logits)
     found:    Labels[B] from data.y
     hint: connect an output of type Logits, e.g. student.logits, or put an op between them \
-that produces one
+that produces one: expr with params.type: Logits
 1 error: the spec is not valid
 """,
     "shape_mismatch.yaml": """\

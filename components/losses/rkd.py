@@ -35,7 +35,8 @@ def rkd_distance(student: _STUDENT, teacher: _TEACHER, *,
                  ) -> Scalar(None, "RKD distance loss"):
     """RKD distance term (Park et al., 2019): relative pairwise distances must agree.
 
-    ``psi_D(x_i, x_j) = ||x_i - x_j||_2 / mu``, with ``mu = (1/(B(B-1))) sum_{i != j} ||x_i - x_j||_2`` the batch's mean distance;
+    ``psi_D(x_i, x_j) = ||x_i - x_j||_2 / mu``, with
+    ``mu = (1/(B(B-1))) sum_{i != j} ||x_i - x_j||_2`` the batch's mean distance;
     ``loss = (1/(B(B-1))) sum_{i != j} huber(psi_D(s_i, s_j) - psi_D(t_i, t_j))``.
     The paper weights it by ``lambda_D = 25``.
     """
@@ -68,7 +69,8 @@ def rkd_angle(student: _STUDENT, teacher: _TEACHER, *,
               ) -> Scalar(None, "RKD angle loss"):
     """RKD angle term (Park et al., 2019): angles within triplets must agree.
 
-    ``psi_A(x_i, x_j, x_k) = <e_ij, e_ik>``, the cosine of the angle at ``x_i``, with ``e_ij = (x_j - x_i) / ||x_j - x_i||_2``;
+    ``psi_A(x_i, x_j, x_k) = <e_ij, e_ik>``, the cosine of the angle at ``x_i``, with
+    ``e_ij = (x_j - x_i) / ||x_j - x_i||_2``;
     ``loss = mean over triplets of distinct i, j, k of huber(psi_A(s) - psi_A(t))``.
     The paper weights it by ``lambda_A = 50``.
     """

@@ -16,6 +16,7 @@ from dgraph.declare import (
     Mask,
     Outputs,
     Probs,
+    Scheduled,
     Tensor,
     TypeOf,
     op,
@@ -23,7 +24,7 @@ from dgraph.declare import (
 )
 
 __all__ = [
-    "add", "concat", "index", "log_softmax", "masked_mean", "mul", "random_flip",
+    "add", "add_noise", "concat", "index", "log_softmax", "masked_mean", "mul", "random_flip",
     "random_shift", "reshape", "scale", "select", "softmax", "sub",
 ]
 
@@ -161,6 +162,30 @@ _PAIRED = Outputs(
 
 def _paired(y, x2, y2):
     return {"y": y} if x2 is None else {"y": y, "y2": y2}
+
+
+def _non_negative_std(params) -> None:
+    low = params.std if isinstance(params.std, float | int) else min(params.std.start,
+                                                                      params.std.end)
+    if low < 0:
+        raise ValueError(f"std must not be negative; found {low}")
+
+
+@op(check=_non_negative_std)
+def add_noise(x: Tensor("B, ...", "input"), *,
+              std: Scheduled = param(doc="standard deviation of the noise: a number or a "
+                                     "schedule of the step ({schedule: linear, start: 0.1, "
+                                     "end: 0.0, steps: 1000})"),
+              ) -> TypeOf("x")("B, ...", "x + std * N(0, 1)"):
+    """``y = x + std * eps`` with ``eps ~ N(0, I)`` drawn per element (``gaussian_noise``
+    draws noise alone); ``std`` may follow a schedule. The noise is drawn from torch's
+    global, seeded and checkpointed generator; gradients flow to ``x``.
+    """
+    import torch
+
+    if std == 0.0:
+        return x
+    return x + std * torch.randn_like(x)
 
 
 @op

@@ -8,7 +8,6 @@ it (or in it). ``Program.source()`` is the readable text of every generated step
 
 from __future__ import annotations
 
-import keyword
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -56,7 +56,7 @@ def dry_run(graph: Graph) -> list[Problem]:
     finally:
         for recorder in instances.taps.values():
             recorder.remove()
-    concrete: dict[tuple[str, str], object] = {
+    concrete: dict[tuple[str, str], tuple[int, ...]] = {
         key: tuple(t.shape) for key, t in values.items() if isinstance(t, torch.Tensor)}
     graph.shapes, problems = infer_shapes(graph, concrete)
     graph.dry_run = True

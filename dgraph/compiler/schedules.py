@@ -20,17 +20,7 @@ def value_at(schedule: float | ScheduleSpec, step: int) -> float:
     """The value of a weight at a (0-based) step."""
     if not isinstance(schedule, ScheduleSpec):
         return float(schedule)
-    s = schedule
-    if s.schedule == "constant":
-        return s.start
-    t = min(max((step - s.begin) / s.steps, 0.0), 1.0)
-    if s.schedule in ("linear", "warmup"):
-        return s.start + (s.end - s.start) * t
-    if s.schedule == "cosine":
-        return s.end + (s.start - s.end) * 0.5 * (1 + math.cos(math.pi * t))
-    if s.schedule == "step":
-        return s.end if step >= s.begin + s.steps else s.start
-    raise DgraphError(f"unknown schedule '{s.schedule}'")  # pragma: no cover
+    return schedule.at(step)
 
 
 def schedule_fn(schedule: float | ScheduleSpec) -> Callable[[int], float]:

@@ -17,11 +17,21 @@ from dgraph.graph.common import Collector, close, names
 from dgraph.graph.model import Graph
 from dgraph.kinds import KINDS
 from dgraph.ports import carries_grad, is_subtype
+from dgraph.registry import COMPONENTS
 
 __all__ = [
     "check_cycles", "check_dangling", "check_export", "check_stages", "check_types",
     "check_unused", "check_updates",
 ]
+
+
+def _ops_producing(semantic_type: str) -> str:
+    """The registered ops whose output has ``semantic_type`` (or a subtype), by name."""
+    found = sorted(name for name, cls in COMPONENTS.items() if "op" in cls.roles and any(
+        port.like is None and is_subtype(port.type, semantic_type)
+        for port in cls.outputs.values()))
+    shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    return (shown + " or " if shown else "") + f"expr with params.type: {semantic_type}"
 
 
 def _pass(run: Callable[[Graph, Collector], None]) -> Callable[[Graph], list[Problem]]:
@@ -99,7 +109,8 @@ def check_types(graph: Graph, out: Collector) -> None:
                     suggestion=(
                         f"connect an output of type {dst_port.type}"
                         + (f", e.g. {', '.join(candidates[:3])}" if candidates else "")
-                        + ", or put an op between them that produces one"
+                        + ", or put an op between them that produces one: "
+                        + _ops_producing(dst_port.type)
                     ),
                 )
             )
@@ -196,7 +207,7 @@ def check_updates(graph: Graph, out: Collector) -> None:
         trained: set[str] = set()
         for index, entry in enumerate(update.params):
             node = entry if isinstance(entry, str) else entry.node
-            path = (*base, "params", index)
+            path: tuple[str | int, ...] = (*base, "params", index)
             if not isinstance(entry, str):
                 path = (*path, "node")
             if node not in spec.nodes:
@@ -248,19 +259,19 @@ def check_updates(graph: Graph, out: Collector) -> None:
                     suggestion=close(loss, losses) or "name one of the spec's loss nodes",
                 )
                 continue
-            node = graph.nodes.get(loss)
-            if node is None:
+            loss_node = graph.nodes.get(loss)
+            if loss_node is None:
                 continue
-            if node.kind != "loss":
+            if loss_node.kind != "loss":
                 out.add(
                     "not-a-loss",
-                    f"update '{uname}' objective names '{loss}', which is a {node.kind}, "
+                    f"update '{uname}' objective names '{loss}', which is a {loss_node.kind}, "
                     "not a loss",
                     path,
                     key=True,
                     node=loss,
                     expected=f"a node of kind 'loss': {names(losses)}",
-                    found=f"kind '{node.kind}'",
+                    found=f"kind '{loss_node.kind}'",
                     suggestion="put a loss node on top of it and name that loss here",
                 )
                 continue

@@ -90,7 +90,8 @@ def _build_component(name: str, ns: NodeSpec, out: Collector) -> Component | Non
                 msg = err["msg"].removeprefix("Value error, ")
                 out.add(
                     "bad-param",
-                    f"parameter '{'.'.join(map(str, loc))}' of '{ns.type}': {msg}",
+                    (f"parameter '{'.'.join(map(str, loc))}' of '{ns.type}': {msg}" if loc
+                     else f"parameters of '{ns.type}': {msg}"),
                     path,
                     node=name,
                     expected=_expected_from(msg),
@@ -102,21 +103,23 @@ def _build_component(name: str, ns: NodeSpec, out: Collector) -> Component | Non
     return cls(params, node=name)
 
 
-def _check_shares(name: str, ns: NodeSpec, spec: Spec, out: Collector) -> None:
-    owner = spec.nodes.get(ns.shares)
+def _check_shares(name: str, ns: NodeSpec, shares: str, spec: Spec,
+                  out: Collector) -> None:
+    """Check that node ``name`` may share the module of node ``shares`` (its ``ns.shares``)."""
+    owner = spec.nodes.get(shares)
     path = ("nodes", name, "shares")
     if owner is None:
-        out.add("unknown-node", f"'shares' names no node '{ns.shares}'", path, node=name,
+        out.add("unknown-node", f"'shares' names no node '{shares}'", path, node=name,
                 expected=f"a node of this spec: {names(spec.nodes)}",
-                found=f"shares: {ns.shares}",
-                suggestion=close(ns.shares, spec.nodes) or "name the node whose module to use")
+                found=f"shares: {shares}",
+                suggestion=close(shares, spec.nodes) or "name the node whose module to use")
     elif owner.shares is not None:
-        out.add("bad-shares", f"'{ns.shares}' itself shares '{owner.shares}'", path, node=name,
+        out.add("bad-shares", f"'{shares}' itself shares '{owner.shares}'", path, node=name,
                 expected="a node that owns its module (has no 'shares' of its own)",
-                found=f"'{ns.shares}' with shares: {owner.shares}",
+                found=f"'{shares}' with shares: {owner.shares}",
                 suggestion=f"write 'shares: {owner.shares}' to use the owner's module directly")
     elif (owner.type, owner.params) != (ns.type, ns.params):
-        out.add("bad-shares", f"a node sharing '{ns.shares}' must have its type and params",
+        out.add("bad-shares", f"a node sharing '{shares}' must have its type and params",
                 path, node=name,
                 expected=f"type {owner.type} with params {owner.params}",
                 found=f"type {ns.type} with params {ns.params}",
@@ -151,7 +154,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
     references: list[Reference] = []
     for name, ns in spec.nodes.items():
         if ns.shares is not None:
-            _check_shares(name, ns, spec, out)
+            _check_shares(name, ns, ns.shares, spec, out)
         comp = components.get(name)
         if comp is None:
             continue

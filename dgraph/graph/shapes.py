@@ -6,6 +6,8 @@ is not changed (``validate`` and the dry run store the shapes). No torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dgraph.errors import Problem
 from dgraph.graph.model import Edge, Graph, Node
 from dgraph.ports import Dim, Port, Shape, ShapeUnifier, format_shape, is_subtype, parse_shape
@@ -13,7 +15,7 @@ from dgraph.ports import Dim, Port, Shape, ShapeUnifier, format_shape, is_subtyp
 __all__ = ["infer_shapes"]
 
 def infer_shapes(
-    graph: Graph, shapes_of: dict[tuple[str, str], object] | None = None
+    graph: Graph, shapes_of: Mapping[tuple[str, str], tuple[int, ...]] | None = None
 ) -> tuple[dict[tuple[str, str], Shape | None], list[Problem]]:
     """Unify every edge's output shape with its input shape; report conflicts by both sides.
 
@@ -28,7 +30,7 @@ def infer_shapes(
     # dst node -> (dims its inputs' '...' matched, the edge that matched them first)
     rests: dict[str, tuple[tuple[Dim, ...], Edge]] = {}
 
-    def declared(node: Node, port: Port) -> object:
+    def declared(node: Node, port: Port) -> Shape | None:
         return parse_shape(port.shape, node.component.port_params())
 
     for edge in graph.edges:
@@ -39,7 +41,7 @@ def infer_shapes(
         dst_shape = declared(dst, dst_port)
         concrete = shapes_of.get((edge.src, edge.src_port)) if shapes_of else None
         if concrete is not None:
-            src_shape = tuple(Dim(size=int(s)) for s in concrete)  # type: ignore[union-attr]
+            src_shape: Shape | None = tuple(Dim(size=int(s)) for s in concrete)
         else:
             src_shape = declared(src, src_port)
         shapes[(edge.src, edge.src_port)] = src_shape

@@ -24,6 +24,7 @@ import torch
 from dgraph.compiler.codegen import Program, compile_graph
 from dgraph.compiler.instantiate import Instances, build_context, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups
+from dgraph.declare import StepAware
 from dgraph.errors import CheckpointError, DgraphError
 from dgraph.graph import Graph
 from dgraph.kinds import KINDS
@@ -265,6 +266,9 @@ class RunSetup:
         self.amp: AmpContext = amp_context(self.device, self.train_cfg.precision)
         self._fill_caches()
         set_train_modes(graph, self.instances)
+        # Nodes with scheduled parameters learn the step before each one (StepAware).
+        self.step_aware = [m for m in self.instances.unique_modules().values()
+                           if isinstance(m, StepAware)]
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.train_cfg.precision == "fp16" else None)
 
@@ -300,10 +304,19 @@ class RunSetup:
             tensors = self.loaders[source].tensors
             disk = None
             if cache_spec.where == "disk":
-                folder = Path(cache_spec.path) if cache_spec.path else self.run_dir / "cache"
-                disk = folder / f"{name}.safetensors"
-                if disk.exists():
-                    stored = load_weights(disk)
+                # Written only inside this run's folder; an earlier run's cache is read from
+                # where the spec points (relative paths: the spec's folder).
+                disk = self.run_dir / "cache" / f"{name}.safetensors"
+                earlier = disk
+                if cache_spec.path is not None:
+                    folder = Path(cache_spec.path).expanduser()
+                    if not folder.is_absolute() and self.spec.path is not None:
+                        folder = self.spec.path.parent / folder
+                    earlier = folder / f"{name}.safetensors"
+                if not earlier.is_file():
+                    earlier = disk
+                if earlier.is_file():
+                    stored = load_weights(earlier)
                     size = next(iter(tensors.values())).shape[0]
                     if all(t.shape[0] == size for t in stored.values()):
                         self.program.caches.setdefault(name, {}).update(

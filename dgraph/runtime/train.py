@@ -71,6 +71,8 @@ class Trainer(RunSetup):
         save_final(self)
 
     def evaluate(self) -> dict[str, float]:
+        for module in self.step_aware:
+            module.set_step(self.step)
         return evaluate(self.program, self.instances, self.graph, self.device,
                         self.train_cfg.eval.batch_size, self.amp)
 
@@ -101,6 +103,8 @@ class Trainer(RunSetup):
                 logger.pictures(self.run_dir, self.pictures)
             stop.install()
             while self.step < self.total_steps:
+                for module in self.step_aware:
+                    module.set_step(self.step)
                 stage = self.stage_at(self.step)
                 if self.step == stage.start:
                     self.begin_stage(stage)

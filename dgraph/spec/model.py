@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -21,6 +21,9 @@ from pydantic import ValidationError as PydanticValidationError
 from dgraph.errors import Problem, ValidationError, did_you_mean
 from dgraph.kinds import KINDS
 from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -44,7 +47,7 @@ __all__ = [
     "spec_from_raw",
 ]
 
-SPEC_VERSION = 1
+SPEC_VERSION: Final = 1  # Final: its type is Literal[1], that of Spec.dgraph
 
 # Node, update and stage names. Generated step code uses a name only inside identifiers that
 # dgraph prefixes (m_<node>, step_<update>) and inside repr() string literals, so Python
@@ -83,7 +86,9 @@ class CacheSpec(_Strict):
     """Store a frozen node's outputs per dataset example on the first pass and reuse them."""
 
     where: Literal["memory", "disk"] = "memory"
-    path: str | None = Field(None, description="directory for the disk cache (default: run dir)")
+    path: str | None = Field(None, description="a folder holding a cache written by an earlier "
+                             "run (its cache/ folder) to read; dgraph writes only into this "
+                             "run's cache/ folder")
 
 
 class NodeSpec(_Strict):
@@ -133,6 +138,17 @@ class ScheduleSpec(_Strict):
     end: float = 1.0
     steps: int = Field(1, ge=1, description="steps over which the value moves from start to end")
     begin: int = Field(0, ge=0, description="step at which the change begins")
+
+    def at(self, step: int) -> float:
+        """The value at a (0-based) step."""
+        if self.schedule == "constant":
+            return self.start
+        t = min(max((step - self.begin) / self.steps, 0.0), 1.0)
+        if self.schedule in ("linear", "warmup"):
+            return self.start + (self.end - self.start) * t
+        if self.schedule == "cosine":
+            return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * t))
+        return self.end if step >= self.begin + self.steps else self.start  # "step"
 
 
 Weight = Annotated[float | ScheduleSpec, Field(union_mode="left_to_right")]
@@ -279,12 +295,12 @@ def _clean_loc(loc: Iterable[Any]) -> tuple[str | int, ...]:
     return tuple(path)
 
 
-def _is_type_error(error: dict[str, Any]) -> bool:
+def _is_type_error(error: ErrorDetails) -> bool:
     kind = error["type"]
     return kind.endswith(("_type", "_parsing")) or kind == "int_from_float"
 
 
-def _expected_of(error: dict[str, Any]) -> str:
+def _expected_of(error: ErrorDetails) -> str:
     if error["type"] == "model_type":
         return f"a mapping ({error.get('ctx', {}).get('class_name', 'object')})"
     text = error["msg"]
@@ -296,7 +312,7 @@ def _expected_of(error: dict[str, Any]) -> str:
 _MODEL_BRANCHES = ("ObjectiveTerm", "ScheduleSpec", "ParamGroupSpec")
 
 
-def _fitting_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _fitting_branches(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     """Keep, at each union of mappings, the branches whose keys fit the value best.
 
     ``{schedule: linear, steps: 0}`` as a weight is a schedule with a bad ``steps``, not an
@@ -326,7 +342,7 @@ def _fitting_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for i, e in enumerate(errors) if i not in drop]
 
 
-def _problems_from_pydantic(errors: list[dict[str, Any]], source: SourceMap) -> list[Problem]:
+def _problems_from_pydantic(errors: list[ErrorDetails], source: SourceMap) -> list[Problem]:
     """One problem per wrong value: a union's branches are reported as one set of choices."""
     errors = _fitting_branches(errors)
     paths = [_clean_loc(e["loc"]) for e in errors]
@@ -335,7 +351,7 @@ def _problems_from_pydantic(errors: list[dict[str, Any]], source: SourceMap) -> 
     # "NaN" for a number-or-schedule: that it is not finite says more than that it is not a
     # schedule either.
     not_finite = {p for e, p in zip(errors, paths, strict=True) if e["type"] == "finite_number"}
-    kept: list[tuple[dict[str, Any], tuple]] = []
+    kept: list[tuple[ErrorDetails, tuple]] = []
     for error, path in zip(errors, paths, strict=True):
         if path in not_finite and _is_type_error(error):
             continue
@@ -365,7 +381,7 @@ def _problems_from_pydantic(errors: list[dict[str, Any]], source: SourceMap) -> 
 
 
 def _problem_from_pydantic(
-    error: dict[str, Any], source: SourceMap, choices: list[str] | None = None
+    error: ErrorDetails, source: SourceMap, choices: list[str] | None = None
 ) -> Problem:
     kind = error["type"]
     path: list[str | int] = list(_clean_loc(error["loc"]))
@@ -387,14 +403,14 @@ def _problem_from_pydantic(
             suggestion=hint or "remove it; misspelled keys are never silently ignored",
         )
     if kind == "missing":
-        parent = ".".join(map(str, path[:-1])) or "the spec"
+        parent_text = ".".join(map(str, path[:-1])) or "the spec"
         present = _present_keys(error.get("input"))
         return Problem(
             code="missing-key",
-            message=f"required key '{path[-1]}' is missing from {parent}",
+            message=f"required key '{path[-1]}' is missing from {parent_text}",
             location=source.key_where(path[:-1]) if path[:-1] else source.where(()),
             node=node,
-            expected=f"'{path[-1]}' in {parent}" + _described(path),
+            expected=f"'{path[-1]}' in {parent_text}" + _described(path),
             found=f"keys: {present}" if present else "no keys",
             suggestion=f"add '{path[-1]}:'",
         )

@@ -72,9 +72,10 @@ class SourceMap:
     def update(self, other: SourceMap, prefix: Path_ = ()) -> None:
         for path, loc in other.locations.items():
             if path and path[0] == "#key":
-                self.locations[("#key", *prefix, *path[1:])] = loc
+                moved = ("#key", *prefix, *path[1:])
             else:
-                self.locations[(*prefix, *path)] = loc
+                moved = (*prefix, *path)
+            self.locations[moved] = loc
 
 
 @dataclass
@@ -296,10 +297,9 @@ class _SpecComposer(Composer):
                 suggestion="remove the tag; a spec is plain data and never names Python "
                 "objects",
             )
-        accepts = _TAG_ACCEPTS.get(name)
-        if accepts is not None:
+        if name in _TAG_ACCEPTS:
             implicit = _tag_name(self.resolver.resolve(ScalarNode, event.value, (True, False)))
-            if implicit not in accepts:
+            if implicit not in _TAG_ACCEPTS[name]:
                 raise SpecError(
                     f"the value does not read as its tag '{_tag_text(tag)}'",
                     self._where(event.start_mark),
@@ -392,7 +392,8 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
                     or key is None else "write the key as plain text",
                 )
             child = (*path, key)
-            smap.locations[("#key", *child)] = Location(file, kline + 1, kcol + 1)
+            key_path = ("#key", *child)
+            smap.locations[key_path] = Location(file, kline + 1, kcol + 1)
             # A nested mapping is best pointed at by its key; a scalar by its value.
             if isinstance(value, (CommentedMap, CommentedSeq)):
                 smap.locations[child] = Location(file, kline + 1, kcol + 1)
@@ -404,10 +405,11 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
         items = []
         for index, value in enumerate(node):
             position = (node.lc.data or {}).get(index)
-            smap.locations[(*path, index)] = (
+            item = (*path, index)
+            smap.locations[item] = (
                 Location(file, position[0] + 1, position[1] + 1) if position
                 else smap.where(path))
-            items.append(_plain(value, file, (*path, index), smap))
+            items.append(_plain(value, file, item, smap))
         return items
     if isinstance(node, TaggedScalar):
         # '!!str 3' (the composer refused every other tag before anything was constructed)
@@ -567,31 +569,32 @@ def _read(path: Path, *, base: bool = False) -> tuple[dict[str, Any], SourceMap]
         raise _file_error(path, problem)
     try:
         with path.open("rb") as stream:
-            data = stream.read(MAX_SPEC_BYTES + 1)
+            content = stream.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         problem = (f"cannot read the spec: {exc.strerror or exc}", type(exc).__name__,
                    "check the path and its permissions")
         raise _file_error(path, problem) from None
-    if len(data) > MAX_SPEC_BYTES:  # it grew after the size check
+    if len(content) > MAX_SPEC_BYTES:  # it grew after the size check
         raise _file_error(path, _too_large(f"more than {MAX_SPEC_BYTES:,} bytes"))
     try:
-        text = data.decode("utf-8-sig")
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line = content.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (content.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError(
             "cannot read the spec: the file is not UTF-8 text",
             Location(str(path), line, column),
             code="unreadable",
             expected="a UTF-8 text file",
-            found=f"byte 0x{data[exc.start]:02x}, which is not UTF-8 here",
+            found=f"byte 0x{content[exc.start]:02x}, which is not UTF-8 here",
             suggestion="save the spec as UTF-8",
         ) from None
     data, smap = parse_text(text, str(path), quote=not base)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        kind = {list: "a list", str: "text"}.get(type(data), f"a {type(data).__name__}")
+        kinds: dict[type, str] = {list: "a list", str: "text"}
+        kind = kinds.get(type(data), f"a {type(data).__name__}")
         raise SpecError(
             f"a spec must be a mapping at the top level, found {type(data).__name__}",
             Location(str(path), 1, 1),
@@ -827,7 +830,8 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
                 )
         _relocate(raw.source, tuple(path), value_map, Location(where))
         for made in created:
-            raw.source.locations[made] = raw.source.locations[("#key", *made)] = Location(where)
+            made_key = ("#key", *made)
+            raw.source.locations[made] = raw.source.locations[made_key] = Location(where)
     return RawSpec(data, raw.source, raw.path)
 
 
@@ -862,12 +866,14 @@ def _relocate(source: SourceMap, path: Path_, value_map: SourceMap, where: Locat
         if inner[:n] == path:
             del source.locations[located]
     source.locations[path] = where
-    source.locations[("#key", *path)] = where
+    path_key = ("#key", *path)
+    source.locations[path_key] = where
     for located in value_map.locations:
         if located and located[0] == "#key":
-            source.locations[("#key", *path, *located[1:])] = where
+            moved = ("#key", *path, *located[1:])
         else:
-            source.locations[(*path, *located)] = where
+            moved = (*path, *located)
+        source.locations[moved] = where
 
 
 def read_spec_text(raw: Mapping[str, Any]) -> str:
@@ -876,7 +882,8 @@ def read_spec_text(raw: Mapping[str, Any]) -> str:
 
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    # ruamel.yaml declares this setting only by its default, None (typed as None)
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     stream = io.StringIO()
     yaml.dump(dict(raw), stream)
     return stream.getvalue()

@@ -87,7 +87,8 @@ def _assert_only_literal_or_derived(source: str, names: list[str]) -> None:
                 # m_<name>, o_<name>, step_<name>, v_<name>__<port>, possibly suffixed _2.
                 assert re.fullmatch(r"(?:[mtocb]_|step_|v_)?[A-Za-z0-9_]+", text), text
             elif tok.type == tokenize.COMMENT:
-                assert re.fullmatch(r"# [A-Za-z0-9_]+: [a-z]+ [A-Za-z0-9_]+ \([a-z ]+\)", text), text
+                assert re.fullmatch(
+                    r"# [A-Za-z0-9_]+: [a-z]+ [A-Za-z0-9_]+ \([a-z ]+\)", text), text
             else:
                 kind = tokenize.tok_name[tok.type]
                 pytest.fail(f"name {name!r} reached generated code as {kind} token {text!r}")

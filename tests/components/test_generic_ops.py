@@ -178,3 +178,46 @@ def test_expr_inputs_are_the_formula_names(tmp_path):
         validate(load_spec(path))
     assert any(p.code == "unknown-port" and p.port == "c" and p.expected == "one of: a"
                for p in info.value.problems)
+
+
+def test_add_noise_follows_its_schedule_during_training(tmp_path):
+    from dgraph.runtime.train import Trainer
+
+    path = tmp_path / "noise.yaml"
+    path.write_text(textwrap.dedent("""\
+        dgraph: 1
+        name: noise
+        nodes:
+          data: {kind: data, type: digits, params: {batch_size: 16}}
+          noisy:
+            kind: op
+            type: add_noise
+            params: {std: {schedule: linear, start: 0.5, end: 0.0, steps: 8}}
+            inputs: {x: data.x}
+          student: {kind: student, type: mlp,
+                    params: {in_features: 64, hidden: [8], num_classes: 10},
+                    inputs: {x: noisy.y}}
+          ce: {kind: loss, type: cross_entropy, inputs: {logits: student.logits, target: data.y}}
+        updates:
+          main: {optimizer: {type: adam, lr: 0.001}, params: [student], objective: {ce: 1}}
+        train: {steps: 6, eval: {every: 100}, log_every: 100}
+        """))
+    graph, _ = validate(load_spec(path))
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(graph, tmp_path / "run", progress=False, log=lambda *_: None)
+    seen = []
+    noisy = trainer.instances.modules["noisy"]
+    noisy.register_forward_hook(lambda module, args, out: seen.append(module.params["std"]))
+    trainer.run()
+    assert seen[:6] == pytest.approx([0.5 * (1 - step / 8) for step in range(6)])
+
+
+def test_add_noise_refuses_a_negative_std_at_validation(tmp_path):
+    path = tmp_path / "ops.yaml"
+    path.write_text(SPEC.replace("type: %s, inputs: {a: student.logits, b: teacher.logits}",
+                                 "type: add_noise, params: {std: -0.1}, inputs: "
+                                 "{x: student.logits}"))
+    with pytest.raises(ValidationError) as info:
+        validate(load_spec(path))
+    assert [p.message for p in info.value.problems] == [
+        "parameters of 'add_noise': std must not be negative; found -0.1"]

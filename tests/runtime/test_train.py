@@ -237,6 +237,29 @@ def test_teacher_cache_reuses_outputs_without_running_the_teacher(tmp_path, wher
         assert stored["logits"].shape == (len(cached.instances.data["data"]), 10)
 
 
+def test_disk_cache_is_written_in_the_run_and_read_from_an_earlier_one(tmp_path):
+    """``cache.path`` names an earlier run's cache to read; writes stay in this run."""
+    path = _spec(tmp_path, CACHE)
+    first = _trainer(path, tmp_path / "first", "nodes.teacher.cache.where=disk")
+    written = tmp_path / "first" / "cache" / "teacher.safetensors"
+    assert written.is_file()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    before = written.read_bytes()
+    second = _trainer(path, tmp_path / "second", "nodes.teacher.cache.where=disk",
+                      f"nodes.teacher.cache.path={tmp_path / 'first' / 'cache'}")
+    torch.testing.assert_close(second.program.caches["teacher"]["logits"],
+                               first.program.caches["teacher"]["logits"])
+    assert not (tmp_path / "second" / "cache").exists()  # read, not written again
+    assert written.read_bytes() == before
+    # A folder without a cache: computed and written into this run only.
+    third = _trainer(path, tmp_path / "third", "nodes.teacher.cache.where=disk",
+                     f"nodes.teacher.cache.path={shared}")
+    assert list(shared.iterdir()) == []
+    assert (tmp_path / "third" / "cache" / "teacher.safetensors").is_file()
+    assert "teacher" in third.program.caches
+
+
 def test_non_finite_loss_names_the_first_node(tmp_path):
     path = _spec(tmp_path, """
         dgraph: 1

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 from ruamel.yaml import YAML
 
 from dgraph.graph import validate
