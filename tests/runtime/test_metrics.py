@@ -90,3 +90,21 @@ def test_metric_names_outside_the_scheme_are_refused_with_the_node():
             "with an optional @<setting> (e.g. 'fid@4')")) as info:
         metric_key("gen_eval", "f/i d")
     assert info.value.node == "gen_eval"
+
+
+def test_a_whole_split_metric_is_reported_under_node_slash_name(tmp_path):
+    """adversarial_toy measures its generator with an energy distance over the eval split."""
+    from dgraph.graph import validate
+    from dgraph.runtime.train import Trainer
+    from dgraph.spec import load_spec
+
+    graph, _ = validate(load_spec("adversarial_toy", ["train.steps=200", "train.eval.every=1000",
+                                                      "train.log_every=1000"]))
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(graph, tmp_path / "run", progress=False, log=lambda *_: None)
+    before = trainer.evaluate()
+    assert before == trainer.evaluate()  # evaluation draws from forked generators
+    summary = trainer.run()
+    assert {"samples/value", "loss/critic_loss", "loss/generator_loss"} <= set(summary)
+    # 200 steps of GAN training move the generated points towards the ring.
+    assert summary["samples/value"] < before["samples/value"]
