@@ -243,7 +243,7 @@ def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
         plan = trainer.program.plans["main"]
         optimizer = trainer.optimizers["main"]
         inline_loader = own_loader()
-        weights = trainer._weights(plan, stage, 0)
+        weights = trainer.step_runner._weights(plan, stage, 0)
 
         def inline_step() -> None:
             total, _terms = plan.step({"data": inline_loader.next()}, weights)

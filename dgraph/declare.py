@@ -38,7 +38,7 @@ from pydantic import Field, StringConstraints, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from dgraph.errors import RegistryError
-from dgraph.ports import SEMANTIC_TYPES, Port, parse_shape
+from dgraph.ports import SEMANTIC_TYPES, Port, Shape, parse_shape
 from dgraph.registry import (
     COMPONENTS,
     ROLES,
@@ -236,6 +236,17 @@ class _Declared(Component):
     names_arg: str | None = None  # the keyword-only argument annotated PortNames
     port_names: Mapping[str, str] = {}  # a preset's renamed inputs: port -> argument
     params_check: Callable[[Any], None] | None = None  # kept by presets
+    # (params, {input: shape}) -> {output: shape}: the ``shapes=`` option, kept by presets
+    shapes_fn: Callable[[Any, Mapping[str, Shape | None]], Mapping[str, Shape | None]] | None \
+        = None
+
+    def infer_output_shapes(self, input_shapes: Mapping[str, Shape | None]
+                            ) -> dict[str, Shape | None]:
+        if self.shapes_fn is None or self.ports_from:
+            return {}
+        # A preset may rename the inputs: the function knows them by its argument names.
+        shapes = {self.port_names.get(port, port): shape for port, shape in input_shapes.items()}
+        return dict(self.shapes_fn(self.params, shapes))
 
     def resolved_inputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
         return self._copied(peers, outputs=False) if self.ports_from else dict(self.inputs)
@@ -401,6 +412,8 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
               sizes: Callable[[Any], Mapping[str, Any]] | None = None,
               output_ports: Callable[[Any], Mapping[str, Port]] | None = None,
               summarize: Callable[[Mapping[str, float], int], dict[str, float]] | None = None,
+              shapes: Callable[[Any, Mapping[str, Shape | None]],
+                               Mapping[str, Shape | None]] | None = None,
               ) -> Callable[[Any], Any]:
     """Register a function, a :class:`Module` class or a data builder as a component type.
 
@@ -424,6 +437,10 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             annotation then lists the ports that ``dgraph list`` shows.
         summarize: for metrics, how outputs summed over the evaluation split become the
             reported values (see :meth:`dgraph.registry.Component.summarize`).
+        shapes: a function ``(params, {input: shape}) -> {output: shape}`` computing output
+            shapes statically from the shapes feeding the inputs (a concatenation's width),
+            raising ``ValueError`` when they cannot combine (see
+            :meth:`dgraph.registry.Component.infer_output_shapes`).
     """
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
@@ -497,6 +514,7 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "follows": follows,
             "names_arg": _injected(obj, PortNames, what),
             "params_check": staticmethod(check) if check is not None else None,
+            "shapes_fn": staticmethod(shapes) if shapes is not None else None,
         }
         if attributes["scheduled"] and shape != "function":
             raise RegistryError(f"{what}: scheduled parameters {list(attributes['scheduled'])} "

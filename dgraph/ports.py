@@ -19,10 +19,14 @@ __all__ = [
     "Dim",
     "Port",
     "Shape",
+    "ShapeError",
     "ShapeUnifier",
+    "broadcast_shapes",
     "carries_grad",
+    "fresh_symbol",
     "is_subtype",
     "parse_shape",
+    "resolve_dim",
 ]
 
 # type -> parent. An output may feed an input of its own type or of any ancestor.
@@ -124,6 +128,126 @@ def parse_shape(text: str | None, params: Mapping[str, Any] | None = None) -> Sh
 
 def format_shape(shape: Shape | None) -> str:
     return "[*]" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class ShapeError(ValueError):
+    """Input shapes that a component cannot combine (raised by ``infer_output_shapes``).
+
+    ``expected`` says what would combine and ``hint`` how to get there; validation shows
+    them with the shapes of the node's inputs. A plain ``ValueError`` works too.
+    """
+
+    def __init__(self, message: str, *, expected: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.hint = hint
+
+
+def _plain(dim: Dim) -> Dim:
+    """``dim`` without the parameter it was read from (that belongs to another node)."""
+    return dim if dim.param is None else Dim(dim.symbol, dim.size, dim.ellipsis)
+
+
+def broadcast_shapes(*shapes: Shape | None, names: tuple[str, ...] | None = None
+                     ) -> Shape | None:
+    """The shape of an elementwise result, by numpy/torch broadcasting over symbolic dims.
+
+    Dimensions are aligned from the right; a missing one counts as 1. In each position:
+    equal sizes or symbols match; a size 1 takes the other side; a symbol against a size
+    greater than 1 gives the size, and two different symbols give the first (both are
+    assumed equal: broadcasting is optimistic, the dry run and the runtime check the rest).
+    Only two different sizes, both greater than 1, do not combine: :class:`ShapeError`,
+    naming the operands by ``names`` when given.
+
+    ``None`` when any shape is unknown (``None``), or when a ``...`` leaves the alignment
+    open (unless every shape that is not a scalar is the same).
+    """
+    if any(shape is None for shape in shapes):
+        return None
+    known = [s for s in shapes if s is not None]
+    if any(d.ellipsis for shape in known for d in shape):
+        tensors = {tuple(_plain(d) for d in shape) for shape in known if shape}
+        return next(iter(tensors)) if len(tensors) == 1 else (() if not tensors else None)
+    rank = max((len(shape) for shape in known), default=0)
+    result: list[Dim] = []
+    for offset in range(rank, 0, -1):
+        picked: Dim | None = None
+        picked_from = 0
+        for position, shape in enumerate(known):
+            if offset > len(shape):
+                continue
+            dim = _plain(shape[len(shape) - offset])
+            if picked is None or picked.size == 1:
+                picked, picked_from = dim, position
+            elif dim.size == 1 or dim == picked:
+                continue
+            elif dim.size is not None and picked.size is not None:
+                raise _no_broadcast(known, names, (picked_from, position), offset)
+            elif dim.size is not None:  # a size against a symbol: the size
+                picked, picked_from = dim, position
+        assert picked is not None
+        result.append(picked)
+    return tuple(result)
+
+
+def _no_broadcast(shapes: list[Shape], names: tuple[str, ...] | None,
+                  pair: tuple[int, int], offset: int) -> ShapeError:
+    """Operands ``pair`` of ``shapes`` clash in the dimension ``offset`` from the right."""
+    def label(i: int) -> str:
+        shown = format_shape(shapes[i])
+        return f"'{names[i]}' {shown}" if names and len(names) == len(shapes) else shown
+
+    def name(i: int, other: str) -> str:
+        return f"'{names[i]}'" if names and len(names) == len(shapes) else other
+
+    (i, j) = pair
+    size_i, size_j = (shapes[k][len(shapes[k]) - offset].size for k in pair)
+    axis_i, axis_j = len(shapes[i]) - offset, len(shapes[j]) - offset
+    first, second = name(i, "the first"), name(j, "the second")
+    where = (f"dimension {axis_i} is {size_i} in {first} but {size_j} in {second}"
+             if axis_i == axis_j else f"dimension {axis_i} of {first} is {size_i} but "
+             f"dimension {axis_j} of {second} is {size_j} (aligned from the right)")
+    return ShapeError(
+        f"{label(i)} and {label(j)} do not broadcast: {where}",
+        expected="shapes that broadcast: aligned from the right, each pair of dimensions "
+        "equal or one of them 1",
+        hint=f"make the sizes agree ({size_i} vs {size_j}), or reduce or reshape one side "
+        "first (reshape, select, mean(x, dim=...))",
+    )
+
+
+def resolve_dim(shape: Shape, dim: int, what: str) -> int | None:
+    """The position of axis ``dim`` (negative counts from the end) in ``shape``.
+
+    ``None`` when a ``...`` makes the position unknown; :class:`ShapeError` when ``dim`` is
+    out of range for the shape's rank.
+    """
+    ellipsis = next((i for i, d in enumerate(shape) if d.ellipsis), None)
+    if ellipsis is not None:
+        if 0 <= dim < ellipsis:
+            return dim
+        if dim < 0 and -dim <= len(shape) - ellipsis - 1:
+            return len(shape) + dim
+        return None
+    if not -len(shape) <= dim < len(shape):
+        raise ShapeError(
+            f"{what}: dimension {dim} is out of range for {format_shape(shape)} "
+            f"({len(shape)} dimensions)",
+            expected=f"a dim between {-len(shape)} and {len(shape) - 1}" if shape else
+            "an input with at least one dimension",
+            hint="count dimensions from 0 (the batch) or from the end with negative numbers")
+    return dim % len(shape)
+
+
+def fresh_symbol(shape: Shape, base: str) -> Dim:
+    """A symbol named after ``base`` that ``shape`` does not use: a free dimension."""
+    used = {d.symbol for d in shape}
+    name, count = base, 1
+    while name in used:
+        count += 1
+        name = f"{base}{count}"
+    return Dim(symbol=name)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dgraph.errors import PluginError, RegistryError, did_you_mean
 from dgraph.kinds import KINDS
-from dgraph.ports import SEMANTIC_TYPES, Port, parse_shape
+from dgraph.ports import SEMANTIC_TYPES, Port, Shape, parse_shape
 
 __all__ = [
     "ROLES",
@@ -183,6 +183,20 @@ class Component:
     def resolved_outputs(self, peers: Mapping[str, Component]) -> dict[str, Port]:
         """Output ports for this instance (a target copies its source's, for instance)."""
         return dict(self.outputs)
+
+    def infer_output_shapes(self, input_shapes: Mapping[str, Shape | None]
+                            ) -> dict[str, Shape | None]:
+        """Output shapes computed from the shapes of what feeds the inputs (no torch).
+
+        ``input_shapes`` maps each connected input port to the shape of the output feeding
+        it (``None`` when that has no static shape; an unconnected input is absent). Symbols
+        are compared by name (``B`` is ``B``). Return ``{output: shape}`` for the outputs
+        whose shape this computes, ``None`` for one it cannot know; the declared shapes of
+        the others stand. Raise ``ValueError`` (better :class:`dgraph.ports.ShapeError`, with
+        ``expected`` and ``hint``) when the inputs cannot combine: validation reports it at
+        the node's inputs. The default computes nothing.
+        """
+        return {}
 
     def references(self) -> dict[str, str]:
         """Parameters that name other nodes (``{"source": "student"}``), for validation."""

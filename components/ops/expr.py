@@ -9,7 +9,16 @@ The checked tree is turned into nested closures over torch functions once, at bu
 
 The input ports are the names the formula uses (each of type ``Tensor``, any shape); the
 output takes the semantic type of the first of them unless ``type`` says otherwise.
-Broadcasting follows torch; the dry run computes the output's shape from real meta tensors.
+
+The output's shape is inferred statically (:func:`infer_expr_shape`) from the shapes feeding
+the inputs: numbers are scalars (shape ``[]``); arithmetic, comparisons, ``where``,
+``minimum`` and ``maximum`` broadcast as torch does (dims aligned from the right; equal
+symbols or sizes match, a 1 takes the other side, a symbol against a size gives the size,
+two different symbols are assumed equal, two different sizes > 1 are an error located at the
+node); the other functions keep the shape, except the reductions ``mean``, ``sum``,
+``amax``, ``amin``, ``logsumexp`` and ``norm``, which drop ``dim`` (or keep it as 1 with
+``keepdim=True``; without a dim, all). An input with no static shape makes the output's
+unknown; the dry run then computes it from real meta tensors.
 """
 
 from __future__ import annotations
@@ -21,10 +30,18 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from dgraph.ports import SEMANTIC_TYPES, Port
+from dgraph.ports import (
+    SEMANTIC_TYPES,
+    Dim,
+    Port,
+    Shape,
+    ShapeError,
+    broadcast_shapes,
+    resolve_dim,
+)
 from dgraph.registry import BuildContext, Component, Params, component
 
-__all__ = ["FUNCTIONS", "Expr", "ExprParams", "parse_expr"]
+__all__ = ["FUNCTIONS", "Expr", "ExprParams", "infer_expr_shape", "parse_expr"]
 
 # name -> (min positional args, max positional args, allowed keyword arguments, doc)
 FUNCTIONS: dict[str, tuple[int, int, frozenset[str], str]] = {
@@ -239,6 +256,71 @@ def compile_expr(parsed: ParsedExpr) -> Callable[[Mapping[str, Any]], Any]:
     return build(parsed.tree)
 
 
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "logsumexp", "norm"}
+_BROADCASTING = {"where", "minimum", "maximum"}
+
+
+def infer_expr_shape(parsed: ParsedExpr, inputs: Mapping[str, Shape | None]) -> Shape | None:
+    """The formula's shape from its inputs' (symbolic) shapes; ``None`` when unknown.
+
+    Raises :class:`~dgraph.ports.ShapeError` naming the parts of the formula that do not
+    broadcast, or a reduction over a dimension the shape does not have.
+    """
+    def shape(node: ast.expr) -> Shape | None:
+        if isinstance(node, ast.Constant):
+            return ()
+        if isinstance(node, ast.Name):
+            return inputs.get(node.id)
+        if isinstance(node, ast.UnaryOp):
+            return shape(node.operand)
+        if isinstance(node, ast.BinOp):
+            return combine(node, [node.left, node.right])
+        if isinstance(node, ast.Compare):
+            return combine(node, [node.left, node.comparators[0]])
+        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        name = node.func.id
+        if name in _BROADCASTING:
+            return combine(node, list(node.args))
+        x = shape(node.args[0])
+        keywords = {k.arg: _constant(k.value, "") for k in node.keywords if k.arg}
+        if x is None or (name not in _REDUCTIONS and "dim" not in keywords):
+            return x
+        default = -1 if name in ("logsumexp", "softmax", "log_softmax") else None
+        dim = keywords.get("dim", default)
+        what = ast.unparse(node)
+        if not x:  # a scalar: torch allows dim 0 or -1 and keeps it a scalar
+            return x
+        if dim is None and name in _REDUCTIONS and name != "logsumexp":  # over everything
+            if any(d.ellipsis for d in x):
+                return None
+            # Only norm keeps the dims without a dim (see compile_expr).
+            return tuple(Dim(size=1) for _ in x) if name == "norm" and keywords.get(
+                "keepdim") else ()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ShapeError(f"{what}: dim must be an integer, found {dim!r}",
+                             expected="dim=<integer>", hint=f"e.g. {name}(..., dim=-1)")
+        axis = resolve_dim(x, dim, what)
+        if name not in _REDUCTIONS:
+            return x
+        if axis is None:
+            return None
+        if keywords.get("keepdim"):
+            return x[:axis] + (Dim(size=1),) + x[axis + 1:]
+        return x[:axis] + x[axis + 1:]
+
+    def combine(node: ast.expr, parts: list[ast.expr]) -> Shape | None:
+        shapes = [shape(part) for part in parts]
+        try:
+            return broadcast_shapes(*shapes, names=tuple(ast.unparse(p) for p in parts))
+        except ShapeError as exc:
+            if node is parsed.tree:
+                raise
+            raise ShapeError(f"in '{ast.unparse(node)}': {exc}", expected=exc.expected,
+                             hint=exc.hint) from None
+
+    return shape(parsed.tree)
+
+
 class ExprParams(Params):
     """Parameters of :class:`Expr`."""
 
@@ -285,6 +367,11 @@ class Expr(Component):
             return {"y": Port(params.type, None, "the formula's value")}  # type: ignore[attr-defined]
         first = parse_expr(params.expr).names[0]  # type: ignore[attr-defined]
         return {"y": Port("Tensor", None, "the formula's value", like=first)}
+
+    def infer_output_shapes(self, input_shapes: Mapping[str, Shape | None]
+                            ) -> dict[str, Shape | None]:
+        parsed = parse_expr(self.params.expr)  # type: ignore[attr-defined]
+        return {"y": infer_expr_shape(parsed, input_shapes)}
 
     def build(self, context: BuildContext) -> Any:
         from dgraph._torch_declare import FunctionModule

@@ -22,6 +22,7 @@ from dgraph.declare import (
     op,
     param,
 )
+from dgraph.ports import Dim, ShapeError, format_shape, fresh_symbol, resolve_dim
 
 __all__ = [
     "add", "add_noise", "concat", "index", "log_softmax", "masked_mean", "mul", "random_flip",
@@ -57,7 +58,46 @@ def scale(x: Tensor("B, ...", "input"), *,
     return x * factor
 
 
-@op
+def _concat_shapes(params, shapes):
+    """Equal in every dimension but ``dim``, whose sizes add up (unknown if one is unknown)."""
+    parts = [(port, shapes[port]) for port in ("a", "b", "c", "d") if port in shapes]
+    if not parts or any(shape is None or any(d.ellipsis for d in shape) for _, shape in parts):
+        return {"y": None}
+    first_port, first = parts[0]
+    axis = resolve_dim(first, params.dim, "concat")
+    if axis == 0:
+        raise ShapeError(f"concat along dim={params.dim} of {format_shape(first)} would join "
+                         "batches", expected="a dim other than the batch dimension 0",
+                         hint="join along another dimension, e.g. dim: -1")
+    joined: list[Dim] = list(first)
+    for port, shape in parts[1:]:
+        if len(shape) != len(first):
+            raise ShapeError(
+                f"'{first_port}' {format_shape(first)} has {len(first)} dimensions but "
+                f"'{port}' {format_shape(shape)} has {len(shape)}",
+                expected=f"parts with {len(first)} dimensions, equal except along dim "
+                f"{params.dim}", hint="reshape or flatten one part first")
+        for i, (mine, theirs) in enumerate(zip(joined, shape, strict=True)):
+            if i == axis:
+                continue
+            if mine.size is not None and theirs.size is not None and mine.size != theirs.size:
+                raise ShapeError(
+                    f"'{first_port}' {format_shape(first)} and '{port}' {format_shape(shape)} "
+                    f"differ in dimension {i} ({mine.size} vs {theirs.size}), which is not "
+                    f"the one they are joined along ({axis})",
+                    expected=f"parts equal in every dimension but {axis}",
+                    hint="join along the dimension that differs (dim), or reshape one part")
+            if mine.size is None and theirs.size is not None:
+                joined[i] = theirs
+    sizes = [shape[axis].size for _, shape in parts]
+    if all(size is not None for size in sizes):
+        joined[axis] = Dim(size=sum(sizes))  # type: ignore[arg-type]
+    else:
+        joined[axis] = fresh_symbol(tuple(joined), "N")
+    return {"y": tuple(joined)}
+
+
+@op(shapes=_concat_shapes)
 def concat(a: Tensor("*", "first part"), b: Tensor("*", "second part"),
            c: Tensor("*", "third part (optional)") = None,
            d: Tensor("*", "fourth part (optional)") = None, *,
@@ -79,7 +119,40 @@ def _no_batch_in_shape(params) -> None:
         raise ValueError("shape takes positive sizes and at most one -1 (inferred size)")
 
 
-@op(check=_no_batch_in_shape)
+def _reshape_shapes(params, shapes):
+    """``[B, *shape]``; a -1 is computed when the input's sizes after the batch are known."""
+    x = shapes.get("x")
+    if x is not None and len(x) == 0:
+        return {"y": None}  # a scalar: the edge reports the rank
+    batch = x[0] if x is not None and not x[0].ellipsis else Dim(symbol="B")
+    dims = [Dim(size=size) if size != -1 else None for size in params.shape]
+    rest = None if x is None or any(d.ellipsis for d in x) else x[1:]
+    if rest is not None and all(d.size is not None for d in rest):
+        total = 1
+        for d in rest:
+            total *= d.size
+        known = 1
+        for size in params.shape:
+            known *= size if size != -1 else 1
+        wanted = "[" + ", ".join(str(size) for size in params.shape) + "]"
+        target = "[" + ", ".join([str(batch), *(str(size) for size in params.shape)]) + "]"
+        if (-1 in params.shape and total % known) or (-1 not in params.shape
+                                                       and total != known):
+            raise ShapeError(
+                f"cannot reshape {format_shape(x)} to {target}: "
+                f"{total} values per example, {known} in shape {wanted}",
+                expected=f"a shape whose sizes multiply to {total}"
+                + (" (or divide it, with a -1)" if -1 in params.shape else ""),
+                hint=f"change shape (now {wanted}) so that it holds {total} values, or put "
+                "-1 for one size")
+        dims = [d if d is not None else Dim(size=total // known) for d in dims]
+    out = [batch]
+    for d in dims:
+        out.append(d if d is not None else fresh_symbol(tuple(out), "N"))
+    return {"y": tuple(out)}
+
+
+@op(check=_no_batch_in_shape, shapes=_reshape_shapes)
 def reshape(x: Tensor("B, ...", "input"), *,
             shape: list[int] = param(doc="the new shape after the batch dimension; one entry "
                                      "may be -1"),
@@ -129,7 +202,28 @@ def masked_mean(x: Features("B, T, C", "per-token states"),
     return total / weights.sum(dim=1).clamp_min(1.0)
 
 
-@op
+def _select_shapes(params, shapes):
+    """``x`` without dimension ``dim``."""
+    x = shapes.get("x")
+    if x is None:
+        return {"y": None}
+    axis = resolve_dim(x, params.dim, "select")
+    if axis is None:
+        return {"y": None}
+    if axis == 0:
+        raise ShapeError(f"select cannot index the batch dimension (dim={params.dim} of "
+                         f"{format_shape(x)})", expected="a dim other than 0",
+                         hint="select along another dimension, e.g. dim: 1 for a token")
+    size = x[axis].size
+    if size is not None and not -size <= params.index < size:
+        raise ShapeError(f"select index {params.index} is out of range for dimension {axis} "
+                         f"of {format_shape(x)} (size {size})",
+                         expected=f"an index between {-size} and {size - 1}",
+                         hint="negative indices count from the end: -1 is the last")
+    return {"y": x[:axis] + x[axis + 1:]}
+
+
+@op(shapes=_select_shapes)
 def select(x: Tensor("B, ...", "input"), *,
            dim: int = param(doc="the dimension to index (not the batch, 0)"),
            index: int = param(doc="the position along dim; negative counts from the end"),
@@ -140,7 +234,15 @@ def select(x: Tensor("B, ...", "input"), *,
     return x.select(dim, index)
 
 
-@op
+def _index_shapes(params, shapes):
+    """``x`` without dimension 1 (one position per example)."""
+    x = shapes.get("x")
+    if x is None or len(x) < 2 or x[0].ellipsis or x[1].ellipsis:
+        return {"y": None}
+    return {"y": x[:1] + x[2:]}
+
+
+@op(shapes=_index_shapes)
 def index(x: Tensor("B, N, ...", "input"),
           positions: Labels("B", "a position along dim 1 for every example"),
           ) -> TypeOf("x")(None, "x[b, positions[b]]"):

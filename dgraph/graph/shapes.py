@@ -1,4 +1,5 @@
-"""Pass 2: unify every edge's symbolic shape with its input's; conflicts name both sides.
+"""Pass 2: infer the shapes that components compute, then unify every edge's symbolic shape
+with its input's; conflicts name both sides.
 
 Pure: returns the shape of every output port that feeds an edge, and the problems; the graph
 is not changed (``validate`` and the dry run store the shapes). No torch.
@@ -8,9 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import networkx as nx
+
 from dgraph.errors import Problem
 from dgraph.graph.model import Edge, Graph, Node
-from dgraph.ports import Dim, Port, Shape, ShapeUnifier, format_shape, is_subtype, parse_shape
+from dgraph.ports import (
+    Dim,
+    Port,
+    Shape,
+    ShapeUnifier,
+    format_shape,
+    is_subtype,
+    parse_shape,
+)
 
 __all__ = ["infer_shapes"]
 
@@ -20,12 +31,15 @@ def infer_shapes(
     """Unify every edge's output shape with its input shape; report conflicts by both sides.
 
     ``shapes_of`` optionally supplies concrete shapes (tuples of ints) from a dry run, keyed by
-    (node, output port); they take precedence over the declared symbolic shapes. Edges whose
-    semantic types do not match are skipped (that problem is reported on its own). The ``...``
-    of a node's input ports stands for the same dimensions in all of them.
+    (node, output port); they take precedence over the static ones. Otherwise an output's
+    shape is what its component computes from the shapes feeding its inputs
+    (:meth:`~dgraph.registry.Component.infer_output_shapes`, nodes visited in topological
+    order), or else its declared symbolic shape. Edges whose semantic types do not match are
+    skipped (that problem is reported on its own). The ``...`` of a node's input ports stands
+    for the same dimensions in all of them.
     """
-    problems: list[Problem] = []
     shapes: dict[tuple[str, str], Shape | None] = {}
+    outputs, problems = _output_shapes(graph, shapes_of or {})
     unifier = ShapeUnifier()
     # dst node -> (dims its inputs' '...' matched, the edge that matched them first)
     rests: dict[str, tuple[tuple[Dim, ...], Edge]] = {}
@@ -39,11 +53,7 @@ def infer_shapes(
         dst_port = dst.inputs[edge.dst_port]
         src_port = src.output_port(edge.src_port)
         dst_shape = declared(dst, dst_port)
-        concrete = shapes_of.get((edge.src, edge.src_port)) if shapes_of else None
-        if concrete is not None:
-            src_shape: Shape | None = tuple(Dim(size=int(s)) for s in concrete)
-        else:
-            src_shape = declared(src, src_port)
+        src_shape = outputs[(edge.src, edge.src_port)]
         shapes[(edge.src, edge.src_port)] = src_shape
         if src_shape is None or dst_shape is None:
             continue
@@ -55,6 +65,69 @@ def infer_shapes(
         if problem is not None:
             problems.append(problem)
     return shapes, problems
+
+
+def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, ...]]
+                   ) -> tuple[dict[tuple[str, str], Shape | None], list[Problem]]:
+    """The shape of every output that feeds an edge: concrete, computed, or declared.
+
+    Visits the nodes in topological order, so that a component computing its output shapes
+    sees what its inputs' producers computed. A component's ``ValueError`` becomes a located
+    ``shape-mismatch`` problem, and its outputs are then unknown.
+    """
+    problems: list[Problem] = []
+    out: dict[tuple[str, str], Shape | None] = {}
+    try:
+        order, cyclic = graph.topological_order(), False
+    except nx.NetworkXUnfeasible:  # a cycle (reported by check_cycles): declared shapes only
+        order, cyclic = list(graph.nodes), True
+    for name in order:
+        node = graph.nodes[name]
+        leaving = {edge.src_port for edge in graph.edges_from(name)}
+        if not leaving:
+            continue
+        computed: dict[str, Shape | None] = {}
+        if not cyclic and any((name, port) not in concrete for port in leaving):
+            computed, problem = _computed(graph, node, out)
+            if problem is not None:
+                problems.append(problem)
+        params = node.component.port_params()
+        for port in leaving:
+            if (name, port) in concrete:
+                out[(name, port)] = tuple(Dim(size=int(s)) for s in concrete[(name, port)])
+            elif port in computed:
+                shape = computed[port]
+                # Sizes read from other nodes' parameters are no parameters of this node.
+                out[(name, port)] = None if shape is None else tuple(
+                    Dim(d.symbol, d.size, d.ellipsis) for d in shape)
+            else:
+                out[(name, port)] = parse_shape(node.output_port(port).shape, params)
+    return out, problems
+
+
+def _computed(graph: Graph, node: Node, out: Mapping[tuple[str, str], Shape | None]
+              ) -> tuple[dict[str, Shape | None], Problem | None]:
+    """What ``node``'s component computes for its output shapes, or the located problem."""
+    feeding = {edge.dst_port: edge for edge in graph.edges_into(node.name)}
+    inputs = {port: out.get((edge.src, edge.src_port)) for port, edge in feeding.items()}
+    try:
+        computed = node.component.infer_output_shapes(inputs)
+    except ValueError as exc:
+        found = ", ".join(f"{port}: {format_shape(shape)} from {feeding[port].src}."
+                          f"{feeding[port].src_port}" for port, shape in inputs.items())
+        return {port: None for port in node.outputs}, Problem(
+            code="shape-mismatch",
+            message=f"the shapes of its inputs do not combine: {exc}",
+            location=graph.spec.source.where(("nodes", node.name, "inputs")),
+            node=node.name,
+            expected=getattr(exc, "expected", None)
+            or f"input shapes that '{node.spec.type}' can combine",
+            found=found or "no inputs",
+            suggestion=getattr(exc, "hint", None)
+            or "make the shapes of the inputs agree (`dgraph viz` shows them), or reshape "
+            "one of them first with an op (reshape, select, flatten)",
+        )
+    return dict(computed), None
 
 
 def _split(shape: tuple) -> tuple[list, list, bool]:
