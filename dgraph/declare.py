@@ -50,6 +50,7 @@ from dgraph.registry import (
 from dgraph.spec.model import Weight
 
 __all__ = [
+    "Accumulator",
     "Module",
     "Scheduled",
     "StepAware",
@@ -148,6 +149,22 @@ class StepAware(Protocol):
     """
 
     def set_step(self, step: int) -> None: ...
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    """A metric that sees a whole evaluation split (see :mod:`dgraph.runtime.metrics`).
+
+    ``reset()`` before an evaluation, ``update(**inputs)`` for each held-out batch,
+    ``compute()`` at the end, returning named values. Such a node has no per-step outputs:
+    training steps and the dry run never call it.
+    """
+
+    def reset(self) -> None: ...
+
+    def update(self, **inputs: Any) -> None: ...
+
+    def compute(self) -> Mapping[str, float]: ...
 
 
 class NodeRef:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from dgraph.declare import Accumulator
 from dgraph.errors import ComponentRuntimeError, Problem, ValidationError
 from dgraph.graph.model import Graph
 from dgraph.graph.shapes import infer_shapes
@@ -37,9 +38,12 @@ def dry_run(graph: Graph) -> list[Problem]:
     instances = instantiate(graph, device="meta", seed=graph.spec.train.seed)
     program = compile_graph(graph)
     batch = {name: _meta_batch(source) for name, source in instances.data.items()}
+    # Whole-split metrics have no per-batch outputs; they run only in evaluation.
+    nodes = [n for n in program.order
+             if not isinstance(instances.modules.get(n), Accumulator)]
     try:
         with torch.no_grad():
-            values = program.run_nodes(instances, batch)
+            values = program.run_nodes(instances, batch, nodes)
     except ComponentRuntimeError as exc:
         node = graph.nodes.get(exc.node) if exc.node is not None else None
         raise ValidationError([

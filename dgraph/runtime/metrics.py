@@ -18,27 +18,17 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
+from dgraph.declare import Accumulator
 from dgraph.errors import ComponentRuntimeError
 from dgraph.registry import Component
 
 __all__ = ["Accumulator", "SummedOutputs", "as_accumulator", "metric_key"]
 
 _NAME = re.compile(r"[A-Za-z0-9_]+(@[A-Za-z0-9_.]+)?\Z")
-
-
-@runtime_checkable
-class Accumulator(Protocol):
-    """What the evaluator calls on a metric node."""
-
-    def reset(self) -> None: ...
-
-    def update(self, **inputs: torch.Tensor) -> None: ...
-
-    def compute(self) -> Mapping[str, float]: ...
 
 
 def metric_key(node: str, name: str) -> str:

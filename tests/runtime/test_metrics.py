@@ -108,3 +108,10 @@ def test_a_whole_split_metric_is_reported_under_node_slash_name(tmp_path):
     assert {"samples/value", "loss/critic_loss", "loss/generator_loss"} <= set(summary)
     # 200 steps of GAN training move the generated points towards the ring.
     assert summary["samples/value"] < before["samples/value"]
+
+
+def test_specs_with_whole_split_metrics_pass_the_dry_run(capsys):
+    from dgraph.cli import main
+
+    assert main(["validate", "adversarial_toy"]) == 0
+    assert capsys.readouterr().out.startswith("adversarial_toy: valid (")

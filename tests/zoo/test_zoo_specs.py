@@ -157,3 +157,12 @@ def test_synthetic_set_evaluation_trains_only_on_the_set():
     assert 0.3 < first <= 1.0
     noise = torch.rand(20, 1, 8, 8)
     assert train_on_set(noise, labels, seed=0, steps=50) < first
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_every_zoo_spec_passes_validation_with_the_dry_run(name, capsys):
+    """What `dgraph validate NAME` does: static checks, then the meta-device dry run."""
+    from dgraph.cli import main
+
+    assert main(["validate", name]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"{name}: valid (")
