@@ -171,7 +171,8 @@ class NodeRef:
     """The type of a parameter that names another node of the spec (``source: student``).
 
     Validation checks that the node exists and ``viz`` draws the reference; the
-    implementation receives the named node's built module in that parameter, not its name.
+    implementation receives the named node's built module in that parameter, not its name
+    (the :class:`dgraph.data.DataSource` for a data node).
     Annotate ``NodeRef | None`` for an optional reference.
     """
 
@@ -545,7 +546,8 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
                 raise RegistryError(f"{what}: give ports_from or output_ports, not both")
             attributes["resolved_outputs"] = lambda self, peers: dict(output_ports(self.params))
         if sizes is not None:
-            attributes["port_params"] = lambda self: {**self.kwargs(), **sizes(self.params)}
+            attributes["port_params"] = lambda self: {**self.kwargs(),
+                                                      **_sizes_or_none(sizes, self.params)}
         if summarize is not None:
             attributes["summarize"] = lambda self, totals, examples: summarize(totals, examples)
         # Named as the declared object, so that it reads as the same thing in messages.
@@ -566,6 +568,18 @@ def _injected(obj: Any, annotation: type, what: str) -> str | None:
     sig = _signature(obj.__init__ if inspect.isclass(obj) else obj, what)
     return next((arg.name for arg in sig.parameters.values()
                  if arg.kind == arg.KEYWORD_ONLY and arg.annotation is annotation), None)
+
+
+def _sizes_or_none(sizes: Callable[[Any], Mapping[str, Any]], params: Any) -> Mapping[str, Any]:
+    """A component's extra sizes, or none when its parameters do not allow reading them.
+
+    Sizes only sharpen static shape checks; a parameter the sizes function cannot use (a
+    malformed config) is reported when the node is built, with its location.
+    """
+    try:
+        return sizes(params)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return {}
 
 
 def _is_ref(info: FieldInfo) -> bool:

@@ -51,7 +51,8 @@ class BuildContext:
     spec_dir: Path | None = None
     run_dir: Path | None = None
     # The built modules of the nodes this node's parameters refer to (``references()``),
-    # by parameter name: an EMA target's ``source``, a sampler's ``model``.
+    # by parameter name: an EMA target's ``source``, a sampler's ``model``; for a data node,
+    # its DataSource (a metric reading the training split).
     references: dict[str, Any] = field(default_factory=dict)
     # Where the spec's values came from, so that a component can locate its own errors at
     # ``nodes.<node>.params.<param_prefix><param>`` (the prefix for a model built inside

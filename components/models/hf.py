@@ -63,8 +63,10 @@ def derived_config(teacher: dict[str, Any], *, num_layers: int | None = None,
     if num_heads is not None:
         _set_alias(config, "num_attention_heads", num_heads)
         if "num_key_value_heads" in config:
-            config["num_key_value_heads"] = min(num_heads, config["num_key_value_heads"]
-                                                or num_heads)
+            current = config["num_key_value_heads"]
+            # A malformed teacher value is transformers' to report when the model is built.
+            config["num_key_value_heads"] = (min(num_heads, current) if isinstance(current, int)
+                                             and current > 0 else num_heads)
     if intermediate_size is not None:
         _set_alias(config, "intermediate_size", intermediate_size)
     if "head_dim" in config and (hidden_size is not None or num_heads is not None):

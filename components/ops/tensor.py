@@ -139,12 +139,13 @@ def _reshape_shapes(params, shapes):
         if (-1 in params.shape and total % known) or (-1 not in params.shape
                                                        and total != known):
             raise ShapeError(
-                f"cannot reshape {format_shape(x)} to {target}: "
-                f"{total} values per example, {known} in shape {wanted}",
+                f"cannot reshape {format_shape(x)} to {target}: {total} values per example "
+                + (f"are not a multiple of {known}" if -1 in params.shape
+                   else f"but {known} in shape {wanted}"),
                 expected=f"a shape whose sizes multiply to {total}"
                 + (" (or divide it, with a -1)" if -1 in params.shape else ""),
-                hint=f"change shape (now {wanted}) so that it holds {total} values, or put "
-                "-1 for one size")
+                hint=f"change shape (now {wanted}) so that it holds {total} values"
+                + ("" if -1 in params.shape else ", or put -1 for one size"))
         dims = [d if d is not None else Dim(size=total // known) for d in dims]
     out = [batch]
     for d in dims:
@@ -279,9 +280,10 @@ def add_noise(x: Tensor("B, ...", "input"), *,
                                      "schedule of the step ({schedule: linear, start: 0.1, "
                                      "end: 0.0, steps: 1000})"),
               ) -> TypeOf("x")("B, ...", "x + std * N(0, 1)"):
-    """``y = x + std * eps`` with ``eps ~ N(0, I)`` drawn per element (``gaussian_noise``
-    draws noise alone); ``std`` may follow a schedule. The noise is drawn from torch's
-    global, seeded and checkpointed generator; gradients flow to ``x``.
+    """``y = x + std * eps`` with ``eps ~ N(0, I)`` drawn per element.
+
+    ``gaussian_noise`` draws noise alone; ``std`` may follow a schedule. The noise is drawn
+    from torch's global, seeded and checkpointed generator; gradients flow to ``x``.
     """
     import torch
 

@@ -7,6 +7,7 @@ tap path that names no submodule is reported with the closest real module paths.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def _tap_problem(graph: Graph, node: str, path: str, module: nn.Module) -> Probl
 
 
 def build_context(graph: Graph, name: str, *, device: str, seed: int,
-                  run_dir: Path | None, modules: dict[str, nn.Module]) -> BuildContext:
-    """What a node's ``build`` gets: where it is, and the built modules of the nodes its
-    parameters name (``BuildContext.references``, by parameter)."""
+                  run_dir: Path | None, modules: Mapping[str, nn.Module | DataSource]
+                  ) -> BuildContext:
+    """What a node's ``build`` gets: where it is, and the built objects of the nodes its
+    parameters name (``BuildContext.references``, by parameter): a module, or the
+    :class:`DataSource` of a data node (so that a metric can read a source's training split)."""
     spec_dir = graph.spec.path.parent if graph.spec.path else None
     references = {param: modules[node] for param, node in
                   graph.nodes[name].component.references().items() if node in modules}
@@ -116,7 +119,7 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
         if node.spec.shares is not None:
             continue
         context = build_context(graph, name, device=device_str, seed=seed, run_dir=run_dir,
-                                modules=inst.modules)
+                                modules={**inst.data, **inst.modules})
         try:
             if node.kind == "data":
                 built = node.component.build(context)

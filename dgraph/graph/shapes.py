@@ -84,13 +84,15 @@ def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, .
     for name in order:
         node = graph.nodes[name]
         leaving = {edge.src_port for edge in graph.edges_from(name)}
-        if not leaving:
-            continue
         computed: dict[str, Shape | None] = {}
-        if not cyclic and any((name, port) not in concrete for port in leaving):
+        # Also for a node that feeds nothing: inputs that cannot combine are an error there
+        # too. Not where the dry run has run the node (its shapes are the real ones).
+        if not cyclic and any((name, port) not in concrete for port in node.outputs):
             computed, problem = _computed(graph, node, out)
             if problem is not None:
                 problems.append(problem)
+        if not leaving:
+            continue
         params = node.component.port_params()
         for port in leaving:
             if (name, port) in concrete:

@@ -353,7 +353,8 @@ class RunSetup:
         for name in stage.reinit:
             context = build_context(self.graph, name, device=str(self.device),
                                     seed=self.train_cfg.seed + stage.start,
-                                    run_dir=self.run_dir, modules=self.instances.modules)
+                                    run_dir=self.run_dir,
+                                    modules={**self.instances.data, **self.instances.modules})
             fresh = self.graph.nodes[name].component.build(context)
             self.instances.modules[name].load_state_dict(fresh.to(self.device).state_dict())
         if stage.start > 0:

@@ -1,0 +1,1 @@
+"""Dataset distillation: components that learn, select or evaluate a small training set."""
