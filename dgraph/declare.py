@@ -51,6 +51,7 @@ from dgraph.spec.model import Weight
 
 __all__ = [
     "Accumulator",
+    "DryRunReport",
     "Module",
     "Scheduled",
     "StepAware",
@@ -165,6 +166,18 @@ class Accumulator(Protocol):
     def update(self, **inputs: Any) -> None: ...
 
     def compute(self) -> Mapping[str, float]: ...
+
+
+@runtime_checkable
+class DryRunReport(Protocol):
+    """A built node with something to tell about itself once the dry run has run it.
+
+    After the meta-device run, ``dry_run_report()`` returns lines (the memory an unrolled
+    inner loop will keep, measured on meta tensors); ``dgraph validate`` shows each as a
+    ``note`` about the node (a :class:`~dgraph.errors.Problem` that is not an error).
+    """
+
+    def dry_run_report(self) -> list[str]: ...
 
 
 class NodeRef:

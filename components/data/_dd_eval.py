@@ -2,8 +2,8 @@
 
 A fresh network is trained *only* on the set and tested on the real test split; the same is
 done with the same number of real training images per class chosen at random, the baseline a
-distilled set must beat. Used by ``benchmarks/dd_eval.py`` and the zoo tests; not a component
-(private: importing it imports torch).
+distilled set must beat. Used by the zoo tests; not a component (private: importing it imports
+torch). In a spec, the ``dd_evaluator`` metric (components/dd/evaluate.py) does the same.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dgraph.declare import Accumulator
+from dgraph.declare import Accumulator, DryRunReport
 from dgraph.errors import ComponentRuntimeError, Problem, ValidationError
 from dgraph.graph.model import Graph
 from dgraph.graph.shapes import infer_shapes
@@ -30,7 +30,9 @@ def _meta_batch(source) -> dict[str, torch.Tensor]:
 def dry_run(graph: Graph) -> list[Problem]:
     """Run the graph on the meta device; raise :class:`ValidationError` on problems.
 
-    Returns warnings. Fills ``graph.shapes`` with concrete shapes for every output port used.
+    Returns notes: what nodes that implement :class:`~dgraph.declare.DryRunReport` tell
+    about themselves (the memory of an unroll). Fills ``graph.shapes`` with concrete shapes
+    for every output port used.
     """
     from dgraph.compiler.codegen import compile_graph
     from dgraph.compiler.instantiate import instantiate
@@ -66,4 +68,18 @@ def dry_run(graph: Graph) -> list[Problem]:
     graph.dry_run = True
     if problems:
         raise ValidationError(problems)
-    return []
+    return _reports(graph, instances.modules, nodes)
+
+
+def _reports(graph: Graph, modules: dict[str, torch.nn.Module], nodes: list[str]
+             ) -> list[Problem]:
+    """The notes of nodes that report on their dry run, in evaluation order."""
+    notes: list[Problem] = []
+    for name in nodes:
+        module = modules.get(name)
+        if not isinstance(module, DryRunReport) or graph.nodes[name].spec.shares is not None:
+            continue
+        notes += [Problem(code="dry-run-report", message=line, severity="note",
+                          location=graph.nodes[name].location, node=name)
+                  for line in module.dry_run_report()]
+    return notes

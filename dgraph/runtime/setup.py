@@ -362,6 +362,26 @@ class RunSetup:
             for update in stage.updates:
                 self.build_optimizer(update, stage.end - stage.start)
 
+    def redraw(self, step: int) -> None:
+        """Re-draw the weights of nodes with ``reinit_every`` whose period divides ``step``.
+
+        Called by the loop at the start of a training step (never before evaluation). The
+        node's component is built afresh, drawing from torch's global generator as when the
+        run was set up (seeded, and saved in checkpoints, so a resumed run draws the same
+        weights), and its values are copied into the existing parameters and buffers, which
+        the optimizers keep referring to.
+        """
+        for name, node in self.graph.nodes.items():
+            every = node.spec.reinit_every
+            if every is None or step % every:
+                continue
+            context = build_context(self.graph, name, device=str(self.device),
+                                    seed=self.train_cfg.seed, run_dir=self.run_dir,
+                                    modules=self.instances.modules)
+            fresh = node.component.build(context)
+            with torch.no_grad():
+                self.instances.modules[name].load_state_dict(fresh.state_dict())
+
     def logs_after(self, step: int) -> bool:
         """Whether the (0-based) step ``step`` ends with a logged record."""
         done = step + 1

@@ -27,6 +27,7 @@ def saved_modules(run: RunSetup) -> dict[str, torch.nn.Module]:
     """The modules a checkpoint holds: those that change during the run."""
     changing = {d for s in run.stages for d in s.copy} | {n for s in run.stages
                                                          for n in s.reinit}
+    changing |= {n for n, node in run.graph.nodes.items() if node.spec.reinit_every}
     return {name: module for name, module in run.instances.unique_modules().items()
             if not run.graph.nodes[name].frozen or name in changing
             or KINDS[run.graph.nodes[name].kind].follows}

@@ -108,6 +108,7 @@ class Trainer(RunSetup):
                 stage = self.stage_at(self.step)
                 if self.step == stage.start:
                     self.begin_stage(stage)
+                self.redraw(self.step)  # nodes with reinit_every: fresh weights this step
                 shared: dict[str, dict[str, torch.Tensor]] = {}
                 terms: dict[str, dict[str, torch.Tensor]] = {}
                 for update in stage.updates:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from dgraph.errors import Problem, ValidationError, did_you_mean
@@ -110,6 +110,10 @@ class NodeSpec(_Strict):
     )
     init: InitSpec | None = None
     cache: CacheSpec | None = None
+    reinit_every: int | None = Field(
+        None, ge=1, description="re-draw the node's weights from its initialisation at the "
+        "start of every N-th step (step 0 included), from the run's seeded generator: fresh "
+        "random networks for distribution or gradient matching")
 
     @field_validator("kind")
     @classmethod
@@ -121,6 +125,17 @@ class NodeSpec(_Strict):
                 + (f"; {hint}" if hint else "")
             )
         return value
+
+    @model_validator(mode="after")
+    def _reinit_has_weights(self) -> NodeSpec:
+        kind = KINDS.get(self.kind)
+        if self.reinit_every is not None and kind is not None and not kind.parametrised:
+            raise ValueError(f"reinit_every re-draws weights, and a node of kind '{self.kind}' "
+                             "has none; put it on the model (or tensor) node")
+        if self.reinit_every is not None and (self.shares is not None or self.init is not None):
+            raise ValueError("reinit_every re-draws the node's own initial weights; it cannot "
+                             "be combined with " + ("'shares'" if self.shares else "'init'"))
+        return self
 
     @property
     def is_frozen(self) -> bool:
