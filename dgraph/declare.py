@@ -58,6 +58,7 @@ __all__ = [
     "NodeRef",
     "Outputs",
     "PortNames",
+    "Projected",
     "PortType",
     "TypeOf",
     "component",
@@ -178,6 +179,17 @@ class DryRunReport(Protocol):
     """
 
     def dry_run_report(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Projected(Protocol):
+    """A built node whose trained values are kept in a set (a clamp to ``[0, 1]``).
+
+    The runtime calls ``project()`` after each optimizer step of an update that trains the
+    node (after target nodes follow), with gradients off; it changes the values in place.
+    """
+
+    def project(self) -> None: ...
 
 
 class NodeRef:

@@ -27,7 +27,9 @@ class SyntheticDigits(Module):
 
     ``labels[k] = k // images_per_class`` (a buffer, saved with the images). With
     ``init: real`` image ``k`` starts as a training image of class ``labels[k]`` chosen
-    without replacement by torch's global generator (so by ``train.seed``).
+    without replacement by torch's global generator (so by ``train.seed``). With ``clamp:
+    [low, high]`` the images are clamped into that range after every optimizer step that
+    trains them (:class:`~dgraph.declare.Projected`).
     """
 
     def __init__(self, *, images_per_class: int = param(10, gt=0, le=100,
@@ -39,9 +41,17 @@ class SyntheticDigits(Module):
                                               doc="as the digits source's"),
                  split_seed: int = param(0, ge=0, doc="as the digits source's (real init only "
                                          "draws from its training split)"),
+                 clamp: tuple[float, float] | None = param(
+                     None, doc="[low, high]: clamp the images into this range after each "
+                     "optimizer step that trains them (the Projected protocol; SRe2L keeps "
+                     "pixels in [0, 1])"),
                  context: BuildContext) -> None:
         super().__init__()
         import torch
+
+        if clamp is not None and not clamp[0] < clamp[1]:
+            raise ValueError(f"clamp must be [low, high] with low < high; found {list(clamp)}")
+        self.clamp = clamp
 
         labels = torch.arange(_CLASSES).repeat_interleave(images_per_class)
         self.register_buffer("labels", labels)
@@ -59,6 +69,11 @@ class SyntheticDigits(Module):
                 members = torch.nonzero(y_train == c).flatten()
                 chosen = members[torch.randperm(len(members))[:images_per_class]]
                 self.images[c * images_per_class:(c + 1) * images_per_class] = x_train[chosen]
+
+    def project(self) -> None:
+        """Clamp the images into ``clamp`` (in place; nothing without ``clamp``)."""
+        if self.clamp is not None:
+            self.images.data.clamp_(*self.clamp)
 
     def forward(self) -> Outputs(images=Images("{num_images}, 1, 8, 8", "the synthetic images"),
                                  labels=Labels("{num_images}", "their classes (fixed)")):

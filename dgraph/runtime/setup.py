@@ -136,11 +136,20 @@ def _starts_from_a_run(graph: Graph) -> dict[str, InitSpec]:
 
 def missing_runs(graph: Graph, run_dir: Path) -> list[tuple[str, str, Path]]:
     """(node, run name, the folder beside ``run_dir`` it is looked for in) for every node whose
-    ``init.run`` has no weights yet."""
-    return [(name, init.run, run_candidates(init.run, run_dir)[1])
-            for name, init in _starts_from_a_run(graph).items()
-            if init.run is not None and find_run_weights(init.run, init.node or name,
-                                                         run_dir) is None]
+    ``init.run`` has no weights yet, and for every node that reads a run named by one of its
+    parameters (those its component lists in ``runs_read``, e.g. ``expert_trajectories``'s
+    ``run``) when no candidate folder of that run holds a finished run (``final/``)."""
+    found = [(name, init.run, run_candidates(init.run, run_dir)[1])
+             for name, init in _starts_from_a_run(graph).items()
+             if init.run is not None and find_run_weights(init.run, init.node or name,
+                                                          run_dir) is None]
+    for name, node in graph.nodes.items():
+        for param_name in getattr(node.component, "runs_read", ()):
+            ref = getattr(node.component.params, param_name, None)
+            if isinstance(ref, str) and not any((run / "final").is_dir()
+                                                for run in run_candidates(ref, run_dir)):
+                found.append((name, ref, run_candidates(ref, run_dir)[1]))
+    return found
 
 
 def init_weights_path(spec: Spec, name: str, init: InitSpec, run_dir: Path) -> Path:

@@ -17,6 +17,7 @@ import torch
 
 from dgraph.compiler.codegen import UpdatePlan
 from dgraph.compiler.schedules import value_at
+from dgraph.declare import Projected
 from dgraph.errors import ComponentRuntimeError, DgraphError, NonFiniteError
 from dgraph.runtime.setup import RunSetup, Stage
 from dgraph.spec import ScheduleSpec
@@ -35,6 +36,11 @@ class StepRunner:
         device = setup.device
         self._constant_weights: dict[tuple[str, str], dict[str, float]] = {}
         self._followers = self._targets_following()
+        # Per update, the trained modules with ``project()`` (dgraph.declare.Projected).
+        self._projected: dict[str, list[Any]] = {
+            update: [module for name in plan.trained
+                     if isinstance(module := setup.instances.modules.get(name), Projected)]
+            for update, plan in setup.program.plans.items()}
         # The non-finite check (see check_finite): a sticky on-device flag, the number of
         # optimizer steps it made skip since it was last read, and what those steps drew.
         self._found_inf = torch.zeros((), device=device)
@@ -191,6 +197,10 @@ class StepRunner:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
         for target, source in self._followers[update]:
             target.follow(source)
+        if self._projected[update]:
+            with torch.no_grad():
+                for module in self._projected[update]:
+                    module.project()
 
     def _targets_following(self) -> dict[str, list[tuple[Any, torch.nn.Module]]]:
         """Per update, the (target module, source module) pairs to move after it steps; a
