@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgraph.spec.model import ScheduleSpec
+
 __all__ = ["FunctionModule", "torch_class"]
 
 
@@ -32,7 +34,8 @@ class FunctionModule(nn.Module):
 
     def set_step(self, step: int) -> None:
         for name, schedule in self.schedules.items():
-            self.params[name] = schedule.at(step) if hasattr(schedule, "at") else schedule
+            self.params[name] = (schedule.at(step) if isinstance(schedule, ScheduleSpec)
+                                 else schedule)
 
     def forward(self, **ports: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.fn(**ports, **self.params)

@@ -278,6 +278,9 @@ class RunSetup:
         # Nodes with scheduled parameters learn the step before each one (StepAware).
         self.step_aware = [m for m in self.instances.unique_modules().values()
                            if isinstance(m, StepAware)]
+        # Nodes re-drawn every N steps, found once rather than on every step.
+        self.redrawn = [(name, node.spec.reinit_every) for name, node in graph.nodes.items()
+                        if node.spec.reinit_every is not None]
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.train_cfg.precision == "fp16" else None)
 
@@ -380,10 +383,10 @@ class RunSetup:
         weights), and its values are copied into the existing parameters and buffers, which
         the optimizers keep referring to.
         """
-        for name, node in self.graph.nodes.items():
-            every = node.spec.reinit_every
-            if every is None or step % every:
+        for name, every in self.redrawn:
+            if step % every:
                 continue
+            node = self.graph.nodes[name]
             context = build_context(self.graph, name, device=str(self.device),
                                     seed=self.train_cfg.seed, run_dir=self.run_dir,
                                     modules=self.instances.modules)
