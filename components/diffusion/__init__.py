@@ -1,0 +1,1 @@
+"""Diffusion and score distillation components, built on diffusers' schedulers and models."""

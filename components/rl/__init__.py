@@ -1,0 +1,1 @@
+"""Reinforcement-learning components: gymnasium environments, rollouts, policies, RL losses."""
