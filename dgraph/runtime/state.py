@@ -30,7 +30,15 @@ def saved_modules(run: RunSetup) -> dict[str, torch.nn.Module]:
     changing |= {n for n, node in run.graph.nodes.items() if node.spec.reinit_every}
     return {name: module for name, module in run.instances.unique_modules().items()
             if not run.graph.nodes[name].frozen or name in changing
-            or KINDS[run.graph.nodes[name].kind].follows}
+            or KINDS[run.graph.nodes[name].kind].follows or _has_extra_state(module)}
+
+
+def _has_extra_state(module: torch.nn.Module) -> bool:
+    # A component that keeps state beyond its weights (an environment, a replay buffer, a
+    # running normaliser's counts) says so the torch way, by overriding get_extra_state; its
+    # value must load with weights_only=True (tensors, numbers, strings, lists, dicts).
+    return any(type(m).get_extra_state is not torch.nn.Module.get_extra_state
+               for m in module.modules())
 
 
 def run_state(run: RunSetup, step: int) -> dict[str, Any]:
