@@ -15,7 +15,13 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from dgraph.errors import DgraphError, SpecError, ValidationError
+# MKL picks among code paths at run time (by data alignment, among others), so two runs of one
+# spec could differ in the last bits of a matrix product; with 2 threads that was seen to make
+# a resumed run differ from an uninterrupted one. STRICT fixes the path; it must be set before
+# torch (and MKL) is loaded, and a user's own MKL_CBWR wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+from dgraph.errors import DgraphError, SpecError, ValidationError  # noqa: E402
 
 __all__ = ["main"]
 
@@ -337,6 +343,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         parser.error("--run goes with --check FILE.onnx")
     if args.run_dir is None or args.output is None:
         parser.error("export needs RUN_DIR and -o FILE.onnx (or --check FILE.onnx)")
+    from dgraph.exporters.tensor_set import export_tensor_set, is_tensor_node
+
+    if is_tensor_node(args.run_dir, args.node):  # a learned set: safetensors + PNG grid
+        extra = [flag for flag, given in (("--opset", args.opset), ("--fp16", args.fp16),
+                                          ("--no-check", args.no_check)) if given]
+        if extra:
+            parser.error(f"a tensor node is exported as safetensors and a PNG grid; "
+                         f"{', '.join(extra)} apply to ONNX export only")
+        export_tensor_set(args.run_dir, args.output, node=args.node,
+                          log=lambda line: print(line, flush=True))
+        return 0
     return run_export(args)
 
 
@@ -383,14 +400,16 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
-        "export", help="export a trained node to ONNX and verify it",
+        "export", help="export a trained node to ONNX and verify it (a learned set: "
+                       "safetensors and a PNG grid)",
         usage="dgraph export RUN_DIR -o FILE.onnx [options]\n"
               "       dgraph export --check FILE.onnx [--run RUN_DIR] [--provider P]")
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
                    help="a run directory written by `dgraph train`")
     p.add_argument("--node", help="node to export (default: the spec's export node/student)")
     p.add_argument("-o", "--output", metavar="FILE.onnx",
-                   help="the .onnx file to write; replaced only once the new one is verified")
+                   help="the .onnx file to write; replaced only once the new one is verified "
+                        "(a tensor node, a learned set: FILE.safetensors, plus FILE.png)")
     p.add_argument("--opset", type=int, default=None)
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
