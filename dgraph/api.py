@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from dgraph.graph import Graph, validate
+from dgraph.runtime.distributed import World, init_world
 from dgraph.runtime.logging import GraphPictures
 from dgraph.runtime.rundir import open_run_dir, spec_run_dir
-from dgraph.runtime.setup import missing_runs, rank
+from dgraph.runtime.setup import missing_runs, resolve_device
 from dgraph.runtime.train import Trainer
 from dgraph.spec import Spec, load_spec, zoo_names
 from dgraph.spec.source import read_spec_text
@@ -50,8 +51,9 @@ def _train_missing_runs(graph: Graph, run_dir: Path, *, progress: bool, say: Say
             continue
         say(f"node '{node}' needs the run of zoo spec '{run_ref}', which is missing: training "
             f"it first into {target} (dgraph train {run_ref} --out {target})")
+        # One process trains it, also inside a data-parallel job (rank 0 does, the others wait).
         train(run_ref, out=target, progress=progress, log=say,
-              overrides=[f"train.device={graph.spec.train.device}"])
+              overrides=[f"train.device={graph.spec.train.device}"], _world=World())
         trained.add(run_ref)
 
 
@@ -68,7 +70,8 @@ def _resume_command(spec_ref: str | Path | Spec, spec: Spec, run_dir: Path,
 
 def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (),
           out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, log: Say | None = None) -> dict[str, float]:
+          progress: bool = True, log: Say | None = None,
+          _world: World | None = None) -> dict[str, float]:
     """Validate, compile and run a spec; returns the final evaluation metrics.
 
     Args:
@@ -94,13 +97,17 @@ def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (),
     for warning in warnings:
         say(warning.render())
     run_dir = Path(out) if out is not None else spec_run_dir(spec)
+    world = _world or init_world(resolve_device(spec.train.device))
     # Only rank 0 claims and locks the folder; the other ranks of the job share its lock.
     lock: AbstractContextManager[Any] = open_run_dir(
         run_dir, spec_name=spec.display_name, spec_text=read_spec_text(spec.raw),
-        resume=resume, overwrite=overwrite, say=say) if rank() == 0 else nullcontext()
+        resume=resume, overwrite=overwrite, say=say) if world.rank == 0 else nullcontext()
     with lock:
-        _train_missing_runs(graph, run_dir, progress=progress, say=say)
-        pictures = graph_pictures(graph) if rank() == 0 else None
-        trainer = Trainer(graph, run_dir, progress=progress, log=say, pictures=pictures)
+        if world.rank == 0:
+            _train_missing_runs(graph, run_dir, progress=progress, say=say)
+        world.barrier()  # the folder (and any run it needs) is ready for every rank
+        pictures = graph_pictures(graph) if world.rank == 0 else None
+        trainer = Trainer(graph, run_dir, progress=progress, log=say, pictures=pictures,
+                          world=world)
         return trainer.run(resume=resume,
                            command=_resume_command(spec_ref, spec, run_dir, overrides))

@@ -273,15 +273,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dgraph.runtime.logging import finite_json
     from dgraph.runtime.shutdown import TrainingInterrupted
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     try:
         summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
                         overwrite=args.overwrite, progress=not args.quiet)
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a checkpoint was written
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    # Strict JSON, like summary.json: a non-finite metric is null (a warning named it).
-    print(json.dumps(finite_json(summary)[0], indent=2, sort_keys=True, allow_nan=False))
+    finally:
+        _leave_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        # Strict JSON, like summary.json: a non-finite metric is null (a warning named it).
+        print(json.dumps(finite_json(summary)[0], indent=2, sort_keys=True, allow_nan=False))
     return 0
+
+
+def _process_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of processes (1 or more)")
+    return value
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``dgraph train --nproc N``: the same command in N processes on this machine, started
+    by torch's own launcher (torchrun's ``--standalone`` rendezvous); the ranks print their
+    own errors, and a failed job ends with one line here instead of the launcher's trace."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    words = ["train", str(args.spec)]
+    for item in args.set or []:
+        words += ["--set", item]
+    if args.out is not None:
+        words += ["--out", str(args.out)]
+    words += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                    ("--quiet", args.quiet)) if on]
+    launcher = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={args.nproc}", "-m", "dgraph.cli", *words])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(launcher)
+    except ChildFailedError as exc:
+        failed = sorted(exc.failures)
+        print(f"error: dgraph train --nproc {args.nproc}: rank(s) "
+              f"{', '.join(str(r) for r in failed)} of {args.nproc} failed (their messages are "
+              "above); the job was stopped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leave_process_group() -> None:
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -389,6 +442,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=_process_count, default=1, metavar="N",
+                   help="data-parallel over N processes on this machine (torchrun; batch "
+                        "sizes are global); across machines, start `torchrun ... -m "
+                        "dgraph.cli train SPEC` on each")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: teacher, scratch student and KD student on "

@@ -22,11 +22,15 @@ class BatchLoader:
     ``size`` is the number of examples (needed when no tensor is batched). A batch larger
     than the data, or no data at all, is refused: it cannot be drawn, and cutting it short
     silently would change what a spec means.
+
+    ``shard`` is ``(rank, world size)`` in data-parallel training: ``batch_size`` is then the
+    global batch, every rank walks the same permutation and takes its own contiguous slice of
+    each batch, so the ranks together see exactly the batches one process would.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool,
                  drop_last: bool, seed: int, device: torch.device | str = "cpu",
-                 size: int | None = None) -> None:
+                 size: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         self.tensors = {k: v.to(device) for k, v in tensors.items()}
         if size is None:
             size = next(iter(self.tensors.values())).shape[0] if self.tensors else 0
@@ -40,6 +44,7 @@ class BatchLoader:
                 f"use a batch_size between 1 and {self.size}"
             )
         self.batch_size = batch_size
+        self.rank, self.world = shard
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
@@ -76,7 +81,9 @@ class BatchLoader:
     def _take(self, order: torch.Tensor, position: int) -> dict[str, torch.Tensor]:
         start = position * self.batch_size
         index = order[start: start + self.batch_size]
-        if not self.shuffle and index.numel() == self.size:
+        if self.world > 1:
+            index = index.tensor_split(self.world)[self.rank]
+        elif not self.shuffle and index.numel() == self.size:
             return dict(self.tensors)
         return {name: t.index_select(0, index) for name, t in self.tensors.items()}
 

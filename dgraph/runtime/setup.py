@@ -10,7 +10,6 @@ before the run is set up).
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -30,6 +29,7 @@ from dgraph.graph import Graph
 from dgraph.kinds import KINDS
 from dgraph.runtime.checkpoint import load_weights, save_weights
 from dgraph.runtime.data import BatchLoader
+from dgraph.runtime.distributed import World, init_world, rank_seed
 from dgraph.spec import Spec, zoo_names
 from dgraph.spec.model import InitSpec
 
@@ -40,18 +40,12 @@ __all__ = [
     "find_run_weights",
     "missing_runs",
     "plan_stages",
-    "rank",
     "resolve_device",
     "run_candidates",
     "seed_everything",
 ]
 
 AmpContext = Callable[[], AbstractContextManager[Any]]
-
-
-def rank() -> int:
-    """This process's rank under ``torchrun`` (0 when it runs alone)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -216,16 +210,33 @@ def ports_used(graph: Graph, data_nodes: list[str]) -> dict[str, set[str]]:
 
 
 def build_loaders(graph: Graph, instances: Instances, *, seed: int,
-                  device: torch.device) -> dict[str, BatchLoader]:
-    """A seeded loader per data node, over the ports that are read (and example indices)."""
+                  device: torch.device, world: World | None = None) -> dict[str, BatchLoader]:
+    """A seeded loader per data node, over the ports that are read (and example indices).
+
+    In data-parallel training each rank takes its slice of every global batch; a global batch
+    that does not split evenly across the ranks is a located error (uneven slices would
+    weight the ranks' examples unequally in the averaged gradient).
+    """
+    world = world or World()
     used = ports_used(graph, list(instances.data))
+    for name, source in instances.data.items():
+        if world.distributed and source.batch_size % world.size:
+            node = graph.nodes[name]
+            raise DgraphError(
+                f"{graph.spec.source.where(('nodes', name, 'params', 'batch_size'))}: node "
+                f"'{name}': batch_size {source.batch_size} is the global batch and must "
+                f"split evenly across the {world.size} ranks of this job; use a multiple of "
+                f"{world.size} (e.g. --set nodes.{name}.params.batch_size="
+                f"{max(world.size, source.batch_size - source.batch_size % world.size)})"
+                + ("" if node.spec.params.get("batch_size") is not None
+                   else " (the value is the component's default)"))
     return {
         name: BatchLoader(
             {port: t for port, t in {**source.train,
                                      "__index__": torch.arange(len(source))}.items()
              if port in used[name]},
             source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
-            seed=seed, device=device, size=len(source),
+            seed=seed, device=device, size=len(source), shard=(world.rank, world.size),
         )
         for name, source in instances.data.items()
     }
@@ -248,13 +259,19 @@ class RunSetup:
     the optimizers, fill the teacher caches, set train/eval modes.
     """
 
-    def __init__(self, graph: Graph, run_dir: Path) -> None:
+    def __init__(self, graph: Graph, run_dir: Path, *, world: World | None = None) -> None:
         self.graph = graph
         self.spec = graph.spec
         self.run_dir = run_dir
-        self.rank = rank()
         self.train_cfg = self.spec.train
         self.device = resolve_device(self.train_cfg.device)
+        # The data-parallel job this process belongs to (torchrun's), unless given one.
+        self.world: World = world if world is not None else init_world(self.device)
+        self.rank = self.world.rank
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(self.device)
+        # Every rank draws the same initial weights from the same seed.
         seed_everything(self.train_cfg.seed)
         self.instances: Instances = instantiate(graph, device=self.device,
                                                 seed=self.train_cfg.seed, run_dir=run_dir)
@@ -264,7 +281,7 @@ class RunSetup:
         self.stages = plan_stages(self.spec)
         self.total_steps = self.stages[-1].end
         self.loaders = build_loaders(graph, self.instances, seed=self.train_cfg.seed,
-                                     device=self.device)
+                                     device=self.device, world=self.world)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.trainable_params: dict[str, list[torch.nn.Parameter]] = {}
@@ -283,6 +300,9 @@ class RunSetup:
                         if node.spec.reinit_every is not None]
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.train_cfg.precision == "fp16" else None)
+        if self.world.distributed:
+            # In-step random draws (noise, augmentation) from a stream of this rank's own.
+            torch.manual_seed(rank_seed(self.train_cfg.seed, self.rank))
 
     def build_optimizer(self, name: str, steps: int) -> None:
         """(Re)build update ``name``'s optimizer and scheduler for a stage of ``steps`` steps."""

@@ -18,9 +18,11 @@ from dgraph import __version__
 from dgraph.errors import CheckpointError
 from dgraph.kinds import KINDS
 from dgraph.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint, save_weights
+from dgraph.runtime.distributed import rank_seed
 from dgraph.runtime.setup import RunSetup
 
-__all__ = ["load_run_state", "run_state", "save_final", "save_run_state", "saved_modules"]
+__all__ = ["gather_rngs", "load_run_state", "run_state", "save_final", "save_run_state",
+           "saved_modules"]
 
 
 def saved_modules(run: RunSetup) -> dict[str, torch.nn.Module]:
@@ -41,8 +43,13 @@ def _has_extra_state(module: torch.nn.Module) -> bool:
                for m in module.modules())
 
 
-def run_state(run: RunSetup, step: int) -> dict[str, Any]:
-    """The checkpoint of ``run`` after ``step`` steps (tensors and plain values only)."""
+def run_state(run: RunSetup, step: int,
+              rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The checkpoint of ``run`` after ``step`` steps (tensors and plain values only).
+
+    ``rank_rngs`` are the random generators of every rank of a data-parallel job (see
+    :func:`gather_rngs`); each rank resumes its own.
+    """
     return {
         "format": 1,
         "dgraph_version": __version__,
@@ -54,7 +61,19 @@ def run_state(run: RunSetup, step: int) -> dict[str, Any]:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "loaders": {n: loader.state_dict() for n, loader in run.loaders.items()},
         "rng": capture_rng(),
+        **({"rank_rngs": rank_rngs} if rank_rngs is not None else {}),
     }
+
+
+def gather_rngs(run: RunSetup) -> list[dict[str, Any]] | None:
+    """Every rank's random generators, on every rank (None when the process runs alone).
+
+    A collective: all ranks call it at the same step."""
+    if not run.world.distributed:
+        return None
+    out: list[Any] = [None] * run.world.size
+    torch.distributed.all_gather_object(out, capture_rng())
+    return out
 
 
 def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
@@ -92,16 +111,27 @@ def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
             f"checkpoint {path} does not match this spec's graph ({type(exc).__name__}: "
             f"{exc}); was the spec changed since it was written?"
         ) from None
-    restore_rng(state["rng"])
+    rank_rngs = state.get("rank_rngs")
+    if rank_rngs is not None and len(rank_rngs) == run.world.size:
+        restore_rng(rank_rngs[run.rank])
+    else:
+        restore_rng(state["rng"])
+        if run.world.distributed:
+            # Saved by a job of another size: the data continue exactly, the in-step random
+            # streams start afresh per rank from the step.
+            torch.manual_seed(rank_seed(run.train_cfg.seed + step, run.rank))
     return step
 
 
 def save_run_state(run: RunSetup, step: int) -> Path | None:
-    """Write the checkpoint of ``step`` (rank 0 only); its path, or None on other ranks."""
+    """Write the checkpoint of ``step`` (rank 0 only); its path, or None on other ranks.
+
+    Called by every rank (the ranks' generators are gathered first)."""
+    rank_rngs = gather_rngs(run)
     if run.rank != 0:
         return None
-    return save_checkpoint(run.run_dir / "checkpoints", step, run_state(run, step),
-                           run.train_cfg.keep_checkpoints)
+    return save_checkpoint(run.run_dir / "checkpoints", step,
+                           run_state(run, step, rank_rngs), run.train_cfg.keep_checkpoints)
 
 
 def save_final(run: RunSetup) -> None:

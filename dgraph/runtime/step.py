@@ -19,6 +19,7 @@ from dgraph.compiler.codegen import UpdatePlan
 from dgraph.compiler.schedules import value_at
 from dgraph.declare import Projected
 from dgraph.errors import ComponentRuntimeError, DgraphError, NonFiniteError
+from dgraph.runtime.distributed import average_gradients, sum_across
 from dgraph.runtime.setup import RunSetup, Stage
 from dgraph.spec import ScheduleSpec
 
@@ -139,9 +140,13 @@ class StepRunner:
                     raise
                 except Exception as exc:
                     raise self._backward_failure(plan, step, exc, losses) from exc
+            # Data-parallel: the update every rank applies is that of the global batch. Token
+            # losses divide by the token count of the global batch, the others average.
+            average_gradients(params, setup.world, mean=not by_count)
             if by_count:
                 assert sum_total is not None and count_total is not None
-                count_total = count_total.clamp_min(1)
+                sum_total = sum_across(sum_total, setup.world)
+                count_total = sum_across(count_total, setup.world).clamp_min(1)
                 grads = [p.grad for p in params if p.grad is not None]
                 if grads:
                     torch._foreach_div_(grads, count_total)

@@ -23,6 +23,7 @@ import torch
 
 from dgraph.graph import Graph
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from dgraph.runtime.distributed import World
 from dgraph.runtime.evaluate import evaluate
 from dgraph.runtime.logging import GraphPictures, RunLogger, finite_json
 from dgraph.runtime.rundir import atomic_write_text
@@ -43,8 +44,8 @@ class Trainer(RunSetup):
 
     def __init__(self, graph: Graph, run_dir: Path, *, progress: bool = True,
                  log: Callable[[str], Any] = print,
-                 pictures: GraphPictures | None = None) -> None:
-        super().__init__(graph, run_dir)
+                 pictures: GraphPictures | None = None, world: World | None = None) -> None:
+        super().__init__(graph, run_dir, world=world)
         self.progress = progress
         self.say = log
         self.pictures = pictures

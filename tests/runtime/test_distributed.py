@@ -1,0 +1,95 @@
+"""Data-parallel training with torch.distributed: 2 processes on CPU (gloo), started by
+`dgraph train --nproc 2` through torch's own launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+SHORT = ["--set", "train.steps=40", "--set", "train.eval.every=40",
+         "--set", "train.checkpoint_every=5", "--set", "train.log_every=5"]
+
+
+def _train(spec: str, out: Path, *extra: str, nproc: int = 2) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dgraph.cli", "train", spec, "--out", str(out), "--quiet",
+         "--nproc", str(nproc), *extra],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group: the launcher and both ranks
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    return out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "teacher.safetensors"))
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    single = _train("teacher_digits", tmp_path / "single", *SHORT, nproc=1)
+    double = _train("teacher_digits", tmp_path / "double", *SHORT, nproc=2)
+    _finish(single)
+    summary = _finish(double)
+    assert summary.count("teacher/accuracy") == 1  # only rank 0 prints the summary
+    one, two = _weights(tmp_path / "single"), _weights(tmp_path / "double")
+    assert one.keys() == two.keys()
+    for key in one:
+        # The same update from a mean over the global batch, summed in another order.
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
+
+
+def test_sigkill_then_resume_under_two_processes_is_bit_identical(tmp_path):
+    reference = _train("teacher_digits", tmp_path / "reference", *SHORT)
+    _finish(reference)
+    run = tmp_path / "interrupted"
+    proc = _train("teacher_digits", run, *SHORT)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints").exists() or \
+            len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final").exists()
+    _finish(_train("teacher_digits", run, *SHORT, "--resume"))
+    expected, found = _weights(tmp_path / "reference"), _weights(run)
+    for key, value in expected.items():
+        assert torch.equal(found[key], value), key
+
+
+def test_a_global_batch_that_does_not_split_across_ranks_is_located(tmp_path):
+    proc = _train("teacher_digits", tmp_path / "run", "--set", "nodes.data.params.batch_size=63",
+                  *SHORT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    message = ("error: <--set nodes.data.params.batch_size=63>: node 'data': batch_size 63 is "
+               "the global batch and must split evenly across the 2 ranks of this job; use a "
+               "multiple of 2 (e.g. --set nodes.data.params.batch_size=62)")
+    assert err.count(message) == 2  # each rank says it
+    assert err.rstrip().endswith("error: dgraph train --nproc 2: rank(s) 0, 1 of 2 failed "
+                                 "(their messages are above); the job was stopped")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_nproc_must_be_positive(tmp_path, bad, capsys):
+    from dgraph.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "teacher_digits", "--out", str(tmp_path / "r"), "--nproc", bad])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"argument --nproc: {bad} is not a number of processes (1 or more)")
