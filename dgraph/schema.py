@@ -85,10 +85,15 @@ def _is_required_choice(options: Any) -> bool:
 
 def _rename_refs(value: Any, prefix: str) -> Any:
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if key == "$ref" and isinstance(item, str) and item.startswith("#/$defs/"):
                 out[key] = f"#/$defs/{prefix}__{item.removeprefix('#/$defs/')}"
+            elif key == "mapping" and isinstance(item, dict):
+                # A discriminated union's ``discriminator.mapping`` refers to $defs too.
+                out[key] = {tag: f"#/$defs/{prefix}__{ref.removeprefix('#/$defs/')}"
+                            if isinstance(ref, str) and ref.startswith("#/$defs/")
+                            else _rename_refs(ref, prefix) for tag, ref in item.items()}
             else:
                 out[key] = _rename_refs(item, prefix)
         return out

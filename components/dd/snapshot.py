@@ -56,9 +56,9 @@ class Snapshot(Module):
     def write(self) -> Path | None:
         """Write the snapshot of the current step; None when there is no run directory."""
         from dgraph.runtime.checkpoint import save_weights
-        from dgraph.runtime.setup import rank
+        from dgraph.runtime.distributed import world_from_env
 
-        if self.folder is None or rank() != 0:  # under torchrun, one process writes
+        if self.folder is None or world_from_env().rank != 0:  # under torchrun, rank 0 writes
             return None
 
         params = {name: p.detach() for name, p in self._model[0].named_parameters()}

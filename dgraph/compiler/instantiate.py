@@ -110,10 +110,14 @@ def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int =
     order = graph.topological_order()
     # Nodes whose parameters name other nodes (an EMA target's source, a sampler's model)
     # get those modules at build time, so they are built after every other node.
-    def refers(name: str) -> bool:
-        return bool(graph.nodes[name].component.references())
+    # A node naming a node that names others (a metric naming a rollout that names a policy)
+    # comes after it: nodes are sorted by the length of their chain of references.
+    def depth(name: str, seen: frozenset[str] = frozenset()) -> int:
+        refs = [n for n in graph.nodes[name].component.references().values()
+                if n in graph.nodes and n not in seen]
+        return 1 + max((depth(n, seen | {name}) for n in refs), default=0) if refs else 0
 
-    order = [n for n in order if not refers(n)] + [n for n in order if refers(n)]
+    order = sorted(order, key=depth)  # stable: the topological order within a depth
     for name in order:
         node = graph.nodes[name]
         if node.spec.shares is not None:

@@ -280,10 +280,16 @@ def check_updates(graph: Graph, out: Collector) -> None:
             reach = _grad_ancestors(graph, loss) | {loss}
             if not (reach & trained) and not (reach & incomplete):
                 depends = sorted(reach - {loss})
+                # A node that uses a trained node by reference (a rollout acting with the
+                # policy) passes no gradient to it: say so, it is the likely intent.
+                by_ref = sorted(f"'{r.dst}' uses '{r.src}' only by reference (params.{r.param})"
+                                for r in graph.references if r.src in trained and r.dst in reach)
+                why = ("; " + ", ".join(by_ref) + ": no gradient flows through a reference "
+                       "(a rollout's outputs are data, not differentiable)") if by_ref else ""
                 out.add(
                     "loss-reaches-nothing",
                     f"loss '{loss}' in update '{uname}' reaches none of the parameters that "
-                    f"update trains ({', '.join(sorted(trained))})",
+                    f"update trains ({', '.join(sorted(trained))}){why}",
                     path,
                     key=True,
                     node=loss,

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["World", "average_gradients", "init_world", "rank_seed", "sum_across"]
+__all__ = ["World", "average_gradients", "init_world", "rank_seed", "sum_across",
+           "world_from_env"]
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def test_every_zoo_spec_trains_with_steps_and_seed_overrides(tmp_path):
     # their runs beside their own.
     # llm_7b_validate is for validation only: its teacher has 7B parameters.
     # Runs other specs read (teachers, expert trajectories) first.
-    producers = {"teacher_digits", "teacher_digits_cnn", "llm_teacher", "dd_mtt_experts"}
+    producers = {"teacher_digits", "teacher_digits_cnn", "llm_teacher", "dd_mtt_experts",
+                 "rl_teacher_cartpole"}
     # dd_mtt matches expert trajectories: 4 expert steps barely move the experts, and the
     # normalised distance divides by that movement; tests/zoo/test_dd_mtt.py trains it on a
     # buffer made for it.

@@ -241,6 +241,7 @@ def test_sharing_nodes_inherit_their_owners_type_and_params(name: str) -> None:
 
 
 def test_every_spec_but_the_standalone_ones_extends_a_base() -> None:
-    standalone = {"adversarial_toy", "llm_7b_validate"}  # they share no block with another
+    # they share no block with another
+    standalone = {"adversarial_toy", "llm_7b_validate", "rl_rnd"}
     plain = {p.stem for p in FILES if "extends" not in _load(p)}
-    assert plain == standalone | {"_digits", "_llm"}
+    assert plain == standalone | {"_digits", "_llm", "_rl_cartpole"}
