@@ -15,13 +15,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-# MKL picks among code paths at run time (by data alignment, among others), so two runs of one
-# spec could differ in the last bits of a matrix product; with 2 threads that was seen to make
-# a resumed run differ from an uninterrupted one. STRICT fixes the path; it must be set before
-# torch (and MKL) is loaded, and a user's own MKL_CBWR wins.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-
-from dgraph.errors import DgraphError, SpecError, ValidationError  # noqa: E402
+from dgraph.errors import DgraphError, SpecError, ValidationError
 
 __all__ = ["main"]
 

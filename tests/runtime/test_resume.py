@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from dgraph.cli import main
 
-# Default threads (2 here): the CLI pins MKL's code path (MKL_CBWR), without which runs of
+# Default threads (2 here): `import dgraph` pins MKL's code path (MKL_CBWR), without which runs of
 # adversarial_toy were seen to differ in the last bits from one process to the next.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("OMP_NUM_THREADS", None)
