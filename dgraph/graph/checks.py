@@ -235,6 +235,9 @@ def check_updates(graph: Graph, out: Collector) -> None:
                 )
                 continue
             trained.add(node)
+        # A node that shares a trained node's module (`shares: student`) trains it too, as
+        # the compiler does: a loss reaching the sharing node reaches the trained weights.
+        trained |= {n for n, s in spec.nodes.items() if s.shares in trained}
         if not update.objective:
             out.add(
                 "empty-objective",
