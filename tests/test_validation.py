@@ -463,3 +463,33 @@ def test_usage_error_in_process_exits_2(capsys: pytest.CaptureFixture[str]) -> N
         main(["validate"])
     assert exc.value.code == 2
     assert "the following arguments are required: spec" in capsys.readouterr().err
+
+
+SHARED_OWNER_TRAINED = """
+dgraph: 1
+name: shared_owner
+nodes:
+  data: {kind: data, type: digits, params: {batch_size: 32}}
+  student:
+    kind: student
+    type: mlp
+    params: {in_features: 64, hidden: [16], num_classes: 10}
+    inputs: {x: data.x}
+  again:                       # the student's module applied again
+    shares: student
+    inputs: {x: data.x}
+  ce: {kind: loss, type: cross_entropy, inputs: {logits: again.logits, target: data.y}}
+  first: {kind: loss, type: cross_entropy, inputs: {logits: student.logits, target: data.y}}
+updates:
+  main: {optimizer: {type: adam, lr: 0.001}, params: [student], objective: {ce: 1.0}}
+  other: {optimizer: {type: adam, lr: 0.001}, params: [student], objective: {first: 1.0}}
+"""
+
+
+def test_a_loss_through_a_node_sharing_the_trained_module_reaches_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "shared_owner.yaml"
+    spec.write_text(SHARED_OWNER_TRAINED)
+    code, out, err = validate(capsys, str(spec), "--static")
+    assert code == 0, err
+    assert "shared_owner: valid" in out
