@@ -33,21 +33,26 @@ def random_real_set(images_per_class: int, seed: int, *, test_fraction: float = 
 
 
 # The evaluation networks, as the registered model types build them.
-_MODELS = {"cnn": {"in_channels": 1, "channels": [32, 64], "num_classes": 10, "image_size": 8},
+# The ConvNet is the papers' (instance norm, width 128; components/dd/convnet.py).
+_MODELS = {"convnet": {"in_channels": 1, "image_size": 8, "num_classes": 10, "width": 128,
+                       "depth": 2},
            "mlp": {"in_features": 64, "hidden": [128], "num_classes": 10}}
 
 
 def _model(kind: str) -> torch.nn.Module:
     if kind not in _MODELS:
-        raise ValueError(f"unknown evaluation model '{kind}' (use 'cnn' or 'mlp')")
+        raise ValueError(f"unknown evaluation model '{kind}' (use 'convnet' or 'mlp')")
     component = COMPONENTS.get(kind)
     return component(component.Params(**_MODELS[kind]), "eval").build(BuildContext("eval"))
 
 
 def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, seed: int, steps: int = 300,
                  lr: float = 0.01, model: str = "mlp", test_fraction: float = 0.2,
-                 split_seed: int = 0) -> float:
+                 split_seed: int = 0, soft_labels: torch.Tensor | None = None) -> float:
     """Test accuracy of a fresh ``model`` trained with Adam, full batch, only on the set.
+
+    With ``soft_labels`` (probabilities ``[N, 10]``) the loss is ``KL(soft_labels ||
+    softmax(f(x)))`` instead of the cross-entropy with ``labels``, as ``dd_evaluator``'s.
 
     Draws nothing from the global RNG: the network is initialised under a forked generator
     seeded with ``seed``, so calling this never changes the state of a training run.
@@ -63,7 +68,12 @@ def train_on_set(images: torch.Tensor, labels: torch.Tensor, *, seed: int, steps
         x = images.flatten(1) if flat else images
         net.train()
         for _ in range(steps):
-            loss = F.cross_entropy(net(x)["logits"], labels)
+            if soft_labels is None:
+                loss = F.cross_entropy(net(x)["logits"], labels)
+            else:
+                p = soft_labels.detach().float().cpu()
+                log_q = F.log_softmax(net(x)["logits"].float(), -1)
+                loss = (torch.xlogy(p, p) - p * log_q).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -20,16 +20,17 @@ import math
 import statistics
 from typing import Any, Literal
 
-from dgraph.declare import Features, Labels, Module, NodeRef, Outputs, Scalar, metric, param
+from dgraph.declare import Features, Labels, Module, NodeRef, Outputs, Probs, Scalar, metric, param
 from dgraph.errors import did_you_mean
 from dgraph.registry import COMPONENTS, BuildContext
 
 __all__ = ["SetEvaluator", "random_real_subset", "train_and_test"]
 
-# The evaluation networks of benchmarks/dd_eval.py: a 64-128-10 MLP and a 2-block CNN. Their
-# input and output sizes are filled in from the data (see ``_SIZES``).
+# The evaluation networks: a 64-128-10 MLP and the papers' ConvNet (components/dd/convnet.py:
+# width 128, instance norm, 2 blocks on 8x8). Their input and output sizes are filled in from
+# the data (see ``_SIZES``).
 _DEFAULT_MODELS: dict[str, dict[str, Any]] = {"mlp": {"hidden": [128]},
-                                              "cnn": {"channels": [32, 64]}}
+                                              "convnet": {"width": 128, "depth": 2}}
 # Parameters of a model type that the evaluator fills in when the spec does not give them.
 _SIZES = ("in_features", "in_channels", "image_size", "num_classes")
 
@@ -74,8 +75,13 @@ def _network(model: str, given: dict[str, Any], example: tuple[int, ...], num_cl
 
 def train_and_test(model: str, x: Any, y: Any, test_x: Any, test_y: Any, *, seed: int,
                    steps: int = 300, lr: float = 0.01, params: dict[str, Any] | None = None,
-                   num_classes: int | None = None, node: str = "dd_evaluator") -> float:
+                   num_classes: int | None = None, node: str = "dd_evaluator",
+                   soft: Any = None) -> float:
     """Test accuracy of a fresh ``model`` trained with Adam, full batch, only on ``(x, y)``.
+
+    With ``soft`` (probabilities ``[N, C]``: soft labels of ``x``) the loss is the soft
+    cross-entropy ``KL(soft || softmax(f(x)))`` (mean over the set) instead of the
+    cross-entropy with ``y``; one-hot ``soft`` gives the cross-entropy's value.
 
     ``x`` and ``test_x`` are reshaped to one example shape (the first of them that is an
     image ``[C, H, W]``; flat otherwise); the network is initialised under a forked generator
@@ -95,6 +101,8 @@ def train_and_test(model: str, x: Any, y: Any, test_x: Any, test_y: Any, *, seed
     example = next((s for s in shapes if len(s) == 3), (sizes.pop(),))
     if num_classes is None:
         num_classes = int(max(int(y.max()), int(test_y.max()))) + 1
+        if soft is not None:
+            num_classes = max(num_classes, soft.shape[-1])
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -115,7 +123,12 @@ def train_and_test(model: str, x: Any, y: Any, test_x: Any, test_y: Any, *, seed
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
             net.train()
             for _ in range(steps):
-                loss = F.cross_entropy(logits(train_x), train_y)
+                if soft is None:
+                    loss = F.cross_entropy(logits(train_x), train_y)
+                else:
+                    p = soft.detach().to(device, torch.float32)
+                    log_q = F.log_softmax(logits(train_x).float(), -1)
+                    loss = (torch.xlogy(p, p) - p * log_q).sum(-1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -159,6 +172,9 @@ class SetEvaluator(Module):
     with as many images per class as the set's labels have (drawn per seed), the baseline of
     the dataset-distillation papers. The networks' input and class counts (``in_features``,
     ``in_channels``, ``image_size``, ``num_classes``) come from the data unless given.
+    When ``soft_labels`` (probabilities ``[N, C]``) is fed, the networks train with the soft
+    cross-entropy ``KL(soft_labels || softmax(f(images)))`` instead (SRe2L's relabel, a
+    committee's vote, DATM's learned labels); only with ``train_on: set``.
 
     Reports ``accuracy`` and ``accuracy_std`` (over seeds, of the mean over models) and
     ``accuracy@<model>``, ``accuracy_std@<model>`` per model type (sample std, 0 for one seed).
@@ -197,13 +213,22 @@ class SetEvaluator(Module):
 
     def reset(self) -> None:
         self.set: tuple[Any, Any] | None = None
+        self.soft: Any = None
         self.test: list[tuple[Any, Any]] = []
 
     def update(self, images: Features("N, ...", "the set's inputs (images or flat features)"),
                labels: Labels("N", "the set's classes"),
                test_x: Features("B, ...", "held-out inputs (a data node's eval split)"),
-               test_y: Labels("B", "their classes")) -> None:
+               test_y: Labels("B", "their classes"),
+               soft_labels: Probs("N, C", "soft labels of the set (probabilities): the "
+                                  "networks then train with KL(soft || q), not the "
+                                  "cross-entropy with labels") = None) -> None:
+        if soft_labels is not None and self.train_on == "random_real":
+            raise ValueError("soft_labels belong to the fed set; train_on: random_real trains "
+                             "on real images with their classes: feed soft_labels only to an "
+                             "evaluator with train_on: set")
         self.set = (images.detach(), labels.detach())
+        self.soft = None if soft_labels is None else soft_labels.detach()
         self.test.append((test_x.detach(), test_y.detach()))
 
     def _training_sets(self) -> list[tuple[Any, Any]]:
@@ -238,7 +263,8 @@ class SetEvaluator(Module):
             per_model[model] = [
                 train_and_test(model, x.to(test_x.device), y.to(test_x.device), test_x, test_y,
                                seed=seed, steps=self.steps, lr=self.lr, params=given,
-                               num_classes=self.num_classes, node="dd_evaluator")
+                               num_classes=self.num_classes, node="dd_evaluator",
+                               soft=self.soft)
                 for seed, (x, y) in zip(self.seeds, sets, strict=True)]
         per_seed = [statistics.fmean(values) for values in zip(*per_model.values(), strict=True)]
         out = {"accuracy": statistics.fmean(per_seed), "accuracy_std": _std(per_seed)}

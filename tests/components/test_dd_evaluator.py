@@ -140,7 +140,7 @@ train: {steps: 1}
     ("{models: {mpl: {}}}",
      "models: 'mpl' is not a model type; did you mean 'mlp'?"),
     ("{models: {cross_entropy: {}}}",
-     "models: 'cross_entropy' is not a model type (e.g. mlp, cnn)"),
+     "models: 'cross_entropy' is not a model type (e.g. mlp, convnet)"),
     ("{models: {mlp: {hiden: [3]}}}",
      "models.mlp: unknown parameters ['hiden']; 'mlp' takes in_features, hidden, "
      "num_classes, activation, dropout"),

@@ -23,7 +23,7 @@ load_plugins()
 # One evaluation seed of a few steps, a small real batch and a small net: fast on a CPU.
 FAST = [f"nodes.{node}.params.{value}" for node in ("synthetic", "random_real")
         for value in ("seeds=[0]", "steps=5")] + [
-    "nodes.data.params.batch_size=32", "nodes.net.params.channels=[8, 8]"]
+    "nodes.data.params.batch_size=32", "nodes.net.params.width=8"]
 QUIET = {"progress": False, "log": lambda _m: None}
 
 
