@@ -27,7 +27,7 @@ from dgraph.errors import DgraphError
 from dgraph.registry import BuildContext
 
 __all__ = ["HFCausalLM", "derived_config", "hf_config", "init_from_teacher_layers",
-           "load_causal_lm", "read_hf_config", "save_pretrained_from_weights"]
+           "load_causal_lm", "meta_safe_call", "read_hf_config", "save_pretrained_from_weights"]
 
 # Config keys that mean the same thing across model types (transformers' attribute_map names
 # them on the config object; the static side has only the dict).
@@ -259,14 +259,29 @@ class HFCausalLM(Module):
                 ) -> Outputs(logits=Logits("B, T, {vocab_size}", "next-token scores")):
         import torch
 
-        if attention_mask is None and input_ids.is_meta:
-            # The dry run: transformers inspects the mask it would infer (a data-dependent
-            # check meta tensors cannot answer); an explicit all-ones mask skips that check.
-            attention_mask = torch.ones_like(input_ids)
         if attention_mask is not None and attention_mask.dtype != torch.long:
             attention_mask = attention_mask.to(torch.long)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = meta_safe_call(self.model, input_ids, attention_mask, use_cache=False)
         return {"logits": out.logits}
+
+
+def meta_safe_call(model: Any, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    """``model(input_ids=..., attention_mask=..., **kwargs)``, also in the meta dry run.
+
+    transformers makes data-dependent checks (``.item()``) that meta tensors cannot answer:
+    on a given mask (``mask.all()``: BERT-family and sdpa models), or on the mask it infers
+    from the pad token when none is given (GPT-2-style models). The dry run therefore tries
+    an all-ones mask, then no mask; neither changes a shape."""
+    import torch
+
+    if not input_ids.is_meta:
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    try:
+        return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+    except RuntimeError as exc:
+        if "meta tensors" not in str(exc):
+            raise
+    return model(input_ids=input_ids, attention_mask=None, **kwargs)
 
 
 def _untie_state_dict(module: Any, state_dict: dict[str, Any], prefix: str,
