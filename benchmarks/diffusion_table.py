@@ -5,9 +5,10 @@ For each seed: `diffusion_teacher_toy` (a v-prediction MLP, DDIM sampling) is tr
 (LCM-style consistency distillation, LCM sampling) from it. Rows: the teacher at 1, 2, 4, 8
 and 50 DDIM steps; the progressive student of each stage at its own step count (the stage
 ends at 4, 2 and 1 steps: read from the evaluations at the stage ends); the consistency
-student at 1, 2 and 4 steps. Columns (mean ± std over seeds, 2,048 samples against the 2,048
-held-out points): energy distance, mode coverage (modes receiving >= 10% of their fair share
-of samples within 3 RMS radii), the fraction of samples in some mode, and the sampling time
+student at 1, 2 and 4 steps; DMD2's one-step generator (`dmd2_toy`) at 1 step. Columns
+(mean ± std over seeds, 2,048 samples against the 2,048 held-out points): energy distance,
+mode coverage (modes receiving >= 10% of their fair share of samples within 3 RMS radii),
+the fraction of samples in some mode, and the sampling time
 per 1,000 samples (ms, median of 5, one thread unless --threads).
 
     python benchmarks/diffusion_table.py                 # seed 0, the zoo's step counts
@@ -29,6 +30,9 @@ import torch
 from safetensors.torch import load_file
 
 from dgraph.api import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from score_distillation import generator_ms  # noqa: E402
 
 TEACHER_STEPS = [1, 2, 4, 8, 50]
 STUDENT_STEPS = [1, 2, 4]
@@ -129,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         for k in STUDENT_STEPS:
             add("consistency (LCM)", k, consistency)
         print(f"seed {seed}: consistency trained in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)
+        started = time.perf_counter()  # DMD2's one-step generator (score_distillation.py)
+        dmd2 = train("dmd2_toy", out=base / "dmd2_toy", overwrite=True,
+                     overrides=[*common, f"train.steps={student_steps}",
+                                f"train.eval.every={student_steps}"], **quiet)
+        add("DMD2 (one-step generator)", 1, dmd2)
+        cells[("DMD2 (one-step generator)", 1)]["ms"].append(
+            generator_ms(base / "dmd2_toy", "generator"))
+        print(f"seed {seed}: dmd2 trained in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
         for (row, k), cell in cells.items():
             if len(cell["ms"]) < len(cell[KEYS[0]]):

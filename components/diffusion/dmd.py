@@ -9,8 +9,10 @@ and the real distribution is approximated, per example, by
 
 and applied through the stop-gradient surrogate ``L = 0.5 * mean |x - sg(x - g)|^2`` (its
 gradient with respect to ``x`` is ``g / numel``), as in DMD2's distribution matching loss.
-Only the loss is here so far: a ``dmd2_toy`` spec (generator, fake-score updates at a ratio)
-is still to be written.
+The spec ``dmd2_toy`` wires it: a one-step generator (``diffusion_convert`` of the teacher's
+network at ``t = 999``, initialised from the teacher), ``x_t`` from the *detached* samples,
+the fake score trained by ``denoising_loss`` on them in its own update every step, and the
+generator's update every ``every`` steps (DMD2's two time-scale rule, 5 by default).
 """
 
 from __future__ import annotations

@@ -149,11 +149,11 @@ class DiffusionConvert(Module):
 
         check_pair(context, None, scheduler)
         self.refs = (scheduler,)
-        self.to = to
+        self.to_type = to  # not self.to: that is nn.Module.to
 
     def forward(self, sample: Tensor("B, ...", "x_t"),
                 prediction: Tensor("B, ...", "the network's output at x_t"),
                 timestep: Timesteps("B", "t per example"),
                 ) -> Outputs(y=TypeOf("sample")("B, ...", "the prediction as 'to'")):
         (scheduler,) = self.refs
-        return {"y": scheduler.convert(sample, prediction, timestep, self.to)}
+        return {"y": scheduler.convert(sample, prediction, timestep, self.to_type)}
