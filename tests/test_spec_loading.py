@@ -448,7 +448,7 @@ def test_a_local_file_wins_over_a_zoo_name(tmp_path: Path, monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("name", "hint"),
     [("adversarial_ty", "did you mean 'adversarial_toy'?"),
-     ("student_digit", "did you mean 'student_digits'?")],
+     ("student_digit", "did you mean 'student_digits' or 'consistency_digits'?")],
 )
 def test_misspelt_zoo_name_suggests_the_closest(name: str, hint: str) -> None:
     with pytest.raises(SpecError) as exc:

@@ -5,9 +5,7 @@ a data node's training split; and its keys in ``summary.json`` of ``dd_dm``."""
 from __future__ import annotations
 
 import json
-import runpy
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
@@ -173,14 +171,3 @@ def test_dd_dm_reports_both_evaluations_in_its_summary(tmp_path):
     assert keys <= set(written) and written == pytest.approx(summary)
     assert all(0.0 <= written[k] <= 1.0 for k in keys)
     assert written["synthetic/accuracy"] == written["synthetic/accuracy@mlp"]
-
-
-def test_the_benchmark_script_prints_the_spec_evaluators_values(capsys):
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "dd_eval.py"
-    main = runpy.run_path(str(script))["main"]
-    assert main(["--quick", "--steps", "2", "--model", "mlp", "--eval-steps", "10"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("seed 0: synthetic mlp 0.") and "random_real mlp 0." in lines[0]
-    assert lines[1] == "10 images per class, evaluation mlp (10 Adam steps), seeds [0]:"
-    assert lines[2].startswith("dd_dm synthetic set (mlp):")
-    assert lines[3].startswith("random real images (mlp):")

@@ -63,13 +63,14 @@ def test_run_directory_holds_everything(tmp_path):
 
 # Runs other specs read (teachers, expert trajectories) come first: the specs that use them
 # find their runs beside their own in the shared folder (alone, a spec trains what it needs).
-PRODUCERS = {"teacher_digits", "teacher_digits_cnn", "llm_teacher", "dd_mtt_experts",
-             "rl_teacher_cartpole"}
+# In this order: diffusion_teacher_digits reads teacher_digits_cnn's classifier.
+PRODUCERS = ["teacher_digits", "teacher_digits_cnn", "llm_teacher", "dd_mtt_experts",
+             "rl_teacher_cartpole", "diffusion_teacher_toy", "diffusion_teacher_digits"]
 # llm_7b_validate is for validation only: its teacher has 7B parameters. dd_mtt matches expert
 # trajectories: 4 expert steps barely move the experts, and the normalised distance divides by
 # that movement; tests/zoo/test_dd_mtt.py trains it on a buffer made for it.
 ZOO = sorted((n for n in zoo_names() if n not in ("llm_7b_validate", "dd_mtt")),
-             key=lambda n: (n not in PRODUCERS, n))
+             key=lambda n: (PRODUCERS.index(n) if n in PRODUCERS else len(PRODUCERS), n))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +82,12 @@ def zoo_runs(tmp_path_factory):
 def test_every_zoo_spec_trains_with_steps_and_seed_overrides(zoo_runs, name):
     run = zoo_runs / name
     # Dataset-distillation evaluators train fresh networks: one seed, a few steps here.
+    # Sample metrics draw fewer samples.
+    fast_params = {"dd_evaluator": ("seeds=[0]", "steps=5"),
+                   "diffusion_samples": ("num_samples=64",)}
     fast = [f"nodes.{node}.params.{value}"
-            for node, spec in load_spec(name).nodes.items() if spec.type == "dd_evaluator"
-            for value in ("seeds=[0]", "steps=5")]
+            for node, spec in load_spec(name).nodes.items()
+            for value in fast_params.get(spec.type or "", ())]
     summary = train(name, out=run, overrides=["train.steps=4", "train.seed=7", *fast], **QUIET)
     assert summary, name
     assert "seed: 7" in (run / "spec.resolved.yaml").read_text()
