@@ -206,13 +206,63 @@ def _export_dynamo(wrapper: PortModule, args: tuple, path: Path, opset: int,
                    dynamic: list[dict[int, str]]) -> None:
     # forward(*args): the inputs are one tuple, and so are their dynamic shapes.
     shapes = (tuple(dict(d) if d else None for d in dynamic),)
+    # The graph's outputs get the port names afterwards: a port named like a value inside the
+    # graph (an `embedding` port of a model with an embedding layer) would otherwise give two
+    # values one name, which the exporter refuses.
+    placeholders = [f"dgraph_output_{i}" for i in range(len(wrapper.output_names))]
     with _quiet():
         torch.onnx.export(
             wrapper, args, str(path), input_names=wrapper.input_names,
-            output_names=wrapper.output_names, opset_version=opset, dynamo=True,
+            output_names=placeholders, opset_version=opset, dynamo=True,
             dynamic_shapes=shapes, external_data=_use_external_data(wrapper), verbose=False,
             report=False, optimize=True,
         )
+    rename_outputs(path, dict(zip(placeholders, wrapper.output_names, strict=True)))
+
+
+def rename_outputs(path: Path, names: dict[str, str]) -> None:
+    """Give the graph outputs of the ONNX file at ``path`` new names (old -> new); a value
+    inside the graph that already has a new name is renamed out of the way first."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    taken = _value_names(graph)
+    renames: dict[str, str] = {}
+    for new in names.values():
+        if new in taken and new not in names:
+            spare, n = f"{new}_inner", 1
+            while spare in taken:
+                spare, n = f"{new}_inner{n}", n + 1
+            taken.add(spare)
+            renames[new] = spare
+    renames.update(names)
+    _rename_values(graph, renames)
+    onnx.save(model, str(path))
+
+
+def _value_names(graph) -> set[str]:  # noqa: ANN001 - an onnx.GraphProto
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    names |= {t.name for t in graph.initializer}
+    for node in graph.node:
+        names |= set(node.input) | set(node.output)
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                names |= _value_names(sub)
+    return names
+
+
+def _rename_values(graph, renames: dict[str, str]) -> None:  # noqa: ANN001 - onnx.GraphProto
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = renames.get(value.name, value.name)
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _rename_values(sub, renames)
 
 
 def _export_torchscript(wrapper: PortModule, args: tuple, path: Path, opset: int,
