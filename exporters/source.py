@@ -141,6 +141,19 @@ def _build(node: Node, name: str, run_dir: Path, spec_dir: Path | None, *,
     return node.component.build(context)
 
 
+def _build_referring(graph: Graph, name: str, run_dir: Path, spec_dir: Path | None, *,
+                     weights: bool = True, _seen: frozenset[str] = frozenset()):
+    """Build a node after the nodes its parameters name (architectures only, recursively),
+    as ``dgraph train`` builds them: a data node reading a model's tokenizer, a target and its
+    source."""
+    references = {param: _build_referring(graph, other, run_dir, spec_dir, weights=False,
+                                          _seen=_seen | {name})
+                  for param, other in graph.nodes[name].component.references().items()
+                  if other in graph.nodes and other not in _seen | {name}}
+    return _build(graph.nodes[name], name, run_dir, spec_dir, weights=weights,
+                  references=references)
+
+
 def _load_run(run_dir: Path) -> tuple[Spec, str, Graph]:
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist; train a spec first "
@@ -370,7 +383,7 @@ def _load_data(graph: Graph, name: str, run_dir: Path, spec_dir: Path | None
     if problem is None:
         for data_node in sorted({src for src, _ in feeds.values()}):
             try:
-                built = _build(graph.nodes[data_node], data_node, run_dir, spec_dir)
+                built = _build_referring(graph, data_node, run_dir, spec_dir)
             except Exception as exc:  # the check then runs on random inputs only, and says so
                 reason = exc if isinstance(exc, DgraphError) else _reason(exc)
                 problem = f"data node '{data_node}' cannot be loaded: {reason}"
@@ -411,10 +424,7 @@ def load_subject(run_dir: str | Path, node: str | None = None) -> ExportSubject:
     spec_dir = _spec_dir(meta)
     try:
         # The nodes its parameters name (an EMA target's source), rebuilt without weights.
-        references = {param: _build(graph.nodes[other], other, run_dir, spec_dir,
-                                    weights=False)
-                      for param, other in target.component.references().items()}
-        module = _build(target, name, run_dir, spec_dir, weights=False, references=references)
+        module = _build_referring(graph, name, run_dir, spec_dir, weights=False)
     except DgraphError:
         raise
     except Exception as exc:

@@ -74,3 +74,16 @@ def test_distilled_student_matches_the_teacher_better_than_without_it(tmp_path):
     for label in ("config", "folder"):
         assert result[f"{label}_kd_cosine"] > 0.9
         assert result[f"{label}_kd_cosine"] > result[f"{label}_no_teacher_cosine"] + 0.1
+
+
+def test_the_student_exports_and_is_checked_on_the_data_sources_sentences(tmp_path):
+    from dgraph.exporters import export_run
+
+    train("embed_kd", out=tmp_path / "run", overrides=["train.steps=2"], **QUIET)
+    result = export_run(tmp_path / "run", tmp_path / "student.onnx", log=lambda _m: None)
+    report = result.verification
+    assert report is not None and report.passed
+    # The data node reads its tokenizer through the teacher node it names: built for the check.
+    assert report.skipped == []
+    assert {case.inputs for case in report.cases} == {"random", "real"}
+    assert {"sentence_embedding", "token_states"} <= set(report.cases[0].per_output)
