@@ -273,10 +273,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(args.spec, overrides=args.set or [], out=args.out, resume=args.resume,
                         overwrite=args.overwrite, progress=not args.quiet)
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM: a checkpoint was written
+        _leave_process_group(together=False)
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    finally:
-        _leave_process_group()
+    except BaseException:
+        _leave_process_group(together=False)
+        raise
+    # Every rank leaves together: a rank that tears its connections down while another is
+    # still evaluating or saving made that one abort in gloo's threads at exit.
+    _leave_process_group(together=True)
     if os.environ.get("RANK", "0") == "0":
         # Strict JSON, like summary.json: a non-finite metric is null (a warning named it).
         print(json.dumps(finite_json(summary)[0], indent=2, sort_keys=True, allow_nan=False))
@@ -323,11 +328,13 @@ def _launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(*, together: bool) -> None:
     if "torch" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
 
 
