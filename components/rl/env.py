@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dgraph.declare import Observations, Outputs, data, param
+from dgraph.errors import Problem, ValidationError
 from dgraph.ports import Port
 from dgraph.registry import BuildContext
 
@@ -159,6 +160,20 @@ def _spaces(env_id: str, kwargs_json: str, wrappers_json: str) -> Spaces:
         return spaces_of(env)
     finally:
         env.close()
+
+
+def env_info(env: Any, context: BuildContext, suggestion: str) -> dict[str, Any]:
+    """The ``info`` of the gym_env data node a component's ``env`` parameter names; a located
+    ValidationError when it names something else."""
+    info = getattr(env, "info", {}) if env is not None else {}
+    if "gym" not in info:
+        raise ValidationError([Problem(
+            code="not-an-env", message="params.env must name a gym_env data node",
+            location=None if context.source is None else context.source.where(
+                ("nodes", context.node, "params", "env")),
+            node=context.node, expected="a data node of type gym_env",
+            found=type(env).__name__, suggestion=suggestion)])
+    return info
 
 
 def spaces_of(env: Any) -> Spaces:

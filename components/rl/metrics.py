@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dgraph.components.rl.env import env_info
+
 from dgraph.declare import Module, NodeRef, Outputs, Scalar, metric, param
-from dgraph.errors import Problem, ValidationError
 from dgraph.registry import BuildContext
 
 __all__ = ["EpisodeReturn", "play_episodes"]
@@ -44,14 +45,7 @@ class EpisodeReturn(Module):
                                         "steps (its return so far counts)"),
                  context: BuildContext) -> None:
         super().__init__()
-        info = getattr(env, "info", {})
-        if "gym" not in info:
-            raise ValidationError([Problem(
-                code="not-an-env", message="params.env must name a gym_env data node",
-                location=None if context.source is None else context.source.where(
-                    ("nodes", context.node, "params", "env")),
-                node=context.node, expected="a data node of type gym_env",
-                found=type(env).__name__, suggestion="name the spec's gym_env node")])
+        info = env_info(env, context, "name the spec's gym_env node")
         self.config = info["gym"]
         self._refs = (policy, rollout)
         self.episodes = episodes

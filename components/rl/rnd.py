@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dgraph.components.models.mlp import Widths
+from dgraph.components.rl.env import env_info
 
 from dgraph.declare import (
     Features,
@@ -32,7 +33,6 @@ from dgraph.declare import (
     model,
     param,
 )
-from dgraph.errors import Problem, ValidationError
 from dgraph.registry import BuildContext
 
 if TYPE_CHECKING:
@@ -159,14 +159,7 @@ class RNDNovelty(Module):
                  bound: float = param(10.0, gt=0, doc="clip the box to [-bound, bound]"),
                  context: BuildContext) -> None:
         super().__init__()
-        info = getattr(env, "info", {})
-        if "gym" not in info:
-            raise ValidationError([Problem(
-                code="not-an-env", message="params.env must name a gym_env data node",
-                location=None if context.source is None else context.source.where(
-                    ("nodes", context.node, "params", "env")),
-                node=context.node, expected="a data node of type gym_env",
-                found=type(env).__name__, suggestion="name the spec's gym_env node")])
+        info = env_info(env, context, "name the spec's gym_env node")
         self.config = info["gym"]
         self._rnd = (rnd,)
         self.samples = samples

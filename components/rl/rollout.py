@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dgraph.components.rl.env import env_info
+
 from dgraph.declare import (
     Actions,
     Labels,
@@ -96,14 +98,8 @@ class _Rollout(Module):
     def _setup(self, env: Any, context: BuildContext) -> None:
         import torch
 
-        info = getattr(env, "info", {}) if env is not None else {}
-        if "gym" not in info:
-            raise ValidationError([Problem(
-                code="not-an-env", message="params.env must name a gym_env data node",
-                location=_where(context, "env"), node=context.node,
-                expected="a data node of type gym_env", found=type(env).__name__,
-                suggestion="add a node {kind: data, type: gym_env, params: {id: ...}} and "
-                "name it here")])
+        info = env_info(env, context, "add a node {kind: data, type: gym_env, params: "
+                        "{id: ...}} and name it here")
         self.config = info["gym"]
         self.spaces = info["spaces"]
         self.meta = context.meta
