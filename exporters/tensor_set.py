@@ -22,17 +22,15 @@ failure); non-finite values are refused, naming the tensor, the image and its cl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from dgraph.exporters.api import _staging
 
 from dgraph.errors import DgraphError, ExportError
 
@@ -93,20 +91,6 @@ def _check_destination(output: Path) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ExportError(f"-o {output}: the folder {parent} is not writable (no permission, "
                           "or a read-only file system); choose -o in a writable folder")
-
-
-@contextlib.contextmanager
-def _staging(output: Path) -> Iterator[Path]:
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".dgraph-export",
-                                       dir=output.parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write {output}: {exc.strerror or exc} in "
-                          f"{output.parent}; choose -o in a writable folder") from None
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # only ever the folder made above
 
 
 def _check_finite(name: str, tensor: torch.Tensor, labels: torch.Tensor, node: str,
@@ -301,7 +285,8 @@ def export_tensor_set(run_dir: str | Path, output: str | Path, *, node: str | No
         text.add_text(key, metadata[key])
     text.add_text("layout", "one row per class, in class order")
     text.add_text("value_range", f"black = {low:g}, white = {high:g}")
-    with _staging(output) as folder:
+    with _staging(output) as staged:  # the ONNX export's staging folder, beside -o
+        folder = staged.parent
         try:
             save_file(tensors, str(folder / output.name), metadata=metadata)
             picture.save(folder / png.name, pnginfo=text)
