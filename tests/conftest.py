@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+import dgraph  # noqa: F401  (before torch: it pins MKL's code path, see dgraph/__init__.py)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", default=False,
@@ -28,3 +30,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that changes torch's thread count must not change it for the tests after it:
+    in-process runs compared with subprocess runs (resume tests) then differ in the last bits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

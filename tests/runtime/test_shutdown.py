@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dgraph.cli import main
 from dgraph.runtime.rundir import RunLock
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -45,21 +44,28 @@ def _logged_steps(run: Path) -> list[int]:
     return steps
 
 
+def _train(run: Path, *extra: str) -> subprocess.Popen:
+    # Every run in its own process, as a resumed run is: the test process has run other tests
+    # and its state (thread pools, caches) is not what a fresh `dgraph train` starts from.
+    return subprocess.Popen(
+        [sys.executable, "-m", "dgraph", "train", "teacher_digits", "--out", str(run),
+         "--quiet", *ARGS, *extra],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     run = tmp_path_factory.mktemp("shutdown") / "reference"
-    assert main(["train", "teacher_digits", "--out", str(run), "--quiet", *ARGS]) == 0
+    done = _train(run)
+    assert done.wait(timeout=240) == 0, done.stderr.read()
     return _weights(run)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_after_a_checkpoint_and_resume_is_bit_identical(tmp_path, reference,
-                                                                      signum, capsys):
+                                                                      signum):
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dgraph", "train", "teacher_digits", "--out", str(run),
-         "--quiet", *ARGS],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _train(run)
     deadline = time.monotonic() + 120
     while len(_logged_steps(run)) < 5:  # well inside the loop, between checkpoints
         assert proc.poll() is None, "the run ended before it could be stopped"
@@ -81,9 +87,10 @@ def test_a_signal_stops_after_a_checkpoint_and_resume_is_bit_identical(tmp_path,
     assert not (run / "final").exists()
     RunLock(run).acquire().release()  # released on the way out
 
-    capsys.readouterr()
-    assert main(shlex.split(resume)[1:]) == 0
-    assert f"resuming from {checkpoints[-1]} (step {step})" in capsys.readouterr().err
+    resumed = _train(run, "--resume")
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err
+    assert f"resuming from {checkpoints[-1]} (step {step})" in err
     assert _logged_steps(run) == list(range(1, STEPS + 1))
     found = _weights(run)
     assert found.keys() == reference.keys() and found
