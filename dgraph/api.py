@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from dgraph.errors import DgraphError
 from dgraph.graph import Graph, validate
 from dgraph.runtime.distributed import World, init_world
 from dgraph.runtime.logging import GraphPictures
@@ -24,7 +25,7 @@ from dgraph.runtime.train import Trainer
 from dgraph.spec import Spec, load_spec, zoo_names
 from dgraph.spec.source import read_spec_text
 
-__all__ = ["graph_pictures", "train"]
+__all__ = ["graph_pictures", "sample", "train"]
 
 Say = Callable[[str], Any]
 
@@ -111,3 +112,50 @@ def train(spec_ref: str | Path | Spec, *, overrides: Iterable[str] = (),
                           world=world)
         return trainer.run(resume=resume,
                            command=_resume_command(spec_ref, spec, run_dir, overrides))
+
+
+def sample(run_dir: str | Path, output: str | Path, *, steps: int, node: str | None = None,
+           n: int = 64, seed: int = 0, device: str = "cpu") -> Path:
+    """Draw ``n`` samples of a finished run after ``steps`` sampler steps and write them to
+    ``output`` (PNG): a grid of images (one row per class for a class-conditional model) or a
+    scatter of 2-D points over held-out data. ``node`` names the sampling metric node
+    (default: the spec's only one). Seeded: the same call draws the same picture."""
+    from dgraph.runtime.rundir import atomic_write
+    from dgraph.runtime.sample import SampleError, draw, final_instances, samplers
+
+    run_dir, output = Path(run_dir), Path(output)
+    if output.suffix.lower() != ".png":
+        raise SampleError(f"-o {output}: samples are written as a PNG picture; name a "
+                          "file ending in .png")
+    resolved = run_dir / "spec.resolved.yaml"
+    if not resolved.is_file():
+        raise SampleError(f"{run_dir} is not a dgraph run directory: it has no "
+                          "spec.resolved.yaml (written by `dgraph train`)")
+    graph, _warnings = validate(load_spec(resolved))
+    found = {name for name, n_ in graph.nodes.items() if n_.kind == "metric"}
+    instances = final_instances(graph, run_dir, resolve_device(device))
+    by_name = samplers(graph, instances)
+    if not by_name:
+        raise SampleError(f"spec '{graph.spec.display_name}' of {run_dir} has no node that "
+                          f"draws samples (metrics: {', '.join(sorted(found)) or 'none'}); "
+                          "add a 'diffusion_samples' metric to sample a diffusion model")
+    if node is None:
+        if len(by_name) > 1:
+            raise SampleError(f"spec '{graph.spec.display_name}' has {len(by_name)} sampling "
+                              f"nodes ({', '.join(sorted(by_name))}); choose one with --node")
+        node = next(iter(by_name))
+    elif node not in by_name:
+        raise SampleError(f"node '{node}' of spec '{graph.spec.display_name}' does not draw "
+                          f"samples; sampling nodes: {', '.join(sorted(by_name))}")
+    try:
+        picture = draw(by_name[node], steps, n, seed=seed)
+    except DgraphError:
+        raise
+    except Exception as exc:  # the sampler's own refusal (a step count it cannot take, ...)
+        raise SampleError(f"node '{node}' could not draw {n} samples at {steps} steps: "
+                          f"{type(exc).__name__}: {exc}") from None
+    try:
+        atomic_write(output, lambda f: picture.save(f, format="PNG"))
+    except OSError as exc:
+        raise SampleError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return output

@@ -298,6 +298,16 @@ def _process_count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
 def _launch(args: argparse.Namespace) -> int:
     """``dgraph train --nproc N``: the same command in N processes on this machine, started
     by torch's own launcher (torchrun's ``--standalone`` rendezvous); the ranks print their
@@ -411,6 +421,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from dgraph.api import sample
+
+    out = sample(args.run_dir, args.output, steps=args.steps, node=args.node, n=args.num,
+                 seed=args.seed, device=args.device)
+    print(f"wrote {out} ({args.num} samples at {args.steps} step"
+          f"{'s' if args.steps != 1 else ''})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgraph",
@@ -479,6 +499,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --check: the run to compare against (default: the one recorded "
                         "in the file, if it still exists)")
     p.set_defaults(func=cmd_export, export_parser=p)
+
+    p = sub.add_parser("sample", help="draw samples of a trained generative model to a PNG "
+                       "(a grid of images, or 2-D points over held-out data)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `dgraph "
+                   "train` whose spec has a sampling metric (diffusion_samples)")
+    p.add_argument("--steps", type=_positive, required=True, metavar="K",
+                   help="sampler steps")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.add_argument("--node", help="the sampling metric node (default: the spec's only one)")
+    p.add_argument("-n", "--num", type=_positive, default=64, metavar="N",
+                   help="samples drawn (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("list", help="list component types, their ports and params")
     p.add_argument("kind", nargs="?", help="only types usable as this kind (e.g. loss)")

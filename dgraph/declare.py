@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, cast, runtime_checkable
 
@@ -53,6 +53,7 @@ __all__ = [
     "Accumulator",
     "DryRunReport",
     "Module",
+    "Sampler",
     "Scheduled",
     "StepAware",
     "NodeRef",
@@ -190,6 +191,26 @@ class Projected(Protocol):
     """
 
     def project(self) -> None: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A metric that draws samples of a generative model (a few-step diffusion student).
+
+    ``sample_steps`` are the sampler step counts it evaluates; ``samples(steps, n)`` draws
+    ``n`` samples in the data's space; ``sample_labels(n)`` gives their classes (the rows of
+    a grid) or None; ``reference(n)`` gives up to ``n`` held-out data points (drawn behind
+    2-D samples) or None. The runtime pictures the samples in TensorBoard at each evaluation
+    and ``dgraph sample`` writes them to a PNG.
+    """
+
+    sample_steps: Sequence[int]
+
+    def samples(self, steps: int, n: int | None = None, device: Any = None) -> Any: ...
+
+    def sample_labels(self, n: int) -> Any | None: ...
+
+    def reference(self, n: int) -> Any | None: ...
 
 
 class NodeRef:

@@ -169,30 +169,11 @@ def _compute(run_dir: Path, graph: Any, target: str, port: str) -> tuple[Any, st
 
 def _grid(images: torch.Tensor, labels: torch.Tensor, scale: int) -> tuple[Any, float, float]:
     """A PIL image: one row per class (in class order), the class's images left to right."""
-    from PIL import Image
+    from dgraph.runtime.pictures import image_grid
 
-    low = min(0.0, float(images.min()))
-    high = max(1.0, float(images.max()))
-    pixels = ((images - low) / (high - low) * 255).round().clamp(0, 255).to(torch.uint8)
-    if pixels.dim() == 3:
-        pixels = pixels.unsqueeze(1)
-    channels, height, width = pixels.shape[1:]
     classes = sorted(int(c) for c in labels.unique())
-    rows = [torch.nonzero(labels == c).flatten() for c in classes]
-    columns = max(len(r) for r in rows)
-    pad = 1
-    cell_h, cell_w = height * scale + pad, width * scale + pad
-    canvas = torch.full((channels, len(rows) * cell_h + pad, columns * cell_w + pad), 64,
-                        dtype=torch.uint8)
-    for r, members in enumerate(rows):
-        for c, index in enumerate(members.tolist()):
-            tile = pixels[index].repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-            top, left = pad + r * cell_h, pad + c * cell_w
-            canvas[:, top:top + height * scale, left:left + width * scale] = tile
-    array = canvas.permute(1, 2, 0).contiguous().numpy()
-    # uint8 [H, W] is a grey ("L") picture, [H, W, 3] an RGB one; other channel counts show
-    # their first channel.
-    return Image.fromarray(array if channels == 3 else array[:, :, 0]), low, high
+    return image_grid(images, [torch.nonzero(labels == c).flatten().tolist() for c in classes],
+                      scale)
 
 
 def export_tensor_set(run_dir: str | Path, output: str | Path, *, node: str | None = None,

@@ -125,10 +125,10 @@ class RunLogger:
                                                  completed=start_step, losses="")
         self.show = progress
 
-    def image(self, tag: str, array) -> None:
-        """An ``H x W x 3`` uint8 image (the graph picture)."""
+    def image(self, tag: str, array, step: int = 0) -> None:
+        """An ``H x W x 3`` uint8 image (the graph picture, samples at an evaluation)."""
         if self._tb is not None:
-            self._tb.add_image(tag, array, 0, dataformats="HWC")
+            self._tb.add_image(tag, array, step, dataformats="HWC")
 
     def text(self, tag: str, text: str) -> None:
         if self._tb is not None:

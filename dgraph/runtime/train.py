@@ -27,6 +27,7 @@ from dgraph.runtime.distributed import World
 from dgraph.runtime.evaluate import evaluate
 from dgraph.runtime.logging import GraphPictures, RunLogger, finite_json
 from dgraph.runtime.rundir import atomic_write_text
+from dgraph.runtime.sample import gallery, samplers
 from dgraph.runtime.setup import RunSetup
 from dgraph.runtime.shutdown import StopSignals, TrainingInterrupted
 from dgraph.runtime.state import load_run_state, run_state, save_final, save_run_state
@@ -51,6 +52,7 @@ class Trainer(RunSetup):
         self.pictures = pictures
         self.step_runner = StepRunner(self)
         self.step = 0
+        self.samplers = samplers(graph, self.instances)  # pictured at each evaluation
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -135,6 +137,9 @@ class Trainer(RunSetup):
                                           if k.endswith("accuracy") or "perplexity" in k)
                         if shown:
                             logger.line(f"step {self.step}: {shown}")
+                    if logger.enabled and self.samplers:
+                        for tag, picture in gallery(self.samplers).items():
+                            logger.image(tag, picture, self.step)
                     summary = metrics
                 saved = None
                 if self.step % self.train_cfg.checkpoint_every == 0 or \
