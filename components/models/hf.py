@@ -292,11 +292,13 @@ def _untie_state_dict(module: Any, state_dict: dict[str, Any], prefix: str,
     parameter twice with the same values, so a strict ``load_state_dict`` still works.
     """
     import torch
+    from torch.distributed.tensor import DTensor
 
     seen: set[int] = set()
     for key, value in list(state_dict.items()):
-        if not key.startswith(prefix) or not torch.is_tensor(value) or value.device.type == "meta":
-            continue
+        if not key.startswith(prefix) or not torch.is_tensor(value) or \
+                value.device.type == "meta" or isinstance(value, DTensor):
+            continue  # a sharded (FSDP) value is gathered into a tensor of its own
         pointer = value.untyped_storage().data_ptr()
         if pointer in seen and value.numel():
             state_dict[key] = value.detach().clone()

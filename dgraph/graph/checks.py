@@ -20,8 +20,8 @@ from dgraph.ports import carries_grad, is_subtype
 from dgraph.registry import COMPONENTS
 
 __all__ = [
-    "check_cycles", "check_dangling", "check_export", "check_stages", "check_types",
-    "check_unused", "check_updates",
+    "check_cycles", "check_dangling", "check_distributed", "check_export", "check_stages",
+    "check_types", "check_unused", "check_updates",
 ]
 
 
@@ -394,3 +394,47 @@ def check_unused(graph: Graph, out: Collector) -> None:
             )
 
 
+
+
+def fsdp_nodes(graph: Graph) -> list[str]:
+    """The nodes ``train.distributed.strategy: fsdp`` shards: those an update trains (and,
+    with ``shard_frozen``, the frozen model nodes), in graph order."""
+    config = graph.spec.train.distributed
+    if config.strategy != "fsdp":
+        return []
+    trained = graph.trained_by()
+    return [name for name, node in graph.nodes.items() if name in trained or (
+        config.shard_frozen and KINDS[node.kind].parametrised and node.frozen
+        and not KINDS[node.kind].follows)]
+
+
+@_pass
+def check_distributed(graph: Graph, out: Collector) -> None:
+    sharded = set(fsdp_nodes(graph))
+    for name in sorted(sharded):
+        node = graph.nodes[name]
+        sharers = sorted(n for n, other in graph.nodes.items() if other.spec.shares == name)
+        if node.spec.shares or sharers:
+            partner = node.spec.shares or ", ".join(sharers)
+            out.add(
+                "fsdp-shared",
+                f"its parameters are shared with {partner}, and FSDP cannot shard "
+                "parameters that two nodes use",
+                ("train", "distributed", "strategy"),
+                node=name,
+                expected="strategy: ddp for a spec whose trained nodes share parameters",
+                found="strategy: fsdp",
+                suggestion="use strategy: ddp, or give the nodes their own parameters",
+            )
+    for reference in graph.references:
+        if reference.src in sharded and KINDS[graph.nodes[reference.dst].kind].follows:
+            out.add(
+                "fsdp-followed",
+                f"it follows the parameters of '{reference.src}' (param "
+                f"'{reference.param}'), which FSDP shards across ranks",
+                ("nodes", reference.dst, "params", reference.param),
+                node=reference.dst,
+                expected="a followed node that every rank holds whole",
+                found=f"'{reference.src}' sharded by strategy: fsdp",
+                suggestion="use strategy: ddp for a spec with an EMA or other target node",
+            )

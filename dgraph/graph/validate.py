@@ -11,6 +11,7 @@ from dgraph.errors import Problem, ValidationError
 from dgraph.graph.checks import (
     check_cycles,
     check_dangling,
+    check_distributed,
     check_export,
     check_stages,
     check_types,
@@ -36,7 +37,7 @@ def check_graph(graph: Graph) -> list[Problem]:
         problems += shape_problems
     if len(graph.nodes) == len(graph.spec.nodes):
         problems += check_updates(graph) + check_unused(graph)
-    return problems + check_stages(graph) + check_export(graph)
+    return problems + check_stages(graph) + check_export(graph) + check_distributed(graph)
 
 
 def validate(spec: Spec) -> tuple[Graph, list[Problem]]:

@@ -26,10 +26,18 @@ from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_gr
 from dgraph.declare import StepAware
 from dgraph.errors import CheckpointError, DgraphError
 from dgraph.graph import Graph
+from dgraph.graph.checks import fsdp_nodes
 from dgraph.kinds import KINDS
 from dgraph.runtime.checkpoint import load_weights, save_weights
 from dgraph.runtime.data import BatchLoader
-from dgraph.runtime.distributed import World, init_world, rank_seed
+from dgraph.runtime.distributed import (
+    World,
+    full_state,
+    init_world,
+    load_full_state,
+    rank_seed,
+    shard_modules,
+)
 from dgraph.spec import Spec, zoo_names
 from dgraph.spec.model import InitSpec
 
@@ -276,6 +284,14 @@ class RunSetup:
         self.instances: Instances = instantiate(graph, device=self.device,
                                                 seed=self.train_cfg.seed, run_dir=run_dir)
         load_initial_weights(graph, self.instances, run_dir)
+        # strategy: fsdp shards the trained modules across the ranks (before the optimizers
+        # are made: they hold the sharded parameters).
+        self.sharded: list[str] = fsdp_nodes(graph) if self.world.distributed else []
+        if self.sharded:
+            config = self.train_cfg.distributed
+            shard_modules({n: self.instances.modules[n] for n in self.sharded}, self.world,
+                          self.device, param_dtype=config.param_dtype,
+                          reduce_dtype=config.reduce_dtype)
         self.program: Program = compile_graph(graph)
         self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
         self.stages = plan_stages(self.spec)
@@ -380,15 +396,16 @@ class RunSetup:
     def begin_stage(self, stage: Stage) -> None:
         """The role changes at a stage's start: copies, re-initialisations, fresh optimizers."""
         for dst, src in stage.copy.items():
-            state = self.instances.modules[src].state_dict()
-            self.instances.modules[dst].load_state_dict(state)
+            source = self.instances.modules[src]
+            state = full_state(source) if src in self.sharded else source.state_dict()
+            load_full_state(self.instances.modules[dst], state)
         for name in stage.reinit:
             context = build_context(self.graph, name, device=str(self.device),
                                     seed=self.train_cfg.seed + stage.start,
                                     run_dir=self.run_dir,
                                     modules={**self.instances.data, **self.instances.modules})
             fresh = self.graph.nodes[name].component.build(context)
-            self.instances.modules[name].load_state_dict(fresh.to(self.device).state_dict())
+            load_full_state(self.instances.modules[name], fresh.to(self.device).state_dict())
         if stage.start > 0:
             # A new stage starts its optimizers afresh (the roles of nodes may have changed).
             for update in stage.updates:
@@ -412,7 +429,7 @@ class RunSetup:
                                     modules=self.instances.modules)
             fresh = node.component.build(context)
             with torch.no_grad():
-                self.instances.modules[name].load_state_dict(fresh.state_dict())
+                load_full_state(self.instances.modules[name], fresh.state_dict())
 
     def logs_after(self, step: int) -> bool:
         """Whether the (0-based) step ``step`` ends with a logged record."""

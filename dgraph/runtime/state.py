@@ -18,7 +18,13 @@ from dgraph import __version__
 from dgraph.errors import CheckpointError
 from dgraph.kinds import KINDS
 from dgraph.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint, save_weights
-from dgraph.runtime.distributed import rank_seed
+from dgraph.runtime.distributed import (
+    full_optimizer_state,
+    full_state,
+    load_full_optimizer_state,
+    load_full_state,
+    rank_seed,
+)
 from dgraph.runtime.setup import RunSetup
 
 __all__ = ["gather_rngs", "load_run_state", "run_state", "save_final", "save_run_state",
@@ -55,8 +61,11 @@ def run_state(run: RunSetup, step: int,
         "dgraph_version": __version__,
         "spec_name": run.spec.display_name,
         "step": step,
-        "modules": {n: m.state_dict() for n, m in saved_modules(run).items()},
-        "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()},
+        # Sharded (FSDP) tensors gathered whole: one checkpoint format at any world size.
+        "modules": {n: full_state(m) if n in run.sharded else m.state_dict()
+                    for n, m in saved_modules(run).items()},
+        "optimizers": {n: full_optimizer_state(o) if run.sharded else o.state_dict()
+                       for n, o in run.optimizers.items()},
         "schedulers": {n: _scheduler_state(s) for n, s in run.schedulers.items() if s},
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "loaders": {n: loader.state_dict() for n, loader in run.loaders.items()},
@@ -96,10 +105,10 @@ def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
     modules = saved_modules(run)
     try:
         for name, module_state in state["modules"].items():
-            modules[name].load_state_dict(module_state)
+            load_full_state(modules[name], module_state)
         for name, opt_state in state["optimizers"].items():
             if name in run.optimizers:
-                run.optimizers[name].load_state_dict(opt_state)
+                load_full_optimizer_state(run.optimizers[name], opt_state)
         for name, sched_state in state["schedulers"].items():
             run.schedulers[name].load_state_dict(sched_state)
         if run.scaler is not None and state.get("scaler"):
@@ -128,27 +137,33 @@ def save_run_state(run: RunSetup, step: int) -> Path | None:
 
     Called by every rank (the ranks' generators are gathered first)."""
     rank_rngs = gather_rngs(run)
-    if run.rank != 0:
+    # Gathering sharded state is a collective: every rank builds the state, rank 0 writes it.
+    state = run_state(run, step, rank_rngs) if run.sharded or run.rank == 0 else None
+    if state is None or run.rank != 0:
         return None
-    return save_checkpoint(run.run_dir / "checkpoints", step,
-                           run_state(run, step, rank_rngs), run.train_cfg.keep_checkpoints)
+    return save_checkpoint(run.run_dir / "checkpoints", step, state,
+                           run.train_cfg.keep_checkpoints)
 
 
 def save_final(run: RunSetup) -> None:
-    """``final/<node>.safetensors`` for every trained or saved node (rank 0 only)."""
-    if run.rank != 0:
+    """``final/<node>.safetensors`` for every trained or saved node (rank 0 only; every rank
+    takes part in gathering sharded weights)."""
+    if run.rank != 0 and not run.sharded:
         return
     final = run.run_dir / "final"
     trained = set(run.graph.trained_by())
     for name, module in run.instances.unique_modules().items():
         node = run.graph.nodes[name]
         if name in trained or KINDS[node.kind].saved:
+            weights = full_state(module) if name in run.sharded else module.state_dict()
+            if run.rank != 0:
+                continue
             metadata = {"node": name, "type": node.spec.type, "kind": node.kind,
                         "spec": run.spec.display_name, "dgraph_version": __version__,
                         "params": json.dumps(node.spec.params, sort_keys=True)}
             if run.spec.path is not None:  # `dgraph export` resolves paths against it
                 metadata["spec_dir"] = str(run.spec.path.parent.resolve())
-            save_weights(final / f"{name}.safetensors", module.state_dict(), metadata)
+            save_weights(final / f"{name}.safetensors", weights, metadata)
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dgraph.compiler.codegen import UpdatePlan
 from dgraph.compiler.schedules import value_at
 from dgraph.declare import Projected
 from dgraph.errors import ComponentRuntimeError, DgraphError, NonFiniteError
-from dgraph.runtime.distributed import average_gradients, sum_across
+from dgraph.runtime.distributed import average_gradients, local, sum_across, whole
 from dgraph.runtime.setup import RunSetup, Stage
 from dgraph.spec import ScheduleSpec
 
@@ -157,7 +157,11 @@ class StepRunner:
                 # One fused pass over the gradients sets the sticky flag when any is NaN/inf
                 # (multiplying by 1 changes no value); no host sync.
                 torch._amp_foreach_non_finite_check_and_unscale_(
-                    [p.grad for p in params if p.grad is not None], self._found_inf, self._one)
+                    [local(p.grad) for p in params if p.grad is not None], self._found_inf,
+                    self._one)
+                if setup.sharded:  # each rank saw only its shard of the gradients
+                    torch.distributed.all_reduce(self._found_inf,
+                                                 op=torch.distributed.ReduceOp.MAX)
             if self.read_losses_on_host and not deferred:
                 # On CPU, reading the losses is cheaper than another pass over them.
                 if not (all(_finite(t) for t in totals)
@@ -172,7 +176,8 @@ class StepRunner:
                 elif self._found_inf.item():  # one read (a sync) per optimizer step
                     self.check_finite((step, name, repeat, draws), totals)
             if spec.clip_grad_norm is not None:
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+                terms["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(
+                    params, spec.clip_grad_norm))  # the norm over all shards when sharded
             elif setup.logs_after(step):
                 # Gradients are cleared below, so the norm is taken now, on logging steps only.
                 terms["grad_norm"] = _grad_norm(params)
@@ -386,10 +391,10 @@ class StepRunner:
                 if node in self.setup.instances.modules else {}
             named += [(f"{node}.{names.get(id(p), '?')}", p) for p in group["params"]]
         for label, p in named:
-            if not bool(torch.isfinite(p.detach()).all()):
+            if not bool(torch.isfinite(local(p.detach())).all()):
                 return f"parameter '{label}' holds non-finite values"
         for label, p in named:
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            if p.grad is not None and not bool(torch.isfinite(local(p.grad)).all()):
                 return f"first non-finite gradient: parameter '{label}'"
         return None
 
@@ -428,7 +433,18 @@ def _finite(value: torch.Tensor) -> bool:
 
 def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """The total 2-norm of the parameters' gradients (what clip_grad_norm_ reports)."""
+    from torch.distributed.tensor import DTensor
+
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    shards = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    if not shards:
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    # FSDP: the squares of this rank's shards, added up over the ranks.
+    squares = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(shards))) ** 2
+    torch.distributed.all_reduce(squares)
+    whole = [g for g in grads if not isinstance(g, DTensor)]
+    if whole:
+        squares = squares + torch.linalg.vector_norm(torch.stack(torch._foreach_norm(whole))) ** 2
+    return squares.sqrt()

@@ -137,7 +137,8 @@ class Trainer(RunSetup):
                                           if k.endswith("accuracy") or "perplexity" in k)
                         if shown:
                             logger.line(f"step {self.step}: {shown}")
-                    if logger.enabled and self.samplers:
+                    # A sharded (FSDP) model runs only with every rank: all draw, rank 0 logs.
+                    if self.samplers and (logger.enabled or self.sharded):
                         for tag, picture in gallery(self.samplers).items():
                             logger.image(tag, picture, self.step)
                     summary = metrics

@@ -3,6 +3,7 @@
 from dgraph.spec.model import (
     SPEC_VERSION,
     CacheSpec,
+    DistributedSpec,
     EvalSpec,
     ExportSpec,
     InitSpec,
@@ -31,6 +32,7 @@ from dgraph.spec.source import (
 __all__ = [
     "SPEC_VERSION",
     "CacheSpec",
+    "DistributedSpec",
     "EvalSpec",
     "ExportSpec",
     "InitSpec",

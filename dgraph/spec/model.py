@@ -30,6 +30,7 @@ __all__ = [
     "NAME_PATTERN",
     "SPEC_VERSION",
     "CacheSpec",
+    "DistributedSpec",
     "EvalSpec",
     "ExportSpec",
     "InitSpec",
@@ -241,6 +242,21 @@ class EvalSpec(_Strict):
     batch_size: int = Field(512, ge=1)
 
 
+class DistributedSpec(_Strict):
+    """How a job of several processes (``--nproc``, torchrun) shares the work."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every rank holds every module and the gradients are averaged; "
+        "fsdp: the trained modules are sharded across ranks (torch's fully_shard), each "
+        "element of a ModuleList (a transformer layer) its own unit")
+    shard_frozen: bool = Field(False, description="fsdp: shard the frozen teachers too")
+    param_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="fsdp mixed precision: the dtype of the gathered parameters in "
+        "forward and backward (the sharded parameters stay fp32)")
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="fsdp mixed precision: the dtype gradients are reduced in")
+
+
 class TrainSpec(_Strict):
     steps: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX,
@@ -252,6 +268,7 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     compile: bool = Field(False, description="torch.compile each update's step")
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     out: str | None = Field(None, description="run directory (default: runs/<spec name>)")
 
 

@@ -93,3 +93,83 @@ def test_nproc_must_be_positive(tmp_path, bad, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().endswith(
         f"argument --nproc: {bad} is not a number of processes (1 or more)")
+
+
+# -- strategy: fsdp (torch's fully_shard) --------------------------------------------------------
+
+FSDP = ["--set", "train.distributed.strategy=fsdp"]
+
+
+def test_fsdp_two_processes_match_one_and_save_whole_weights(tmp_path):
+    single = _train("teacher_digits", tmp_path / "single", *SHORT, nproc=1)
+    sharded = _train("teacher_digits", tmp_path / "sharded", *SHORT, *FSDP, nproc=2)
+    _finish(single)
+    _finish(sharded)
+    one, two = _weights(tmp_path / "single"), _weights(tmp_path / "sharded")
+    assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
+    # The checkpoint holds whole tensors too (one format at any world size), read safely.
+    latest = sorted((tmp_path / "sharded" / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(latest, weights_only=True)
+    assert state["modules"]["teacher"]["body.0.weight"].shape == (256, 64)
+    exp_avg = state["optimizers"]["main"]["state"][0]["exp_avg"]
+    assert type(exp_avg) is torch.Tensor and exp_avg.shape == (256, 64)
+
+
+def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tmp_path):
+    extra = [*SHORT, *FSDP, "--set", "train.keep_checkpoints=20"]
+    reference = tmp_path / "reference"
+    _finish(_train("teacher_digits", reference, *extra))
+    run = tmp_path / "interrupted"
+    proc = _train("teacher_digits", run, *extra)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints").exists() or \
+            len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _finish(_train("teacher_digits", run, *extra, "--resume"))
+    expected, found = _weights(reference), _weights(run)
+    for key, value in expected.items():
+        assert torch.equal(found[key], value), key
+
+    # A checkpoint of the two-process job resumed by one process: the same weights, up to the
+    # order in which the global batch's gradients were summed.
+    alone = tmp_path / "alone"
+    import shutil
+
+    shutil.copytree(reference, alone)
+    shutil.rmtree(alone / "final")
+    for checkpoint in (alone / "checkpoints").glob("step_*.pt"):
+        if int(checkpoint.stem.split("_")[1]) > 20:
+            checkpoint.unlink()
+    err = _train("teacher_digits", alone, *extra, "--resume", nproc=1).communicate(timeout=240)[1]
+    assert "resuming from" in err and "(step 20)" in err
+    for key, value in expected.items():
+        torch.testing.assert_close(_weights(alone)[key], value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("consistency_toy",
+     "specs/consistency_toy.yaml:51:22: error[fsdp-followed]: node 'target': it follows the "
+     "parameters of 'student' (param 'source'), which FSDP shards across ranks\n"
+     "    expected: a followed node that every rank holds whole\n"
+     "    found:    'student' sharded by strategy: fsdp\n"
+     "    hint: use strategy: ddp for a spec with an EMA or other target node"),
+    ("adversarial_toy",
+     "<--set train.distributed.strategy=fsdp>: error[fsdp-shared]: node 'critic': its "
+     "parameters are shared with critic_on_fake, and FSDP cannot shard parameters that two "
+     "nodes use\n"
+     "    expected: strategy: ddp for a spec whose trained nodes share parameters\n"
+     "    found:    strategy: fsdp\n"
+     "    hint: use strategy: ddp, or give the nodes their own parameters"),
+])
+def test_fsdp_mistakes_are_located_by_validation(spec, message, capsys):
+    from dgraph.cli import main
+
+    assert main(["validate", spec, "--static", *FSDP]) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
