@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ __all__ = [
     "check_model_folder",
     "existing_path",
     "input_error",
+    "model_path",
     "run_dir_path",
     "where",
 ]
@@ -102,6 +104,45 @@ def existing_path(context: BuildContext, param: str, raw: str, *,
                           found=f"{path} is {found_kind} without read permission",
                           hint="fix its permissions, or copy it somewhere readable")
     return path
+
+
+# A Hugging Face Hub model id: "owner/name" (letters, digits, '.', '_', '-'; no '..').
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def model_path(context: BuildContext, param: str, raw: str, *,
+               kind: Literal["folder", "file or folder"], what: str) -> Path:
+    """A local model or tokenizer folder the spec names, or a Hub model id (``owner/name``)
+    resolved from the local Hugging Face cache, offline: nothing is ever downloaded.
+
+    A local path that exists wins over a Hub id of the same spelling; a Hub id that is not
+    cached is a located error naming the id and the cache folder.
+    """
+    local = context.resolve_path(raw)
+    if local.exists() or not _HUB_ID.fullmatch(raw) or ".." in raw:
+        return existing_path(context, param, raw, kind=kind, what=what)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(raw, local_files_only=True))
+    except ImportError:
+        reason = "huggingface_hub is not installed"
+    except Exception as exc:  # LocalEntryNotFoundError, or a cache it cannot read
+        reason = f"{type(exc).__name__}"
+    raise input_error(context, param, f"'{raw}' is neither a local {kind} nor a Hub model "
+                      "in the local Hugging Face cache", code="missing-file",
+                      expected=f"{what}, or the id of a Hub model already in the cache",
+                      found=f"nothing at {local.absolute()}; '{raw}' not in the cache "
+                      f"{_hub_cache()} ({reason})",
+                      hint=f"download it once where there is network (`hf download {raw}`; "
+                      "HF_HUB_CACHE or HF_HOME choose the cache), or give a local folder: "
+                      "dgraph never downloads")
 
 
 def _code_files(auto_map: Any) -> list[str]:

@@ -15,7 +15,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dgraph.components._inputs import check_model_folder, existing_path, input_error
+from dgraph.components._inputs import (
+    check_model_folder,
+    existing_path,
+    input_error,
+    model_path,
+)
 
 from dgraph.declare import Mask, NodeRef, Outputs, Tokens, data, param
 from dgraph.errors import Location, Problem, ValidationError
@@ -115,8 +120,8 @@ def _tokenizer_folder(tokenizer_path: str | None, tokenizer_from: Any,
                       context: BuildContext) -> tuple[Path | None, str]:
     what = "a folder holding a pretrained tokenizer (tokenizer.json or vocab.txt)"
     if tokenizer_path is not None:
-        folder = existing_path(context, "tokenizer_path", tokenizer_path, kind="folder",
-                               what=what)
+        folder = model_path(context, "tokenizer_path", tokenizer_path, kind="folder",
+                            what=what)
         check_model_folder(context, "tokenizer_path", folder, what=what)
         return folder, "tokenizer_path"
     folder = getattr(tokenizer_from, "folder", None)

@@ -29,6 +29,7 @@ from dgraph.components._inputs import (
     check_model_folder,
     existing_path,
     input_error,
+    model_path,
     run_dir_path,
 )
 from pydantic import Field, field_validator, model_validator
@@ -349,8 +350,8 @@ def _tokenizer_path(p: TokenizerParams, context: BuildContext) -> Path:
     """The ``tokenizer.json`` that ``tokenizer.path`` names (a file, or a folder holding one
     whose ``tokenizer_config.json`` names no custom code); checked, not read."""
     what = "a tokenizer.json saved by the tokenizers library, or a folder holding one"
-    path = existing_path(context, "tokenizer.path", p.path or "", kind="file or folder",
-                         what=what)
+    path = model_path(context, "tokenizer.path", p.path or "", kind="file or folder",
+                      what=what)
     if path.is_dir():
         check_model_folder(context, "tokenizer.path", path, what=what,
                            expected="a tokenizer folder whose tokenizer_config.json names "

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 from dgraph.components._inputs import (
     check_config_dict,
     check_model_folder,
-    existing_path,
     input_error,
+    model_path,
 )
 from pydantic import AfterValidator, Field, ValidationInfo
 
@@ -211,6 +211,10 @@ class HFCausalLM(Module):
             None, doc="derive_from a folder: initialise student layer i from teacher "
             "layer init_layers[i] (and the embeddings, final norm and head from the teacher), "
             "DistilBERT-style; needs the teacher's width"),
+        gradient_checkpointing: bool = param(
+            False, doc="recompute each layer's activations in backward instead of keeping "
+            "them (transformers' gradient checkpointing): less memory for a large student, "
+            "about one more forward of compute"),
         context: BuildContext,
     ) -> None:
         super().__init__()
@@ -241,6 +245,8 @@ class HFCausalLM(Module):
                                         load_weights=weights, meta=context.meta)
             if init_layers is not None and weights and teacher_path is not None:
                 init_from_teacher_layers(self, teacher_path, init_layers)
+            if gradient_checkpointing:
+                enable_checkpointing(self.model, context)
         except (OSError, ValueError) as exc:
             if folder is None and teacher_path is None:
                 raise
@@ -263,6 +269,19 @@ class HFCausalLM(Module):
             attention_mask = attention_mask.to(torch.long)
         out = meta_safe_call(self.model, input_ids, attention_mask, use_cache=False)
         return {"logits": out.logits}
+
+
+def enable_checkpointing(model: Any, context: BuildContext) -> None:
+    """Turn on transformers' gradient checkpointing (non-reentrant: it works with frozen
+    inputs and several calls per step), or say that this architecture has none."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise input_error(context, "gradient_checkpointing", f"{type(model).__name__} does not "
+                          "support gradient checkpointing in transformers",
+                          code="bad-param", expected="a model type with gradient "
+                          "checkpointing (gpt2, llama, bert, ...)",
+                          found=f"{type(model).__name__}", hint="set gradient_checkpointing: "
+                          "false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def meta_safe_call(model: Any, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
@@ -419,7 +438,7 @@ def model_folder(context: BuildContext, param: str, raw: str) -> Path:
     """A saved transformers model folder named by the spec: it exists, holds a config.json,
     and names no custom code (transformers would offer to run it)."""
     what = "a folder written by save_pretrained (config.json and weights)"
-    folder = existing_path(context, param, raw, kind="folder", what=what)
+    folder = model_path(context, param, raw, kind="folder", what=what)
     if not (folder / "config.json").is_file():
         raise input_error(context, param, f"{folder} holds no config.json",
                           code="missing-file", expected=what,

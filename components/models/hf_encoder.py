@@ -17,6 +17,7 @@ from typing import Any, Literal
 from dgraph.components.models.hf import (
     ConfigDict,
     _static_config,
+    enable_checkpointing,
     meta_safe_call,
     model_folder,
 )
@@ -108,6 +109,9 @@ class HFEncoder(Module):
             "masked_mean", doc="sentence embedding: masked_mean (real tokens), mean (all "
             "positions) or cls (the first token)"),
         normalize: bool = param(False, doc="L2-normalise the sentence embedding"),
+        gradient_checkpointing: bool = param(
+            False, doc="recompute each layer's activations in backward instead of keeping "
+            "them: less memory for a large student, about one more forward of compute"),
         context: BuildContext,
     ) -> None:
         super().__init__()
@@ -134,6 +138,8 @@ class HFEncoder(Module):
         else:
             assert config is not None
             self.model = load_encoder(config=dict(config), meta=context.meta)
+        if gradient_checkpointing:
+            enable_checkpointing(self.model, context)
 
     def forward(self, input_ids: Tokens("B, T", "token ids (int64)"),
                 attention_mask: Mask("B, T", "1 for real tokens, 0 for padding") = None,
