@@ -21,6 +21,7 @@ imports neither torch nor tokenizers: the builders and tokenizers import them wh
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,6 +75,13 @@ class TokenizerParams(Params):
     )
     path: str | None = Field(None, description="file: the tokenizer.json to load (or a "
                              "folder holding one), relative to the spec's folder")
+    pad_token: str | None = Field(
+        None, description="file: the padding token (default: tokenizer_config.json's "
+        "pad_token, else <pad> or [PAD]; a tokenizer without one pads with its end token, "
+        "with a warning)")
+    eos_token: str | None = Field(
+        None, description="file: the end-of-sequence token (default: tokenizer_config.json's "
+        "eos_token, else <eos>, </s>, <|endoftext|> or [SEP])")
     save_to: str | None = Field(
         None, description="also write tokenizer.json into this folder of the run directory "
         "(e.g. next to a model saved with save_pretrained); a relative path without '..'"
@@ -98,6 +106,10 @@ class TokenizerParams(Params):
                              "vocabularies can be checked before any text is read")
         if self.kind == "file" and not self.path:
             raise ValueError("tokenizer kind 'file' needs path: a tokenizer.json")
+        if self.kind != "file" and (self.pad_token or self.eos_token):
+            raise ValueError(f"pad_token and eos_token choose among a saved tokenizer's "
+                             f"tokens (kind: file); the {self.kind} tokenizer's are <pad> "
+                             "(id 0) and <eos> (id 1)")
         return self
 
     @property
@@ -181,6 +193,8 @@ def text_lm(
     cut = int(len(text) * (1.0 - eval_fraction))
     train_text, eval_text = text[:cut], text[cut:]
     tok = build_tokenizer(tokenizer, [train_text], context)
+    pad_id, eos_id = special_ids(tok, tokenizer, context)
+    info.update({"pad_token_id": pad_id, "eos_token_id": eos_id})
     train_ids = torch.tensor(_encode(tok, train_text), dtype=torch.long)
     windows = _chunks(train_ids, seq_len, stride or seq_len)
     if max_examples is not None:
@@ -217,16 +231,21 @@ def jsonl_pairs(
     max_prompt_len: int = param(64, gt=0, doc="P: prompt tokens kept (the end of a longer "
                                 "prompt; prompt_ids are left-padded to P)"),
     add_eos: bool = param(True, doc="append <eos> to the response (it is predicted)"),
+    truncate: bool = param(False, doc="cut pairs longer than max_len + 1 tokens and prompts "
+                           "longer than max_prompt_len (otherwise they are an error naming "
+                           "the line)"),
     context: BuildContext,
 ) -> _sequences("{max_len}", "{max_prompt_len}", "prompts, left-padded"):
     """Prompt/response pairs from a JSONL file, for supervised fine-tuning and distillation.
 
-    Each example is ``prompt + response (+ <eos>)``, truncated to ``max_len + 1`` tokens: the
-    prompt keeps at most its last ``max_prompt_len`` tokens, then the response is cut at the
-    right. Sequences are right-padded with ``<pad>`` (id 0). ``loss_mask`` is 1 exactly where
-    the target is a response token (or the final ``<eos>``): prompt and padding positions are
-    excluded from every token-level loss. ``prompt_ids`` holds the prompt left-padded to
-    ``max_prompt_len`` (``prompt_mask`` marks its real tokens), ready for generation.
+    Each example is ``prompt + response (+ <eos>)`` in ``max_len + 1`` tokens. A longer one
+    is a located error naming its line, unless ``truncate``: the prompt then keeps its last
+    ``max_prompt_len`` tokens and the response is cut at the right. Sequences are
+    right-padded with the tokenizer's pad token (``<pad>``, id 0, for byte and BPE).
+    ``loss_mask`` is 1 exactly where the target is a response token (or the final ``<eos>``):
+    prompt and padding positions are excluded from every token-level loss. ``prompt_ids``
+    holds the prompt left-padded to ``max_prompt_len`` (``prompt_mask`` marks its real
+    tokens), ready for generation.
     """
     from dgraph.data import DataSource
 
@@ -239,13 +258,14 @@ def jsonl_pairs(
                           eval=_meta_split(batch_size, max_len, max_prompt_len), info=info,
                           **loader)
     file, text = _read_text(path, context, "shakespeare_dialogue.jsonl", what)
-    records = []
+    records, lines = [], []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
             records.append((str(obj[prompt_key]), str(obj[response_key])))
+            lines.append(number)
         except (ValueError, KeyError, TypeError) as exc:
             found = (f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError)
                      else f"an object without the key {exc}")
@@ -267,14 +287,48 @@ def jsonl_pairs(
                           found=f"{len(records)} pairs, {n_eval} held out by eval_fraction",
                           hint="add pairs or lower eval_fraction")
     tok = build_tokenizer(tokenizer, [a + b for a, b in train_records], context)
+    pad_id, eos_id = special_ids(tok, tokenizer, context)
+    encoded = [(_encode(tok, a), _encode(tok, b)) for a, b in records]
+    if not truncate:
+        _check_lengths(encoded, lines, file, max_len, max_prompt_len, add_eos, context)
+    kept = len(records) - n_eval
+    train_pairs = encoded[:kept][:max_examples] if max_examples is not None else encoded[:kept]
 
-    def encode(recs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        return encode_pairs([(_encode(tok, a), _encode(tok, b)) for a, b in recs],
-                            max_len, max_prompt_len, add_eos=add_eos)
+    def encode(pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        return encode_pairs(pairs, max_len, max_prompt_len, add_eos=add_eos, pad_id=pad_id,
+                            eos_id=eos_id)
 
-    info.update({"path": str(file), "train_pairs": len(train_records)})
-    return DataSource(train=encode(train_records),
-                      eval=encode(eval_records) if eval_records else None, info=info, **loader)
+    info.update({"path": str(file), "train_pairs": len(train_records),
+                 "pad_token_id": pad_id, "eos_token_id": eos_id})
+    return DataSource(train=encode(train_pairs),
+                      eval=encode(encoded[kept:]) if eval_records else None, info=info,
+                      **loader)
+
+
+def _check_lengths(encoded: list[tuple[list[int], list[int]]], lines: list[int], file: Path,
+                   max_len: int, max_prompt_len: int, add_eos: bool,
+                   context: BuildContext) -> None:
+    """A located error for the first pair that does not fit (nothing is cut silently)."""
+    too_long = []
+    for (prompt, response), line in zip(encoded, lines, strict=True):
+        total = len(prompt) + len(response) + int(add_eos)
+        if len(prompt) > max_prompt_len or total > max_len + 1:
+            too_long.append((line, len(prompt), total))
+    if not too_long:
+        return
+    line, prompt, total = too_long[0]
+    longest = max(t for _, _, t in too_long)
+    longest_prompt = max(p for _, p, _ in too_long)
+    raise ValidationError([Problem(
+        code="too-long", location=Location(str(file), line, 1), node=context.node,
+        message=f"params.max_len: {len(too_long)} of {len(encoded)} pairs in {file} do not "
+        f"fit without cutting (the first: line {line})",
+        expected=f"prompt <= max_prompt_len ({max_prompt_len}) tokens and prompt + "
+        f"response{' + <eos>' if add_eos else ''} <= max_len + 1 ({max_len + 1}) tokens",
+        found=f"line {line}: a prompt of {prompt} tokens, {total} in all",
+        suggestion=f"raise max_len to {longest - 1} and max_prompt_len to {longest_prompt}, "
+        "or set truncate: true to cut them (the prompt keeps its end, the response its "
+        "start)")])
 
 
 # -- tokenizers ---------------------------------------------------------------------------------
@@ -331,19 +385,80 @@ def build_tokenizer(p: TokenizerParams, texts: Sequence[str] = (),
                    f"{p.size}", expected=f"vocab_size >= the tokenizer's {actual} ids",
                    found=f"vocab_size: {p.size}",
                    hint=f"set tokenizer.vocab_size to {actual} (and the models' vocab_size)")
-    for i, special in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(special) != i:
-            raise fail("path" if p.kind == "file" else "kind",
-                       f"the tokenizer gives '{special}' the id {tok.token_to_id(special)}",
-                       expected=f"'{special}' with id {i} ('<pad>' = 0, '<eos>' = 1)",
-                       found=f"'{special}' = {tok.token_to_id(special)}",
-                       hint="save a tokenizer whose first special tokens are <pad> and <eos>")
     if p.save_to and context is not None and not context.meta:
         folder = run_dir_path(context, "tokenizer.save_to", p.save_to)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             tok.save(str(folder / "tokenizer.json"))
     return tok
+
+
+_EOS_NAMES = ("<eos>", "</s>", "<|endoftext|>", "[SEP]")
+_PAD_NAMES = ("<pad>", "[PAD]")
+
+
+def _token_name(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def special_ids(tok: Any, p: TokenizerParams, context: BuildContext | None = None
+                ) -> tuple[int, int]:
+    """``(pad id, eos id)`` of the tokenizer: 0 and 1 for the byte and BPE tokenizers; for a
+    saved one, the tokens ``pad_token``/``eos_token`` name, else those its
+    ``tokenizer_config.json`` names, else the usual names. No pad token: the end token pads
+    (with a warning); no end token: a located error."""
+    if p.kind != "file":
+        return PAD_ID, EOS_ID
+    config: dict[str, Any] = {}
+    path = Path(p.path or "")
+    if context is not None:
+        path = context.resolve_path(p.path or "")
+    folder = path if path.is_dir() else path.parent
+    try:
+        loaded = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass  # no tokenizer_config.json: the usual names
+
+    def fail(param: str, message: str, found: str, hint: str) -> Exception:
+        if context is None:
+            return SpecError(message, found=found, suggestion=hint)
+        return input_error(context, f"tokenizer.{param}", message, code="bad-tokenizer",
+                           expected="a token of the tokenizer's vocabulary", found=found,
+                           hint=hint)
+
+    def lookup(param: str, chosen: str | None, names: tuple[str, ...]) -> int | None:
+        name = chosen or _token_name(config.get(param))
+        if name is not None:
+            found = tok.token_to_id(name)
+            if found is None:
+                raise fail(param, f"the tokenizer has no token '{name}'",
+                           found=f"'{name}' ({'set in the spec' if chosen else 'named by '}"
+                           f"{'' if chosen else 'tokenizer_config.json'})",
+                           hint=f"set tokenizer.{param} to one of its special tokens")
+            return int(found)
+        for candidate in names:
+            if (found := tok.token_to_id(candidate)) is not None:
+                return int(found)
+        return None
+
+    eos = lookup("eos_token", p.eos_token, _EOS_NAMES)
+    if eos is None:
+        raise fail("eos_token", "the tokenizer has no end-of-sequence token",
+                   found=f"no eos_token in tokenizer_config.json and none of "
+                   f"{', '.join(_EOS_NAMES)}", hint="set tokenizer.eos_token to the token "
+                   "that ends a sequence")
+    pad = lookup("pad_token", p.pad_token, _PAD_NAMES)
+    if pad is None:
+        where = f"node '{context.node}': " if context is not None else ""
+        warnings.warn(f"{where}the tokenizer in {folder} has no pad token; its end token "
+                      f"(id {eos}) pads sequences (padding is masked out of every loss)",
+                      stacklevel=2)
+        pad = eos
+    return pad, eos
 
 
 def _tokenizer_path(p: TokenizerParams, context: BuildContext) -> Path:
@@ -455,20 +570,21 @@ def _meta_split(n: int, seq_len: int, prompt_len: int) -> dict[str, torch.Tensor
 
 
 def encode_pairs(pairs: Sequence[tuple[list[int], list[int]]], max_len: int,
-                 max_prompt_len: int, *, add_eos: bool = True) -> dict[str, torch.Tensor]:
+                 max_prompt_len: int, *, add_eos: bool = True, pad_id: int = PAD_ID,
+                 eos_id: int = EOS_ID) -> dict[str, torch.Tensor]:
     """Token-id pairs -> padded next-token tensors with prompt and padding masked out."""
     import torch
 
     n = len(pairs)
-    input_ids = torch.full((n, max_len), PAD_ID, dtype=torch.long)
-    targets = torch.full((n, max_len), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((n, max_len), pad_id, dtype=torch.long)
+    targets = torch.full((n, max_len), pad_id, dtype=torch.long)
     attention = torch.zeros((n, max_len), dtype=torch.bool)
     loss_mask = torch.zeros((n, max_len), dtype=torch.bool)
-    prompt_ids = torch.full((n, max_prompt_len), PAD_ID, dtype=torch.long)
+    prompt_ids = torch.full((n, max_prompt_len), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros((n, max_prompt_len), dtype=torch.bool)
     for i, (prompt, response) in enumerate(pairs):
         prompt = prompt[-max_prompt_len:] if max_prompt_len else []
-        response = list(response) + ([EOS_ID] if add_eos else [])
+        response = list(response) + ([eos_id] if add_eos else [])
         full = (prompt + response)[: max_len + 1]
         length = len(full) - 1  # input positions
         if length <= 0:

@@ -16,7 +16,7 @@ CONFIG = ("{model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, vocab_size: 258
 def _one_step(tmp_path, name: str, batch: int, accumulate: int) -> dict[str, torch.Tensor]:
     spec = load_spec("llm_teacher", [
         "nodes.data={kind: data, type: jsonl_pairs, params: {max_len: 100, "
-        f"max_prompt_len: 16, batch_size: {batch}, max_examples: 32}}}}",
+        f"max_prompt_len: 16, truncate: true, batch_size: {batch}, max_examples: 32}}}}",
         f"nodes.teacher.params.config={CONFIG}",
         "updates.main.optimizer={type: sgd, lr: 0.5}", "updates.main.scheduler=null",
         "updates.main.clip_grad_norm=null", f"updates.main.accumulate={accumulate}",

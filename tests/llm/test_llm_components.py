@@ -54,7 +54,7 @@ def test_text_lm_source_chunks_the_shipped_corpus(tmp_path):
 
 
 def test_bpe_tokenizer_and_jsonl_pairs_mask_prompts(tmp_path):
-    comp = make("jsonl_pairs", max_len=48, max_prompt_len=24, batch_size=4,
+    comp = make("jsonl_pairs", max_len=48, max_prompt_len=24, batch_size=4, truncate=True,
                 tokenizer={"kind": "bpe", "vocab_size": 300})
     source = comp.build(BuildContext(node="data", run_dir=tmp_path))
     train = source.train
