@@ -1,4 +1,4 @@
-"""The ``dgraph`` command: validate | viz | compile | train | export | list | schema.
+"""The ``dgraph`` command: validate | viz | compile | plan | train | export | list | schema.
 
 Exit codes: 0 success (a valid spec), 1 a problem with the spec or the run, 2 a usage error,
 3 a bug in dgraph. A bad spec never prints a Python traceback; set ``DGRAPH_DEBUG=1`` to see
@@ -262,6 +262,105 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Memory and compute per rank, measured on the meta device; exit 1 when the spec is not
+    valid or, with ``--device-memory``, when a rank would not fit."""
+    from dgraph.compiler.plan import plan_graph
+
+    try:
+        spec, graph, warnings = _load_and_validate(args, dry_run=True)
+        plan = plan_graph(graph, nproc=args.nproc, strategy=args.strategy, dtype=args.dtype,
+                          device=args.device, device_memory=args.device_memory)
+    except (ValidationError, SpecError) as exc:
+        if not args.json:
+            raise
+        problems = exc.problems if isinstance(exc, ValidationError) else [exc.problem()]
+        print(json.dumps({"valid": False, "plan": None,
+                          "problems": [p.to_json() for p in problems]}, indent=2))
+        return 1
+    fits = plan.device_memory is None or plan.totals()["peak"] <= plan.device_memory
+    if args.json:
+        print(json.dumps({"valid": True, "plan": plan.to_json(),
+                          "problems": [p.to_json() for p in warnings]}, indent=2))
+        return 0 if fits else 1
+    _print_problems(warnings)
+    _print_plan(plan)
+    return 0 if fits else 1
+
+
+def _print_plan(plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dgraph.compiler.plan import format_bytes, format_flops
+
+    def size(n: int) -> str:
+        return format_bytes(n) if n else "-"
+
+    def flops(n: int) -> str:  # the unit's prefix only: the column says FLOPs
+        return format_flops(n).removesuffix("FLOP").strip() if n else "-"
+
+    console = Console()
+    table = Table(title=f"{plan.spec}: one training step per rank ({plan.strategy}, "
+                  f"{plan.nproc} rank{'s' if plan.nproc != 1 else ''}, {plan.dtype}, "
+                  f"{plan.device})")
+    def count(n: int) -> str:
+        for unit, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+            if n >= scale:
+                return f"{n / scale:.1f} {unit}"
+        return str(n) if n else "-"
+
+    for column in ("node", "kind", "", "params", "weights", "grads", "optimizer",
+                   "activations", "FLOPs fwd", "FLOPs bwd"):
+        table.add_column(column, justify="left" if column in ("node", "kind", "") else "right")
+    for node in plan.nodes:
+        share = node.per_rank(plan.nproc)
+        state = ("trained" if node.trained else "frozen" if node.frozen and node.params
+                 else "") + (
+            "*" if node.sharded else "")
+        table.add_row(node.name + (f" = {node.shares}" if node.shares else ""), node.kind,
+                      state, count(node.params), size(share["weights"]),
+                      size(share["gradients"]), size(share["optimizer"]),
+                      size(share["activations"] + share["cache"]),
+                      flops(node.flops_forward), flops(node.flops_backward))
+    if any(node.sharded for node in plan.nodes):
+        table.caption = "* sharded across the ranks (fsdp)"
+    console.print(table)
+    totals = plan.totals()
+    parts = [f"weights {format_bytes(totals['weights'])}",
+             f"gradients {format_bytes(totals['gradients'])}",
+             f"optimizer state {format_bytes(totals['optimizer'])}",
+             f"activations {format_bytes(totals['activations'])}"]
+    parts += [f"{label} {format_bytes(totals[key])}" for key, label in
+              (("cache", "caches"), ("data", "training data"), ("batch", "batch"),
+               ("fsdp_gather", "fsdp gather"))
+              if totals[key]]
+    console.print("per rank: " + ", ".join(parts), highlight=False)
+    console.print(f"peak per rank: {format_bytes(totals['peak'])} (held "
+                  f"{format_bytes(totals['peak'] - totals['step_peak'])} + the step's "
+                  f"{format_bytes(totals['step_peak'])} at its peak)", highlight=False)
+    console.print(f"FLOPs per step: {format_flops(plan.flops_per_step())} per rank "
+                  "(forward and backward)", highlight=False)
+    largest = "; ".join(f"'{node}' {category} {format_bytes(value)}"
+                        for node, category, value in plan.largest())
+    console.print(f"largest: {largest}", highlight=False)
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False)
+    verdict = plan.verdict()
+    if verdict is not None:
+        console.print(verdict, style="bold green" if verdict.startswith("fits")
+                      else "bold red", highlight=False)
+
+
+def _memory(text: str) -> int:
+    from dgraph.compiler.plan import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dgraph.api import train
     from dgraph.runtime.logging import finite_json
@@ -457,6 +556,24 @@ def _parser() -> argparse.ArgumentParser:
 
     p = spec_command("compile", "print the step function generated for each update")
     p.set_defaults(func=cmd_compile)
+
+    p = spec_command("plan", "memory and FLOPs of one training step per rank, measured on "
+                     "the meta device before any weights are loaded")
+    p.add_argument("--nproc", type=_process_count, default=1, metavar="N",
+                   help="ranks the global batch is split among (default 1)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default=None,
+                   help="data-parallel strategy (default: train.distributed.strategy)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="weights, gradients and activations at this precision (default: "
+                        "train.precision)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where the run would train (default: train.device; auto is cuda when "
+                        "this machine has one): fused optimizers on cuda need no workspace")
+    p.add_argument("--device-memory", type=_memory, default=None, metavar="SIZE",
+                   help="memory of one device, e.g. 80GB or 24GiB: say whether a rank fits "
+                        "(exit 1 when it does not)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = spec_command("train", "train a spec; writes a run directory")
     p.add_argument("--out", help="run directory (default: train.out or runs/<name>)")

@@ -96,7 +96,10 @@ class StepRunner:
         # Token-level losses under accumulation: back-propagate their sums, then divide the
         # gradients by the token count of all micro-batches, so splitting a batch into
         # micro-batches changes nothing.
-        by_count = bool(plan.token_losses) and spec.accumulate > 1
+        # Data-parallel ranks hold different token counts: when every loss is token-level, the
+        # same division by the global count makes the update that of one process.
+        by_count = bool(plan.token_losses) and (spec.accumulate > 1 or (
+            setup.world.distributed and set(plan.token_losses) == set(plan.losses)))
         # With loss scaling (fp16) non-finite gradients are the scaler's to skip; otherwise a
         # step skips on the device only where the optimizer supports it (see check_finite).
         deferred = scaler is None and self.defer_finite_checks and \

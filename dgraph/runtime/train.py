@@ -181,8 +181,27 @@ class Trainer(RunSetup):
                           json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n",
                           what="summary")
 
+    def _mean_across_ranks(self, terms: dict[str, dict[str, torch.Tensor]]
+                           ) -> dict[str, dict[str, torch.Tensor]]:
+        """The losses of the global batch: each rank's loss terms averaged over the ranks
+        (one all-reduce, on logging steps only). The gradient norm is the same on every rank
+        already (taken after the gradients were averaged)."""
+        keys = [(u, k) for u, update_terms in terms.items() for k in update_terms
+                if k != "grad_norm"]
+        if not keys:
+            return terms
+        stacked = torch.stack([terms[u][k].detach().float().reshape(()) for u, k in keys])
+        torch.distributed.all_reduce(stacked)
+        stacked /= self.world.size
+        out = {u: dict(update_terms) for u, update_terms in terms.items()}
+        for (u, k), value in zip(keys, stacked, strict=True):
+            out[u][k] = value
+        return out
+
     def _log_values(self, terms: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
         self.step_runner.check_finite()  # nothing is logged from steps that went non-finite
+        if self.world.distributed:
+            terms = self._mean_across_ranks(terms)
         values: dict[str, float] = {}
         for update, update_terms in terms.items():
             for key, tensor in update_terms.items():
