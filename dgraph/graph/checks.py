@@ -410,6 +410,17 @@ def fsdp_nodes(graph: Graph) -> list[str]:
 
 @_pass
 def check_distributed(graph: Graph, out: Collector) -> None:
+    config = graph.spec.train.distributed
+    if config.checkpoint == "sharded" and config.strategy != "fsdp":
+        out.add(
+            "sharded-checkpoint",
+            "checkpoint: sharded writes the shards of the modules FSDP shards, and strategy "
+            f"{config.strategy} shards none",
+            ("train", "distributed", "checkpoint"),
+            expected="strategy: fsdp with checkpoint: sharded",
+            found=f"strategy: {config.strategy}",
+            suggestion="use strategy: fsdp, or checkpoint: whole",
+        )
     sharded = set(fsdp_nodes(graph))
     for name in sorted(sharded):
         node = graph.nodes[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from dgraph.errors import CheckpointError
 from dgraph.runtime.rundir import atomic_write, os_reason
 
 __all__ = [
+    "SHARDS_SUFFIX",
     "atomic_write_bytes",
     "capture_rng",
     "latest_checkpoint",
@@ -32,6 +34,9 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+# A sharded checkpoint's tensors: a folder beside its step_XXXXXXXX.pt, written by every rank.
+SHARDS_SUFFIX = ".shards"
+_SHARDS = re.compile(r"^step_(\d{8})\.shards$")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -85,6 +90,11 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     existing = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
     for old in existing[:-keep]:
         old.unlink(missing_ok=True)
+    remaining = {p.stem for p in existing[-keep:]}
+    for folder in directory.iterdir():  # shards of pruned checkpoints, or of a killed save
+        if _SHARDS.match(folder.name) and folder.is_dir() and \
+                folder.name[:-len(SHARDS_SUFFIX)] not in remaining:
+            shutil.rmtree(folder, ignore_errors=True)
     return path
 
 

@@ -15,14 +15,17 @@ so ranks do not repeat each other's noise.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["World", "average_gradients", "full_optimizer_state", "full_state",
-           "init_world", "load_full_optimizer_state", "load_full_state", "local", "rank_seed",
-           "shard_modules", "sum_across", "whole", "world_from_env"]
+__all__ = ["World", "average_gradients", "current_world", "full_optimizer_state", "full_state",
+           "gather_objects", "gather_rows", "init_world", "load_full_optimizer_state",
+           "load_full_state", "local", "rank_seed", "shard_modules", "share", "sum_across",
+           "whole", "world_from_env"]
 
 
 @dataclass(frozen=True)
@@ -190,3 +193,93 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> 
             for key, value in slots.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.dim() > 0:
                     slots[key] = _spread(value, p)
+
+
+# -- sharing work across ranks (evaluation, caches) ---------------------------------------------
+
+def current_world() -> World:
+    """The job of this process once its process group is up (one process otherwise): for
+    code that is not handed a :class:`World`, such as a data component's build."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return World(rank=torch.distributed.get_rank(),
+                     size=torch.distributed.get_world_size(),
+                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return World()
+
+
+def share(size: int, world: World) -> tuple[int, int]:
+    """``[start, end)`` of this rank's contiguous share of ``size`` items (the whole range when
+    the process runs alone); shares differ in length by at most one, in rank order."""
+    base, extra = divmod(size, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return start, start + base + (world.rank < extra)
+
+
+def gather_rows(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order (a collective; the
+    lengths may differ, the other dimensions and the dtype may not)."""
+    if not world.distributed:
+        return tensor
+    home = tensor.device
+    if torch.distributed.get_backend() == "nccl" and home.type != "cuda":
+        tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    lengths = [torch.zeros((), dtype=torch.long, device=tensor.device)
+               for _ in range(world.size)]
+    torch.distributed.all_gather(lengths, torch.tensor(tensor.shape[0], device=tensor.device))
+    longest = max(int(n) for n in lengths)
+    sent = tensor.view(torch.uint8) if tensor.dtype == torch.bool else tensor
+    padded = sent.new_zeros((longest, *sent.shape[1:]))
+    padded[: sent.shape[0]] = sent
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    torch.distributed.all_gather(parts, padded.contiguous())
+    out = torch.cat([p[: int(n)] for p, n in zip(parts, lengths, strict=True)])
+    return (out.view(torch.bool) if tensor.dtype == torch.bool else out).to(home)
+
+
+def gather_objects(value: Any, world: World) -> list[Any]:
+    """``value`` of every rank in rank order (``[value]`` when the process runs alone), a
+    collective. Tensors travel on the CPU (put them back on a device after)."""
+    if not world.distributed:
+        return [value]
+    out: list[Any] = [None] * world.size
+    torch.distributed.all_gather_object(out, _on_cpu(value))
+    return out
+
+
+def _on_cpu(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
+# -- sharded checkpoints: torch.distributed.checkpoint in safetensors files ------------------------
+
+
+def save_shards(folder: Path, tensors: dict[str, Any], world: World) -> None:
+    """Every rank writes its shards of ``tensors`` (a nested dict of tensors, sharded or
+    not) into ``folder`` with torch.distributed.checkpoint's safetensors storage (no pickle:
+    the layout is JSON in the files' metadata). A collective. A folder left by a save that was
+    killed is replaced."""
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter, save
+
+    if world.rank == 0 and folder.exists():
+        shutil.rmtree(folder)
+    world.barrier()
+    save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    world.barrier()
+
+
+def load_shards(folder: Path, template: dict[str, Any]) -> None:
+    """Fill ``template`` (tensors shaped and sharded as this job holds them) in place from a
+    folder :func:`save_shards` wrote, whatever the number of processes that wrote it."""
+    import warnings
+
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, load
+
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        load(template, storage_reader=HuggingFaceStorageReader(str(folder)))

@@ -16,14 +16,23 @@ import torch
 
 from dgraph import __version__
 from dgraph.errors import CheckpointError
+from dgraph.graph.checks import fsdp_nodes
 from dgraph.kinds import KINDS
-from dgraph.runtime.checkpoint import capture_rng, restore_rng, save_checkpoint, save_weights
+from dgraph.runtime.checkpoint import (
+    SHARDS_SUFFIX,
+    capture_rng,
+    restore_rng,
+    save_checkpoint,
+    save_weights,
+)
 from dgraph.runtime.distributed import (
     full_optimizer_state,
     full_state,
     load_full_optimizer_state,
     load_full_state,
+    load_shards,
     rank_seed,
+    save_shards,
 )
 from dgraph.runtime.setup import RunSetup
 
@@ -56,22 +65,65 @@ def run_state(run: RunSetup, step: int,
     ``rank_rngs`` are the random generators of every rank of a data-parallel job (see
     :func:`gather_rngs`); each rank resumes its own.
     """
+    nodes, updates = _in_shards(run)
     return {
         "format": 1,
         "dgraph_version": __version__,
         "spec_name": run.spec.display_name,
         "step": step,
-        # Sharded (FSDP) tensors gathered whole: one checkpoint format at any world size.
+        # Sharded (FSDP) tensors gathered whole: one checkpoint format at any world size;
+        # with checkpoint: sharded, those nodes and their optimizers are in the shards.
         "modules": {n: full_state(m) if n in run.sharded else m.state_dict()
-                    for n, m in saved_modules(run).items()},
+                    for n, m in saved_modules(run).items() if n not in nodes},
         "optimizers": {n: full_optimizer_state(o) if run.sharded else o.state_dict()
-                       for n, o in run.optimizers.items()},
+                       for n, o in run.optimizers.items() if n not in updates},
+        **({"shards": {"folder": _shards_folder(step).name, "nodes": nodes,
+                       "param_groups": {u: _optimizer_view(run, u)[1]["param_groups"]
+                                        for u in updates}}}
+           if nodes else {}),
         "schedulers": {n: _scheduler_state(s) for n, s in run.schedulers.items() if s},
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "loaders": {n: loader.state_dict() for n, loader in run.loaders.items()},
         "rng": capture_rng(),
         **({"rank_rngs": rank_rngs} if rank_rngs is not None else {}),
     }
+
+
+def _shards_folder(step: int) -> Path:
+    return Path(f"step_{step:08d}{SHARDS_SUFFIX}")
+
+
+def _in_shards(run: RunSetup) -> tuple[list[str], list[str]]:
+    """With ``checkpoint: sharded``: the nodes FSDP shards (at any world size, so that the
+    format does not depend on it) and the updates that train them, whose states go into the
+    checkpoint's shards folder."""
+    config = run.train_cfg.distributed
+    if config.checkpoint != "sharded" or config.strategy != "fsdp":
+        return [], []
+    saved = saved_modules(run)
+    nodes = [n for n in fsdp_nodes(run.graph) if n in saved]
+    updates = [u for u in run.optimizers
+               if any(n in nodes for n in _update_nodes(run, u))]
+    return nodes, updates
+
+
+def _update_nodes(run: RunSetup, update: str) -> list[str]:
+    return [e if isinstance(e, str) else e.node for e in run.spec.updates[update].params]
+
+
+def _optimizer_view(run: RunSetup, update: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The update's nodes as one module and its optimizer state keyed by parameter names
+    (torch.distributed.checkpoint's form, which does not depend on the sharding)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    box = torch.nn.ModuleDict({n: run.instances.modules[n] for n in _update_nodes(run, update)})
+    return box, get_optimizer_state_dict(box, run.optimizers[update])
+
+
+def _shard_tensors(run: RunSetup, nodes: list[str], updates: list[str]) -> dict[str, Any]:
+    modules = saved_modules(run)
+    return {"modules": {n: modules[n].state_dict() for n in nodes},
+            "optimizers": {u: _optimizer_view(run, u)[1]["state"] for u in updates}}
 
 
 def gather_rngs(run: RunSetup) -> list[dict[str, Any]] | None:
@@ -104,6 +156,8 @@ def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
             run.build_optimizer(update, stage.end - stage.start)
     modules = saved_modules(run)
     try:
+        if "shards" in state:
+            _load_shards(run, state["shards"], path)
         for name, module_state in state["modules"].items():
             load_full_state(modules[name], module_state)
         for name, opt_state in state["optimizers"].items():
@@ -132,11 +186,44 @@ def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
     return step
 
 
+def _load_shards(run: RunSetup, shards: dict[str, Any], path: Path) -> None:
+    """The nodes and optimizer states a checkpoint keeps in its shards folder, loaded into
+    this job's modules as they are sharded now (any number of processes)."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    folder = path.parent / shards["folder"]
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {path} keeps its sharded tensors in {folder}, which "
+                              "is missing; resume from an earlier checkpoint (delete this one) "
+                              "or start again without --resume")
+    modules = saved_modules(run)
+    nodes, updates = list(shards["nodes"]), list(shards["param_groups"])
+    template = {"modules": {n: modules[n].state_dict() for n in nodes},
+                "optimizers": {u: _optimizer_view(run, u)[1]["state"] for u in updates}}
+    try:
+        load_shards(folder, template)
+    except Exception as exc:  # torch.distributed.checkpoint reports a bad folder many ways
+        raise CheckpointError(f"the sharded tensors of checkpoint {path} cannot be read from "
+                              f"{folder} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                              "resume from an earlier checkpoint (delete this one) or start "
+                              "again without --resume") from None
+    for n in nodes:
+        modules[n].load_state_dict(template["modules"][n])
+    for u in updates:
+        box, _ = _optimizer_view(run, u)
+        set_optimizer_state_dict(box, run.optimizers[u], {
+            "state": template["optimizers"][u], "param_groups": shards["param_groups"][u]})
+
+
 def save_run_state(run: RunSetup, step: int) -> Path | None:
     """Write the checkpoint of ``step`` (rank 0 only); its path, or None on other ranks.
 
     Called by every rank (the ranks' generators are gathered first)."""
     rank_rngs = gather_rngs(run)
+    nodes, updates = _in_shards(run)
+    if nodes:  # every rank writes its shards first; the checkpoint file then points to them
+        save_shards(run.run_dir / "checkpoints" / _shards_folder(step),
+                    _shard_tensors(run, nodes, updates), run.world)
     # Gathering sharded state is a collective: every rank builds the state, rank 0 writes it.
     state = run_state(run, step, rank_rngs) if run.sharded or run.rank == 0 else None
     if state is None or run.rank != 0:

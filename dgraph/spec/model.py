@@ -255,6 +255,11 @@ class DistributedSpec(_Strict):
         "forward and backward (the sharded parameters stay fp32)")
     reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
         None, description="fsdp mixed precision: the dtype gradients are reduced in")
+    checkpoint: Literal["whole", "sharded"] = Field(
+        "whole", description="whole: rank 0 gathers the sharded tensors into one checkpoint "
+        "file; sharded (fsdp): every rank writes its own shards (torch.distributed.checkpoint "
+        "in safetensors files), no rank ever holds the whole model; both resume on any "
+        "number of processes")
 
 
 class TrainSpec(_Strict):

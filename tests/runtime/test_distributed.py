@@ -117,8 +117,11 @@ def test_fsdp_two_processes_match_one_and_save_whole_weights(tmp_path):
     assert type(exp_avg) is torch.Tensor and exp_avg.shape == (256, 64)
 
 
-def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tmp_path):
-    extra = [*SHORT, *FSDP, "--set", "train.keep_checkpoints=20"]
+@pytest.mark.parametrize("checkpoint", ["whole", "sharded"])
+def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tmp_path,
+                                                                              checkpoint):
+    extra = [*SHORT, *FSDP, "--set", "train.keep_checkpoints=20",
+             "--set", f"train.distributed.checkpoint={checkpoint}"]
     reference = tmp_path / "reference"
     _finish(_train("teacher_digits", reference, *extra))
     run = tmp_path / "interrupted"
@@ -146,6 +149,13 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
     for checkpoint in (alone / "checkpoints").glob("step_*.pt"):
         if int(checkpoint.stem.split("_")[1]) > 20:
             checkpoint.unlink()
+    if checkpoint == "sharded":  # the teacher and its optimizer state are in the shards only
+        state = torch.load(alone / "checkpoints" / "step_00000020.pt", weights_only=True)
+        assert state["modules"] == {} and state["optimizers"] == {}
+        assert state["shards"]["folder"] == "step_00000020.shards"
+        assert sorted(p.name for p in (alone / "checkpoints" / "step_00000020.shards")
+                      .iterdir()) == [f"shard-0000{r}-model-00001-of-00001.safetensors"
+                                      for r in (1, 2)]
     err = _train("teacher_digits", alone, *extra, "--resume", nproc=1).communicate(timeout=240)[1]
     assert "resuming from" in err and "(step 20)" in err
     for key, value in expected.items():
@@ -159,6 +169,13 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
      "    expected: a followed node that every rank holds whole\n"
      "    found:    'student' sharded by strategy: fsdp\n"
      "    hint: use strategy: ddp for a spec with an EMA or other target node"),
+    ("teacher_digits",
+     "<--set train.distributed.checkpoint=sharded>: error[sharded-checkpoint]: "
+     "checkpoint: sharded writes the shards of the modules FSDP shards, and strategy ddp "
+     "shards none\n"
+     "    expected: strategy: fsdp with checkpoint: sharded\n"
+     "    found:    strategy: ddp\n"
+     "    hint: use strategy: fsdp, or checkpoint: whole"),
     ("adversarial_toy",
      "<--set train.distributed.strategy=fsdp>: error[fsdp-shared]: node 'critic': its "
      "parameters are shared with critic_on_fake, and FSDP cannot shard parameters that two "
@@ -170,6 +187,8 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
 def test_fsdp_mistakes_are_located_by_validation(spec, message, capsys):
     from dgraph.cli import main
 
-    assert main(["validate", spec, "--static", *FSDP]) == 1
+    flags = ["--set", "train.distributed.checkpoint=sharded"] if spec == "teacher_digits" \
+        else FSDP
+    assert main(["validate", spec, "--static", *flags]) == 1
     err = capsys.readouterr().err
     assert message in err, err
