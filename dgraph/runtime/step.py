@@ -112,6 +112,10 @@ class StepRunner:
             # failed step can be re-run on the same examples without keeping them.
             draws: Draws = []
             for micro in range(spec.accumulate):
+                if spec.accumulate > 1:
+                    # FSDP reduces the gradients once, in the last micro-batch's backward.
+                    for module in self._sharded_of(name):
+                        module.set_requires_gradient_sync(micro == spec.accumulate - 1)
                 cache = shared if repeat == 0 and micro == 0 else {}
                 reused = tuple(cache) if cache else ()
                 batch = self._draw(plan, cache)
@@ -383,6 +387,12 @@ class StepRunner:
     def _batch_at(self, plan: UpdatePlan, drawn: tuple[tuple[int, int], ...]) -> dict:
         return {data_node: self.setup.loaders[data_node].batch_at(*at)
                 for data_node, at in zip(plan.data_nodes, drawn, strict=True)}
+
+    def _sharded_of(self, update: str) -> list[torch.nn.Module]:
+        """The FSDP-sharded modules that ``update`` trains."""
+        setup = self.setup
+        nodes = {e if isinstance(e, str) else e.node for e in setup.spec.updates[update].params}
+        return [setup.instances.modules[n] for n in setup.sharded if n in nodes]
 
     def _first_nonfinite_parameter(self, update: str) -> str | None:
         """'parameter 'node.name' ...' for the first parameter of ``update`` that holds a
