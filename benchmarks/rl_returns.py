@@ -3,19 +3,26 @@
 For each seed, `rl_teacher_cartpole` (PPO) is trained, then every student spec that distils it
 (`rl_distill_cartpole`: DAgger + policy distillation into a smaller MLP; with
 `--privileged`, also `rl_privileged_cartpole`: the student sees no velocities, stacked frames)
-with the teacher run beside it. Each row: the final evaluation's mean and worst return over
-the spec's 10 seeded evaluation episodes, the env steps and wall time at which the evaluation
-mean first reached `--goal`, the total env steps and wall time, and the policy's size.
+with the teacher run beside it, and `rl_qdagger_cartpole` (QDagger: a DQN student on a replay
+buffer with a decaying distillation term); with `--dqn`, also that spec without its teacher
+(distillation weight 0, beta 0: DQN alone on the same budget). Each row: the final
+evaluation's mean and worst return over the spec's 10 seeded evaluation episodes, the env
+steps and wall time at which the evaluation mean first reached `--goal`, the total env steps
+and wall time, and the policy's size.
 
 With `--rnd`, `rl_rnd` (PPO + RND on MountainCar-v0) and the same spec with
 `intrinsic_coef=0` (PPO alone, the same budget) are compared instead: the fraction of
 evaluation episodes that reach the flag, the training episodes that reached it and the env
-steps of the first evaluation after the first one did, and RND's seen/unseen error ratio.
+steps of the first evaluation after the first one did, and RND's seen/unseen error ratio;
+"PPO + RND, two heads" adds an intrinsic critic (`mlp_value`, separate non-episodic intrinsic
+GAE, advantages combined with the coefficients; a spec extending rl_rnd, written beside the
+runs).
 
     python benchmarks/rl_returns.py                 # 3 seeds, the zoo's step counts
     python benchmarks/rl_returns.py --quick         # 1 seed, a few steps (smoke test)
     OMP_NUM_THREADS=1 python benchmarks/rl_returns.py --seeds 0,1,2 --privileged
     OMP_NUM_THREADS=1 python benchmarks/rl_returns.py --seeds 0,1,2 --rnd
+    OMP_NUM_THREADS=1 python benchmarks/rl_returns.py --seeds 0 --dqn
 """
 
 from __future__ import annotations
@@ -32,7 +39,33 @@ from safetensors.torch import load_file
 
 from dgraph.api import train
 
-STUDENTS = ["rl_distill_cartpole"]
+STUDENTS = ["rl_distill_cartpole", "rl_qdagger_cartpole"]
+# QDagger's spec without its teacher: DQN alone, the same budget and warm-up size.
+DQN_ALONE = ["updates.main.objective.distill=0", "nodes.replay.params.beta=0",
+             "nodes.replay.params.random_warmup=true"]
+DQN_LABEL = "DQN alone (rl_qdagger_cartpole, no teacher)"
+# rl_rnd with RND's intrinsic value head (Burda et al. 2018's two critics).
+TWO_HEADS = """dgraph: 1
+name: rl_rnd_two_heads
+extends: rl_rnd
+nodes:
+  rollout: {params: {intrinsic_critic: int_critic}}
+  int_critic:
+    kind: model
+    type: mlp_value
+    params: {obs_dim: 2, hidden: [64, 64]}
+    inputs: {obs: rollout.obs}
+  int_value:
+    kind: loss
+    type: value_loss
+    inputs: {value: int_critic.value, returns: rollout.int_returns}
+updates:
+  critic:   # its own optimizer: the policy's update clips its gradient norm alone
+    optimizer: {type: adam, lr: 0.0003, eps: 1.0e-5}
+    params: [int_critic]
+    objective: {int_value: 0.5}
+    clip_grad_norm: 0.5
+"""
 
 
 def _first_reaching(run: Path, goal: float) -> tuple[float | None, float | None]:
@@ -66,12 +99,17 @@ def _run(name: str, out: Path, overrides: list[str], node: str, goal: float
 
 def _rnd(seeds: list[int], root: Path, few: list[str]) -> int:
     rows = []
+    two_heads = root / "rl_rnd_two_heads.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    two_heads.write_text(TWO_HEADS)
+    variants = (("PPO + RND", "rl_rnd", "rnd", []),
+                ("PPO + RND, two heads", str(two_heads), "rnd2", []),
+                ("PPO alone", "rl_rnd", "ppo", ["nodes.rollout.params.intrinsic_coef=0"]))
     for seed in seeds:
-        for label, extra in (("PPO + RND", []), ("PPO alone",
-                                                 ["nodes.rollout.params.intrinsic_coef=0"])):
-            out = root / f"seed{seed}" / ("rnd" if not extra else "ppo")
+        for label, spec, folder, extra in variants:
+            out = root / f"seed{seed}" / folder
             tick = time.perf_counter()
-            summary = train("rl_rnd", out=out, overrides=[f"train.seed={seed}", *few, *extra],
+            summary = train(spec, out=out, overrides=[f"train.seed={seed}", *few, *extra],
                             progress=False, log=lambda _m: None)
             first = None
             for line in (out / "metrics.jsonl").read_text().splitlines():
@@ -108,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also rl_privileged_cartpole")
     parser.add_argument("--rnd", action="store_true",
                         help="rl_rnd against PPO alone on MountainCar-v0 instead")
+    parser.add_argument("--dqn", action="store_true",
+                        help="also rl_qdagger_cartpole without its teacher (DQN alone)")
     parser.add_argument("--quick", action="store_true", help="1 seed, a few steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (repeatable)")
@@ -130,13 +170,17 @@ def main(argv: list[str] | None = None) -> int:
             for name in students:
                 rows.append({"seed": seed, **_run(name, folder / name, overrides, "student",
                                                   args.goal)})
-            for row in rows[-1 - len(students):]:
+            if args.dqn:
+                row = _run("rl_qdagger_cartpole", folder / "dqn_alone",
+                           [*overrides, *DQN_ALONE], "student", args.goal)
+                rows.append({"seed": seed, **row, "spec": DQN_LABEL})
+            for row in rows[-1 - len(students) - args.dqn:]:
                 print(json.dumps(row), flush=True)
     print()
     print(f"| spec | return mean | worst episode | env steps to mean >= {args.goal:g} | "
           f"wall s to it | env steps | wall s | parameters |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in ["rl_teacher_cartpole", *students]:
+    for name in ["rl_teacher_cartpole", *students, *([DQN_LABEL] if args.dqn else [])]:
         mine = [r for r in rows if r["spec"] == name]
 
         def col(key: str, fmt: str, mine=mine) -> str:

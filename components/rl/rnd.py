@@ -7,7 +7,9 @@ the same output width. Observations are normalised by running statistics (clippe
 predictor's loss. A ``ppo_rollout`` naming it (``rnd: <node>``) updates the observation
 statistics with each rollout, takes the error of each next state as its intrinsic reward,
 divided by the running standard deviation of the discounted intrinsic return, and adds
-``intrinsic_coef`` times it to the reward (one value head; see ``ppo_rollout``).
+``intrinsic_coef`` times it to the reward (one value head), or, with an
+``intrinsic_critic`` (``mlp_value``), learns its value apart and adds ``intrinsic_coef`` times
+its own advantage (two value heads, as in the paper; see ``ppo_rollout``).
 
 ``rnd_novelty`` is the metric of the issue's "seen vs never seen" check: the mean intrinsic
 reward on the envs' seeded reset states (seen at the start of every episode) against states

@@ -221,7 +221,21 @@ class _Rollout(Module):
         return sum(self.finished) / len(self.finished) if self.finished else float("nan")
 
 
-@sampler("ppo_rollout")
+def _ppo_check(p: Any) -> None:
+    if p.intrinsic_critic is not None and p.rnd is None:
+        raise ValueError("intrinsic_critic learns the value of RND's intrinsic reward; it needs "
+                         "an rnd node: set params.rnd, or drop params.intrinsic_critic")
+
+
+def _ppo_ports(p: Any) -> dict[str, Any]:
+    """``int_value`` and ``int_returns`` exist only with an intrinsic critic."""
+    ports = dict(PPORollout.component.outputs)
+    if p.intrinsic_critic is None:
+        del ports["int_value"], ports["int_returns"]
+    return ports
+
+
+@sampler("ppo_rollout", check=_ppo_check, output_ports=_ppo_ports)
 class PPORollout(_Rollout):
     """On-policy rollouts with GAE, served as PPO minibatches (epochs over shuffled batches).
 
@@ -238,7 +252,17 @@ class PPORollout(_Rollout):
     r_int``: ``r_int`` is the rnd node's prediction error on the next state (its observation
     statistics updated with the rollout first), divided by the running standard deviation of
     the non-episodic intrinsic return (discount ``intrinsic_gamma``). One critic learns the
-    combined return (the paper uses two value heads; one suffices for classic control).
+    combined return.
+
+    With ``rnd`` and an ``intrinsic_critic`` (a value network, ``mlp_value``) the two returns
+    are learnt apart, as in the paper: the policy's critic learns the env's return (episodic,
+    ``gamma``; of the reward times ``extrinsic_coef``, which keeps value targets small), the
+    intrinsic critic the intrinsic one (non-episodic: episode ends do not cut it, discount
+    ``intrinsic_gamma``), each with its own GAE, and ``advantages = extrinsic_coef * A_ext +
+    intrinsic_coef * A_int`` (GAE is linear in the rewards and values: the scaled critic's
+    advantage is ``extrinsic_coef * A_ext``); ``returns`` are the extrinsic critic's value
+    targets, ``int_returns`` the intrinsic critic's (``int_value`` its estimates under the
+    acting policy).
     """
 
     def __init__(self, *,
@@ -256,12 +280,27 @@ class PPORollout(_Rollout):
                                                "intrinsic reward"),
                  extrinsic_coef: float = param(1.0, ge=0, doc="weight of the env's reward"),
                  intrinsic_gamma: float = param(0.99, ge=0, lt=1, doc="discount of the "
-                                                "intrinsic return whose std normalises it"),
+                                                "intrinsic return whose std normalises it "
+                                                "(and of its GAE, with intrinsic_critic)"),
+                 intrinsic_critic: NodeRef | None = param(
+                     None, doc="a value network (mlp_value) for the intrinsic return: "
+                     "separate intrinsic advantages, weighted by the coefficients"),
                  context: BuildContext) -> None:
         super().__init__()
         self._setup(env, context)
         self._policy = (policy,)  # a reference, not a submodule: its weights are its node's
         self._rnd = (rnd,)
+        self._critic = (intrinsic_critic,)
+        width = getattr(intrinsic_critic, "obs_dim", None)
+        if width is not None and width != self.spaces.obs_dim:
+            raise ValidationError([Problem(
+                code="observation-width-mismatch",
+                message=f"params.intrinsic_critic: the critic takes observations of width "
+                f"{width} but {self.config.id} (with its wrappers) observes "
+                f"{self.spaces.obs_dim} values",
+                location=_where(context, "intrinsic_critic"), node=context.node,
+                expected=f"obs_dim: {self.spaces.obs_dim}", found=f"obs_dim: {width}",
+                suggestion=f"set the critic's obs_dim to {self.spaces.obs_dim}")])
         self.intrinsic_coef = intrinsic_coef
         self.extrinsic_coef = extrinsic_coef
         self.intrinsic_gamma = intrinsic_gamma
@@ -294,8 +333,12 @@ class PPORollout(_Rollout):
             actions=Actions("N, ...", "actions taken (indices, or vectors for continuous)"),
             log_prob=Tensor("N", "log-probability of the action under the acting policy"),
             value=Tensor("N", "V(s) under the acting policy"),
-            advantages=Tensor("N", "GAE advantages"),
-            returns=Tensor("N", "value targets: advantages + value")):
+            advantages=Tensor("N", "GAE advantages (with an intrinsic critic: "
+                              "extrinsic_coef A_ext + intrinsic_coef A_int)"),
+            returns=Tensor("N", "value targets: advantages + value (the extrinsic ones "
+                           "with an intrinsic critic)"),
+            int_value=Tensor("N", "V_int(s) under the intrinsic critic (with one)"),
+            int_returns=Tensor("N", "the intrinsic critic's value targets (with one)")):
         import torch
 
         if self.meta:
@@ -307,6 +350,9 @@ class PPORollout(_Rollout):
                                            else torch.float32)}
             meta.update({k: torch.empty(n, device="meta")
                          for k in ("log_prob", "value", "advantages", "returns")})
+            if self._critic[0] is not None:
+                meta.update({k: torch.empty(n, device="meta")
+                             for k in ("int_value", "int_returns")})
             return meta
         if not self.training:
             return self.served or self._serve(0, torch.arange(self.minibatch_size))
@@ -335,11 +381,13 @@ class PPORollout(_Rollout):
         """Act ``steps`` steps in every env with the policy; fill the storage with GAE."""
         import numpy as np
         import torch
-        from dgraph.components.rl.policy import act, distribution
+        from dgraph.components.rl.policy import act, distribution, policy_input
 
-        policy = self._policy[0]
+        policy, critic = self._policy[0], self._critic[0]
+        two_heads = critic is not None
         device = self._device(policy)
         obs_l, act_l, logp_l, val_l, rew_l, done_l, next_l = [], [], [], [], [], [], []
+        int_val_l: list[torch.Tensor] = []
         with torch.no_grad():
             for _ in range(self.steps):
                 obs = self.obs.to(device)
@@ -347,6 +395,8 @@ class PPORollout(_Rollout):
                 logp = distribution(out).log_prob(actions)
                 next_obs, reward, terminated, truncated, final = self._step_envs(actions)
                 reward = reward.to(device) * self.extrinsic_coef
+                if two_heads:
+                    int_val_l.append(critic(**{policy_input(critic): obs})["value"].float())
                 if self._rnd[0] is not None:  # the transition's next state (not a reset's)
                     after = next_obs.clone()
                     for i in torch.nonzero(terminated | truncated).flatten().tolist():
@@ -368,21 +418,41 @@ class PPORollout(_Rollout):
                 self.obs = next_obs
             _, out_next = act(policy, self.obs.to(device), deterministic=True)
             next_value = out_next["value"].float()
+            if two_heads:
+                next_int = critic(**{policy_input(critic): self.obs.to(device)})["value"]
         values = torch.stack(val_l)
         rewards = torch.stack(rew_l)
-        if self._rnd[0] is not None:
-            rewards = rewards + self.intrinsic_coef * self._intrinsic(torch.stack(next_l)
-                                                                      ).to(device)
-        advantages = gae(rewards, values, torch.stack(done_l), next_value,
-                         self.gamma, self.gae_lambda)
         flat = self.num_envs * self.steps
+        extra: dict[str, torch.Tensor] = {}
+        if two_heads:
+            # Burda et al.: separate GAEs, the intrinsic one non-episodic, then combined.
+            int_rewards = self._intrinsic(torch.stack(next_l)).to(device)
+            int_values = torch.stack(int_val_l)
+            int_adv = gae(int_rewards, int_values, torch.zeros_like(int_rewards),
+                          next_int.float(), self.intrinsic_gamma, self.gae_lambda)
+            ext_adv = gae(rewards, values, torch.stack(done_l), next_value,
+                          self.gamma, self.gae_lambda)
+            # GAE is linear: from rewards scaled by extrinsic_coef (and a critic learning the
+            # scaled return) ext_adv is extrinsic_coef * A_ext.
+            advantages = ext_adv + self.intrinsic_coef * int_adv
+            returns = ext_adv + values
+            extra = {"int_value": int_values.reshape(flat),
+                     "int_returns": (int_adv + int_values).reshape(flat)}
+        else:
+            if self._rnd[0] is not None:
+                rewards = rewards + self.intrinsic_coef * self._intrinsic(torch.stack(next_l)
+                                                                          ).to(device)
+            advantages = gae(rewards, values, torch.stack(done_l), next_value,
+                             self.gamma, self.gae_lambda)
+            returns = advantages + values
         self.storage = {
             "obs": torch.stack(obs_l).reshape(flat, -1),
             "actions": torch.stack(act_l).reshape(flat, *act_l[0].shape[1:]),
             "log_prob": torch.stack(logp_l).reshape(flat),
             "value": values.reshape(flat),
             "advantages": advantages.reshape(flat),
-            "returns": (advantages + values).reshape(flat),
+            "returns": returns.reshape(flat),
+            **extra,
         }
 
     def _intrinsic(self, next_obs: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The RL zoo specs: a few steps each, exact resume of rl_distill_cartpole, the student's ONNX
+"""The RL zoo specs: a few steps each, exact resume of rl_distill_cartpole and of
+rl_qdagger_cartpole (its replay buffer), RND with an intrinsic critic, the student's ONNX
 export played in the env with onnxruntime; ``--slow``: the returns the zoo promises."""
 
 from __future__ import annotations
@@ -78,6 +79,34 @@ def test_distill_spec_trains_and_resumes_bit_identically(runs):
         json.loads((reference / "summary.json").read_text())
 
 
+def _qdagger(*extra: str) -> list[str]:
+    return ["train.steps=30", "train.checkpoint_every=10", *FEW,
+            "nodes.replay.params.learning_starts=64", *extra]
+
+
+def test_qdagger_spec_trains_from_replay_and_resumes_bit_identically(runs):
+    reference = runs / "rl_qdagger_cartpole"
+    summary = train("rl_qdagger_cartpole", out=reference, overrides=_qdagger(), **QUIET)
+    assert {"episode_return/mean", "episode_return/min", "loss/td", "loss/distill"} \
+        <= set(summary)
+    assert summary["episode_return/env_steps"] == 64 + 30 * 8  # warm-up, then 8 a step
+    # Resume from step 20's checkpoint: the ring buffer, its position, the envs mid-episode.
+    resumed = runs / "rl_qdagger_resumed"
+    shutil.copytree(reference, resumed)
+    for path in ("final", "summary.json"):
+        target = resumed / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for extra in (resumed / "checkpoints").glob("step_*30*"):
+        extra.unlink()
+    graph, _ = validate(load_spec("rl_qdagger_cartpole", _qdagger()))
+    Trainer(graph, resumed, **QUIET).run(resume=True)
+    for name in ("student", "target"):
+        a = load_file(str(reference / "final" / f"{name}.safetensors"))
+        b = load_file(str(resumed / "final" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((resumed / "summary.json").read_text()) == summary
+
+
 def test_privileged_spec_gives_the_teacher_the_state_and_the_student_frames(runs):
     overrides = ["train.steps=20", *FEW, "nodes.teacher_episode_return.params.episodes=2"]
     summary = train("rl_privileged_cartpole", out=runs / "rl_privileged_cartpole",
@@ -97,6 +126,26 @@ def test_rnd_spec_trains_two_updates_on_one_rollout(runs):
             "loss/ppo_clip"} <= set(summary)
     # Both updates read the same minibatch each step: 32 steps are 2 rollouts of 16 calls.
     assert summary["episode_return/env_steps"] == 2 * 128 * 8
+
+
+def test_rnd_with_an_intrinsic_critic_trains_both_value_heads(runs, tmp_path):
+    spec = tmp_path / "rl_rnd_two_heads.yaml"  # not beside the runs: 'rl_rnd' is a run there
+    spec.write_text(
+        "dgraph: 1\nname: rl_rnd_two_heads\nextends: rl_rnd\nnodes:\n"
+        "  rollout: {params: {intrinsic_critic: int_critic}}\n"
+        "  int_critic:\n    kind: model\n    type: mlp_value\n"
+        "    params: {obs_dim: 2, hidden: [64, 64]}\n    inputs: {obs: rollout.obs}\n"
+        "  int_value:\n    kind: loss\n    type: value_loss\n"
+        "    inputs: {value: int_critic.value, returns: rollout.int_returns}\n"
+        "updates:\n  critic:\n    optimizer: {type: adam, lr: 0.0003}\n"
+        "    params: [int_critic]\n    objective: {int_value: 0.5}\n")
+    summary = train(spec, out=runs / "rl_rnd_two_heads", overrides=[
+        "train.steps=16", "train.eval.every=16", "nodes.episode_return.params.episodes=2",
+        "nodes.novelty.params.samples=16"], **QUIET)
+    assert {"loss/int_value", "loss/value", "loss/distill", "episode_return/mean"} \
+        <= set(summary)
+    first = load_file(str(runs / "rl_rnd_two_heads" / "final" / "int_critic.safetensors"))
+    assert first and all(torch.isfinite(v).all() for v in first.values())
 
 
 class _OnnxPolicy:
@@ -170,6 +219,13 @@ def test_the_zoo_teacher_and_student_reach_the_promised_returns(tmp_path):
     student = train("rl_distill_cartpole", out=tmp_path / "rl_distill_cartpole", **QUIET)
     assert student["episode_return/mean"] >= 475, student
     assert student["teacher_episode_return/mean"] == teacher["episode_return/mean"]
+
+
+@pytest.mark.slow
+def test_qdagger_student_reaches_the_teachers_return(tmp_path):
+    teacher = train("rl_teacher_cartpole", out=tmp_path / "rl_teacher_cartpole", **QUIET)
+    student = train("rl_qdagger_cartpole", out=tmp_path / "rl_qdagger_cartpole", **QUIET)
+    assert student["episode_return/mean"] >= min(475.0, teacher["episode_return/mean"]), student
 
 
 @pytest.mark.slow
