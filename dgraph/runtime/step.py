@@ -115,7 +115,9 @@ class StepRunner:
                 if spec.accumulate > 1:
                     # FSDP reduces the gradients once, in the last micro-batch's backward.
                     for module in self._sharded_of(name):
-                        module.set_requires_gradient_sync(micro == spec.accumulate - 1)
+                        # an FSDPModule (fully_shard changed its class)
+                        module.set_requires_gradient_sync(  # type: ignore[operator]
+                            micro == spec.accumulate - 1)
                 cache = shared if repeat == 0 and micro == 0 else {}
                 reused = tuple(cache) if cache else ()
                 batch = self._draw(plan, cache)
