@@ -95,7 +95,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(build):
         for module in model.modules():  # dropout off: the two runs must see the same graph
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        assert model.model.is_gradient_checkpointing is flag
+        assert model.model.is_activation_checkpointing is flag
         ids = torch.tensor([[1, 5, 7, 9, 3, 2]])
         out = model(ids)
         value = out["logits"] if "logits" in out else out["token_states"]

@@ -109,6 +109,31 @@ def test_training_changes_only_the_adapters(tmp_path):
         student.base.model.base_model.model.encoder.layer[0].attention.self.query
         .base_layer.weight)
 
+    # Exported to ONNX with the adapters merged: onnxruntime gives the adapted model's output.
+    import onnx
+    import onnxruntime as ort
+    from dgraph.exporters.api import export_run
+
+    from dgraph.api import train
+
+    # The same spec trained by `dgraph train` (deterministic: the weights of `student`).
+    train(path, out=tmp_path / "shipped", **QUIET)
+    export_run(tmp_path / "shipped", tmp_path / "student.onnx")
+    names = {i.name for i in onnx.load(str(tmp_path / "student.onnx")).graph.initializer}
+    assert not any("lora" in n for n in names)
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    ids = torch.randint(2, 258, (3, 72), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    values = {"input_ids": ids, "attention_mask": mask}
+    feeds = {i.name: values[i.name].numpy().astype(bool if i.type == "tensor(bool)" else
+                                                    "int64") for i in session.get_inputs()}
+    (found,) = session.run(["sentence_embedding"], feeds)
+    with torch.no_grad():
+        expected = student.eval()(input_ids=ids, attention_mask=mask)["sentence_embedding"]
+    torch.testing.assert_close(torch.from_numpy(found), expected, atol=1e-4, rtol=1e-4)
+
 
 def test_a_base_that_is_not_an_hf_model_is_refused():
     from dgraph.errors import DgraphError
