@@ -87,6 +87,11 @@ class DiffusionSamples(Module):
                  classifier: NodeRef | None = param(None, doc="a frozen classifier node "
                                                     "(logits and features outputs) for "
                                                     "frechet, class_coverage, class_accuracy"),
+                 sampler: NodeRef | None = param(None, doc="a node that samples in place "
+                                                 "of the scheduler's diffusers loop (a "
+                                                 "flow-map student's jumps, a learned "
+                                                 "solver): its sample(denoiser, predict, "
+                                                 "noise, steps)"),
                  num_classes: int | None = param(None, gt=0, doc="sample class-"
                                                  "conditionally, labels cycling 0..C-1"),
                  guidance: float = param(1.0, ge=0, allow_inf_nan=False,
@@ -114,6 +119,14 @@ class DiffusionSamples(Module):
                 raise input_error(context, name, f"the data node has no port '{port}'",
                                   code="bad-param", expected=f"one of {sorted(held_out)}",
                                   found=port, hint="name a port of the data node")
+        counts = getattr(sampler, "step_counts", None)
+        missing = [k for k in steps if counts is not None and k not in counts]
+        if missing:
+            raise input_error(context, "steps", f"the sampler node takes {counts} steps, not "
+                              f"{missing}", code="bad-param", expected=f"step counts among "
+                              f"{counts}", found=str(list(steps)), hint="evaluate the step "
+                              "counts the sampler was built for, or add them to its steps")
+        self.sampler = (sampler,) if sampler is not None else ()
         self.refs = (denoiser, scheduler, data)
         self.classifier = (classifier,) if classifier is not None else ()
         self.num_classes, self.guidance, self.null_class = num_classes, guidance, null_class
@@ -127,6 +140,17 @@ class DiffusionSamples(Module):
 
     def update(self) -> None:
         pass
+
+    @property
+    def sample_steps(self) -> list[int]:
+        return self.steps
+
+    def sample_labels(self, n: int) -> Any:
+        return self.labels_for(n, "cpu")
+
+    def reference(self, n: int) -> Any:
+        _, _, data = self.refs
+        return data.eval[self.x][:n] if getattr(data, "eval", None) else None
 
     def labels_for(self, n: int, device: Any) -> Any:
         """The conditioning labels of ``n`` samples (``0..C-1`` cycling), or None."""
@@ -152,8 +176,13 @@ class DiffusionSamples(Module):
         denoiser.eval()
         try:
             with torch.no_grad():
-                x = scheduler.sample(lambda x, t: guided(denoiser, x, t, labels, self.guidance,
-                                                         self.null_class), noise, steps)
+                def predict(x: Any, t: Any) -> Any:
+                    return guided(denoiser, x, t, labels, self.guidance, self.null_class)
+
+                if self.sampler:
+                    x = self.sampler[0].sample(denoiser, predict, noise, steps)
+                else:
+                    x = scheduler.sample(predict, noise, steps)
         finally:
             denoiser.train(was)
         return x * self.scale + self.shift if (self.scale, self.shift) != (1.0, 0.0) else x

@@ -218,7 +218,13 @@ class NoiseScheduler(Module):
         import torch
 
         scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(steps, device=noise.device)
+        if self.kind == "flow_match_euler":
+            # As diffusers' flow pipelines (SD3, Flux): sigmas 1, 1 - 1/K, ..., 1/K (then 0).
+            # The class's own default, linspace(1, 1/T, K), wastes a step at sigma 1/T.
+            scheduler.set_timesteps(sigmas=[1.0 - i / steps for i in range(steps)],
+                                    device=noise.device)
+        else:
+            scheduler.set_timesteps(steps, device=noise.device)
         x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t) if hasattr(
