@@ -25,8 +25,10 @@ def spec_json_schema() -> dict[str, Any]:
     load_plugins()
     complete = copy.deepcopy(Spec.model_json_schema(by_alias=True, mode="validation"))
     complete.setdefault("properties", {})["extends"] = {
-        "type": "string",
-        "description": "a base spec (file relative to this one, or zoo name) merged under this one",
+        "anyOf": [{"type": "string"},
+                  {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+        "description": "a base spec (file relative to this one, or zoo name) merged under this "
+        "one, or a list of them merged in order",
     }
     defs = complete.pop("$defs", {})
     node = defs["NodeSpec"]

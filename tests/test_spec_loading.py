@@ -276,7 +276,8 @@ def test_a_spec_that_extends_itself(tmp_path: Path) -> None:
         ("nope.yaml", "spec-not-found",
          "'extends' names no spec: spec 'nope.yaml' not found: no such file, and no zoo spec "
          "of that name", 10),
-        ("[kd]", "bad-extends", "'extends' must name a spec file or zoo spec", 1),
+        ("[kd, 3]", "bad-extends", "'extends' must name a spec file or zoo spec", 15),
+        ("[]", "bad-extends", "'extends' is an empty list", 1),
         ("3", "bad-extends", "'extends' must name a spec file or zoo spec", 10),
     ],
 )
@@ -286,6 +287,42 @@ def test_bad_extends(tmp_path: Path, value: str, code: str, message: str, column
         load_raw(path)
     assert (exc.value.code, exc.value.message, exc.value.location) == (
         code, message, loc(path, (2, column)))
+
+
+def test_a_list_of_bases_merges_in_order_each_located_in_its_file(tmp_path: Path) -> None:
+    data = write(tmp_path, "_data.yaml", """\
+        dgraph: 1
+        nodes:
+          data: {kind: data, type: digits, params: {batch_size: 32}}
+        train: {steps: 10, seed: 1}
+        """)
+    write(tmp_path, "_model.yaml", """\
+        dgraph: 1
+        extends: _data.yaml
+        nodes:
+          data: {params: {batch_size: 64}}
+          student: {kind: student, type: mlp, params: {in_features: 64, num_classes: 10}}
+        train: {steps: 20}
+        """)
+    child = write(tmp_path, "child.yaml", """\
+        extends: [_data.yaml, _model.yaml]
+        train: {seed: 5}
+        """)
+    raw = load_raw(child)
+    assert raw.data["nodes"]["data"]["params"] == {"batch_size": 64}  # the later base wins
+    assert raw.data["train"] == {"steps": 20, "seed": 5}  # the file over both
+    assert raw.source.where(("nodes", "data", "kind")) == loc(data, (3, 16))
+
+
+def test_bases_that_list_bases_are_bounded(tmp_path: Path) -> None:
+    write(tmp_path, "_0.yaml", "dgraph: 1\n")
+    for level in range(1, 9):  # each lists the previous level twice: 2**8 reads unbounded
+        write(tmp_path, f"_{level}.yaml",
+              f"dgraph: 1\nextends: [_{level - 1}.yaml, _{level - 1}.yaml]\n")
+    with pytest.raises(SpecError) as exc:
+        load_raw(tmp_path / "_8.yaml")
+    assert exc.value.code == "extends-too-many"
+    assert exc.value.message == "'extends' reads more than 128 base specs in all"
 
 
 # -- --set overrides ----------------------------------------------------------------------

@@ -37,6 +37,7 @@ Path_ = tuple[str | int, ...]
 # Limits that keep reading a spec bounded in time and memory, whatever the file holds.
 MAX_SPEC_BYTES = 64 * 2**20  # a spec file (or a base spec) is at most 64 MiB
 MAX_EXTENDS = 32  # base specs in one chain of 'extends'
+MAX_BASES = 128  # spec files read for one spec, all 'extends' lists followed
 # Aliases may repeat parts of a spec, but not multiply it: after expanding every alias a spec
 # holds at most one value per byte of its file (and at most 2 characters of text per byte),
 # or 100,000 values and 1,000,000 characters for small files. A 300-byte "billion laughs"
@@ -632,28 +633,55 @@ def load_raw(path_or_name: str | Path) -> RawSpec:
     """Read a spec file (or zoo name), following ``extends`` to its base specs.
 
     ``extends`` names a zoo spec (``extends: kd``) or a regular ``.yaml``/``.yml``/``.json``
-    file of at most 64 MiB, relative to the folder of the spec that names it (or absolute).
-    Problems inside a base spec are located in the base file; a file named by ``extends``
-    that does not parse, is not a mapping or has none of a spec's top-level keys is refused
-    without quoting it. A cycle of ``extends`` is reported at the ``extends`` that closes it.
+    file of at most 64 MiB, relative to the folder of the spec that names it (or absolute),
+    or a list of them (``extends: [_toy2d, _toy2d_teacher]``), merged in order, each later one
+    over the earlier ones, and the file over all. Problems inside a base spec are located in
+    the base file; a file named by ``extends`` that does not parse, is not a mapping or has
+    none of a spec's top-level keys is refused without quoting it. A cycle of ``extends`` is
+    reported at the ``extends`` that closes it.
     """
-    return _load(resolve_spec_path(path_or_name), ())
+    return _load(resolve_spec_path(path_or_name), (), [0])
 
 
-def _load(path: Path, chain: tuple[Path, ...]) -> RawSpec:
+def _load(path: Path, chain: tuple[Path, ...], loaded: list[int]) -> RawSpec:
     resolved = path.resolve()
+    loaded[0] += 1
     data, smap = _read(path, base=bool(chain))
     base_ref = data.pop("extends", None)
     if base_ref is None:
         return RawSpec(data, smap, path)
-    where = smap.where(("extends",))
-    if not isinstance(base_ref, str) or not base_ref.strip() or "\0" in base_ref:
+    listed = isinstance(base_ref, list)
+    refs = base_ref if listed else [base_ref]
+    if listed and not refs:
+        raise SpecError(
+            "'extends' is an empty list",
+            smap.where(("extends",)),
+            code="bad-extends",
+            expected="a base spec, or a list of at least one, e.g. 'extends: [_a, _b]'",
+            found="[]",
+            suggestion="name the base specs, or remove 'extends'",
+        )
+    data_so_far: dict[str, Any] = {}
+    map_so_far = SourceMap(default=smap.default)
+    for index, ref in enumerate(refs):
+        where = smap.where(("extends", index) if listed else ("extends",))
+        base = _load_base(ref, resolved, chain, loaded, where)
+        data_so_far = _merge(data_so_far, base.data)
+        map_so_far.update(base.source)
+    map_so_far.update(smap)
+    return RawSpec(_merge(data_so_far, data), map_so_far, path)
+
+
+def _load_base(ref: Any, resolved: Path, chain: tuple[Path, ...], loaded: list[int],
+               where: Location) -> RawSpec:
+    """The base spec one ``extends`` entry names, read with its own bases."""
+    if not isinstance(ref, str) or not ref.strip() or "\0" in ref:
         raise SpecError(
             "'extends' must name a spec file or zoo spec",
             where,
             code="bad-extends",
             expected="a spec file (relative to this one) or a zoo spec name, e.g. 'extends: kd'",
-            found=f"{type(base_ref).__name__} {_short(base_ref)}",
+            found=f"{type(ref).__name__} {_short(ref)}",
             suggestion="write the base spec's file name as text",
         )
     chain = (*chain, resolved)
@@ -666,7 +694,17 @@ def _load(path: Path, chain: tuple[Path, ...]) -> RawSpec:
             found=f"{len(chain)} specs, the first {chain[0]}",
             suggestion="merge some of the base specs into one",
         )
-    base_path = _base_path(base_ref, resolved.parent, where)
+    if loaded[0] >= MAX_BASES:
+        # Lists of bases that list bases grow exponentially; a spec reads a bounded number.
+        raise SpecError(
+            f"'extends' reads more than {MAX_BASES} base specs in all",
+            where,
+            code="extends-too-many",
+            expected=f"at most {MAX_BASES} spec files read for one spec",
+            found=f"{loaded[0]} read so far, from {chain[0]}",
+            suggestion="merge some of the base specs into one",
+        )
+    base_path = _base_path(ref, resolved.parent, where)
     if base_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
         raise SpecError(
@@ -686,18 +724,14 @@ def _load(path: Path, chain: tuple[Path, ...]) -> RawSpec:
             code="bad-extends",
             expected=f"a regular .yaml/.yml/.json file of at most {MAX_SPEC_BYTES // 2**20} MiB, "
             "or a zoo spec name",
-            found=f"{base_ref!r}: {found}",
+            found=f"{ref!r}: {found}",
             suggestion=hint,
         )
     try:
-        base = _load(base_path.resolve(), chain)
+        return _load(base_path.resolve(), chain, loaded)
     except SpecError as exc:
         exc.notes = (*exc.notes, f"read as the base spec named by 'extends' at {where}")
         raise
-    merged_map = SourceMap(default=smap.default)
-    merged_map.update(base.source)
-    merged_map.update(smap)
-    return RawSpec(_merge(base.data, data), merged_map, path)
 
 
 def _base_path(ref: str, folder: Path, where: Location) -> Path:
