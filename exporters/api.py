@@ -270,6 +270,9 @@ def export_run(run_dir: str | Path, output: str | Path, *, node: str | None = No
         else:
             say(f"exporter: {result.description}; the current exporter failed: "
                 f"{result.fallback_reason}")
+        folded = onnx_export.fold_weight_quantization(staged)
+        if folded:
+            say(f"  {folded} quantised weights stored as integers (QuantizeLinear folded)")
         for info in inputs:
             axes = ", ".join(info.dynamic.values())
             say(f"  input   {info.describe()}" + (f"  dynamic: {axes}" if axes else ""))

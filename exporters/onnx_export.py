@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dgraph.errors import ExportError
 
 __all__ = ["DYNAMO", "TORCHSCRIPT", "ExportInfo", "PortModule", "export_module",
-           "find_operator"]
+           "find_operator", "fold_weight_quantization"]
 
 DYNAMO = "dynamo"
 TORCHSCRIPT = "torchscript"
@@ -315,3 +315,64 @@ def export_module(wrapper: PortModule, args: tuple, path: Path, *, opset: int,
         f"cannot export {what}. The current exporter failed with: {_summary(dynamo_error)}; "
         f"the TorchScript fallback failed with: {_summary(script_error)}"
     ) from None
+
+
+_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+               "Multinomial", "Bernoulli"}
+
+
+def fold_weight_quantization(path: Path) -> int:
+    """Store quantised weights as integers: in the ONNX file at ``path``, evaluate once the
+    nodes computed from constants only (``onnx.reference``) when one of them is a
+    QuantizeLinear (a weight's Q of a Q/DQ pair), and put their results in the graph as
+    initializers — the int8/uint8 weights read by DequantizeLinear, their scales — in place
+    of the float weights. Returns the number of QuantizeLinear nodes folded (0: file
+    unchanged; also for files with external data)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        return 0
+    constant = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    folded_nodes = []
+    for node in graph.node:
+        if node.op_type in _NOT_FOLDED or node.op_type == "DequantizeLinear" or \
+                node.domain not in ("", "ai.onnx"):
+            continue  # the DequantizeLinear of a weight stays: it reads the integer weight
+        if all(not name or name in constant for name in node.input):
+            folded_nodes.append(node)
+            constant.update(node.output)
+    quantize = sum(node.op_type == "QuantizeLinear" for node in folded_nodes)
+    if not quantize:
+        return 0
+    folded_ids = {id(node) for node in folded_nodes}
+    kept = [node for node in graph.node if id(node) not in folded_ids]
+    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    for node in kept:  # values a subgraph (If, Loop) reads from the outer scope
+        for attribute in node.attribute:
+            for sub_graph in (*([attribute.g] if attribute.HasField("g") else []),
+                              *attribute.graphs):
+                needed |= _value_names(sub_graph)
+    frontier = [name for node in folded_nodes for name in node.output if name in needed]
+    sub = onnx.helper.make_graph(
+        folded_nodes, "constants", [],
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+         for name in frontier], initializer=list(graph.initializer))
+    # onnx.reference implements QuantizeLinear from opset 19 on (the same for 8-bit types).
+    opsets = [onnx.helper.make_opsetid(o.domain, max(o.version, 19) if o.domain in ("", "ai.onnx")
+                                       else o.version) for o in model.opset_import]
+    sub_model = onnx.helper.make_model(sub, opset_imports=opsets)
+    values = ReferenceEvaluator(sub_model).run(None, {})
+    del graph.node[:]
+    graph.node.extend(kept)
+    still_used = needed | set(frontier)
+    initializers = [t for t in graph.initializer if t.name in still_used]
+    initializers += [numpy_helper.from_array(value, name)
+                     for name, value in zip(frontier, values, strict=True)]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.save(model, str(path))
+    return quantize
