@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from dgraph.data import DataSource
+    from dgraph.runtime.distributed import World
 
 __all__ = ["TopKTeacher", "cache_path", "lm_topk_cache", "read_topk_cache",
            "write_topk_cache"]
@@ -174,9 +175,13 @@ def lm_topk_cache(
                               expected=_CACHE, found=f"'{path}': no such file",
                               hint="train the spec (the run writes the cache in its "
                               "directory), or write it with write_topk_cache")
+        from dgraph.runtime.distributed import current_world
+
         source = kind(text_params, context.node).build(context)
+        # In a job of several ranks, every rank runs the teacher on its share of the
+        # sequences; rank 0 writes the file, which every rank then reads.
         write_topk_cache(file, _teacher_module(teacher, context), source, k,
-                         dtype=getattr(torch, dtype))
+                         dtype=getattr(torch, dtype), world=current_world())
     file = existing_path(context, "path", str(file), kind="file", what=_CACHE)
     try:
         train, evaluation, metadata = read_topk_cache(file)
@@ -218,14 +223,22 @@ def cache_path(path: str, context: BuildContext) -> Path:
 
 def write_topk_cache(path: str | Path, teacher: nn.Module, source: DataSource, k: int, *,
                      batch_size: int = 64, dtype: torch.dtype | None = None,
-                     device: str | torch.device = "cpu") -> dict[str, float]:
+                     device: str | torch.device = "cpu", world: World | None = None
+                     ) -> dict[str, float]:
     """Run ``teacher`` (a module returning ``{"logits"}``) once over both splits of ``source``
     and write the text tensors plus top-k log-probs/ids to ``path``. ``dtype`` (default
     float16) is the stored log-probability type. Returns sizes: ``cache_bytes_per_token``,
-    ``full_logits_bytes_per_token`` and their ``memory_ratio``."""
+    ``full_logits_bytes_per_token`` and their ``memory_ratio``.
+
+    With a ``world`` of several ranks (every rank calls it) each rank runs the teacher on its
+    contiguous share of each split, the shares are all-gathered, rank 0 writes the file and
+    all ranks wait until it is there."""
     import torch
     from safetensors.torch import save_file
 
+    from dgraph.runtime.distributed import World, gather_rows, share
+
+    world = world or World()
     dtype = torch.float16 if dtype is None else dtype
     teacher = teacher.to(device).eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -234,10 +247,12 @@ def write_topk_cache(path: str | Path, teacher: nn.Module, source: DataSource, k
         if not tensors_of:
             continue
         n = next(iter(tensors_of.values())).shape[0]
+        split_up = world.distributed and n >= world.size
+        first, last = share(n, world) if split_up else (0, n)
         values, indices = [], []
-        for start in range(0, n, batch_size):
-            ids = tensors_of["input_ids"][start:start + batch_size].to(device)
-            mask = tensors_of["attention_mask"][start:start + batch_size].to(device)
+        for start in range(first, last, batch_size):
+            ids = tensors_of["input_ids"][start:min(start + batch_size, last)].to(device)
+            mask = tensors_of["attention_mask"][start:min(start + batch_size, last)].to(device)
             with torch.no_grad():
                 logits = teacher(input_ids=ids, attention_mask=mask)["logits"].float()
             vocab = logits.shape[-1]
@@ -247,6 +262,9 @@ def write_topk_cache(path: str | Path, teacher: nn.Module, source: DataSource, k
             top = torch.log_softmax(logits, -1).topk(k, dim=-1)
             values.append(top.values.to(dtype).cpu())
             indices.append(top.indices.cpu())
+        if split_up:
+            values = [gather_rows(torch.cat(values), world)]
+            indices = [gather_rows(torch.cat(indices), world)]
         index_dtype = torch.int16 if (vocab or 0) <= 32767 else torch.int32
         for port in _TEXT_PORTS:
             if port in tensors_of:
@@ -258,11 +276,13 @@ def write_topk_cache(path: str | Path, teacher: nn.Module, source: DataSource, k
              "full_logits_bytes_per_token": float(4 * (vocab or 0)),
              "memory_ratio": 4.0 * (vocab or 0) / per_token}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"k": str(k), "vocab_size": str(vocab),
-                                           "sizes": json.dumps(sizes)})
-    tmp.replace(path)
+    if world.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"k": str(k), "vocab_size": str(vocab),
+                                               "sizes": json.dumps(sizes)})
+        tmp.replace(path)
+    world.barrier()  # the file is there for every rank
     return sizes
 
 

@@ -84,7 +84,20 @@ def lm_sampler(
         shape = (prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens - 1)
         return {name: torch.empty(shape, dtype=torch.long if "mask" not in name else torch.bool,
                                   device="meta") for name in _SEQUENCES}
-    if not (on_policy >= 1.0 or float(torch.rand(())) < on_policy):
+    from torch.distributed.fsdp import FSDPModule
+
+    # A source sharded by FSDP generates only when every rank does: one draw for the global
+    # batch (rank 0's), and the ranks step together until all are done. Otherwise each rank
+    # draws for its own slice, without communicating.
+    sharded = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        isinstance(source, FSDPModule)
+    if on_policy < 1.0:
+        coin = torch.rand(())
+        if sharded:
+            shared = coin.to(prompt_ids.device)
+            torch.distributed.broadcast(shared, src=0)
+            coin = shared.cpu()
+    if not (on_policy >= 1.0 or float(coin) < on_policy):
         return {"input_ids": input_ids, "targets": targets,
                 "attention_mask": attention_mask.bool(), "loss_mask": loss_mask.bool()}
     from transformers import GenerationConfig
@@ -101,10 +114,19 @@ def lm_sampler(
     was_training = model.training
     model.eval()
     try:
+        if sharded:
+            # The root's own parameters gathered for the whole generation (its layers gather
+            # theirs as they run). Its communication state is set up on its first forward,
+            # which generation may precede (torch has no public call for it).
+            source._get_fsdp_state()._lazy_init()
+            source.unshard()
         with torch.no_grad():
             full = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                                  generation_config=config, trust_remote_code=False)
+                                  generation_config=config, trust_remote_code=False,
+                                  synced_gpus=sharded)
     finally:
+        if sharded:
+            source.reshard()
         model.train(was_training)
     want = prompt_ids.shape[1] + max_new_tokens
     if full.shape[1] < want:  # every sequence stopped early: pad to the fixed length

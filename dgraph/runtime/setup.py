@@ -33,10 +33,13 @@ from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.distributed import (
     World,
     full_state,
+    gather_rows,
     init_world,
     load_full_state,
     rank_seed,
     shard_modules,
+    share,
+    sum_across,
 )
 from dgraph.spec import Spec, zoo_names
 from dgraph.spec.model import InitSpec
@@ -341,7 +344,15 @@ class RunSetup:
         self.trainable_params[name] = [p for g in groups for p in g["params"]]
 
     def _fill_caches(self) -> None:
-        """Run cached frozen nodes once over their whole dataset, in example order."""
+        """Run cached frozen nodes once over their whole dataset, in example order.
+
+        In a job of several ranks each rank runs the node on its own contiguous share of the
+        examples (in the same number of calls on every rank: a node sharded by FSDP runs only
+        when all do) and the shares are all-gathered, so every rank holds the whole cache (its
+        slice of a batch may index any example); rank 0 alone writes a disk cache. Whether an
+        earlier disk cache is read is decided by all ranks together.
+        """
+        world = self.world
         cached = [n for n, node in self.graph.nodes.items() if node.spec.cache is not None]
         for name in cached:
             node = self.graph.nodes[name]
@@ -350,6 +361,7 @@ class RunSetup:
             source = next(a for a in self.graph.ancestors(name)
                           if KINDS[self.graph.nodes[a].kind].batches)
             tensors = self.loaders[source].tensors
+            size = next(iter(tensors.values())).shape[0]
             disk = None
             if cache_spec.where == "disk":
                 # Written only inside this run's folder; an earlier run's cache is read from
@@ -363,25 +375,38 @@ class RunSetup:
                     earlier = folder / f"{name}.safetensors"
                 if not earlier.is_file():
                     earlier = disk
-                if earlier.is_file():
-                    stored = load_weights(earlier)
-                    size = next(iter(tensors.values())).shape[0]
-                    if all(t.shape[0] == size for t in stored.values()):
-                        self.program.caches.setdefault(name, {}).update(
-                            {k: v.to(self.device) for k, v in stored.items()})
-                        continue
+                stored = load_weights(earlier) if earlier.is_file() else None
+                usable = stored is not None and all(t.shape[0] == size
+                                                    for t in stored.values())
+                if world.distributed:
+                    usable = int(sum_across(torch.tensor(int(usable), device=self.device),
+                                            world)) == world.size
+                if usable and stored is not None:
+                    self.program.caches.setdefault(name, {}).update(
+                        {k: v.to(self.device) for k, v in stored.items()})
+                    continue
+            split = world.distributed and size >= world.size
+            if split:
+                start, end = share(size, world)
+                longest = -(-size // world.size)
+                calls = -(-longest // 1024)  # as many calls as the longest share needs
+                edges = [start + (end - start) * i // calls for i in range(calls + 1)]
+                ranges = list(zip(edges[:-1], edges[1:], strict=True))
+            else:
+                ranges = [(s, min(s + 1024, size)) for s in range(0, size, 1024)]
             chunks: dict[str, list[torch.Tensor]] = {}
-            size = next(iter(tensors.values())).shape[0]
             upstream = self.graph.ancestors(name) | {name}
             nodes = [n for n in self.program.order if n in upstream]
             with torch.no_grad(), self.amp():
-                for start in range(0, size, 1024):
-                    batch = {source: {k: v[start:start + 1024] for k, v in tensors.items()}}
+                for lo, hi in ranges:
+                    batch = {source: {k: v[lo:hi] for k, v in tensors.items()}}
                     values = self.program.run_nodes(self.instances, batch, nodes)
                     for port in node.outputs:
                         if (name, port) in values:
                             chunks.setdefault(port, []).append(values[(name, port)])
             cache = {port: torch.cat(parts) for port, parts in chunks.items()}
+            if split:
+                cache = {port: gather_rows(part, world) for port, part in cache.items()}
             self.program.caches.setdefault(name, {}).update(cache)
             if disk is not None and self.rank == 0:
                 save_weights(disk, cache, {"node": name})

@@ -77,7 +77,8 @@ class Trainer(RunSetup):
         for module in self.step_aware:
             module.set_step(self.step)
         return evaluate(self.program, self.instances, self.graph, self.device,
-                        self.train_cfg.eval.batch_size, self.amp)
+                        self.train_cfg.eval.batch_size, self.amp, world=self.world,
+                        sharded=self.sharded)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False, command: str | None = None) -> dict[str, float]:
