@@ -49,9 +49,12 @@ def lm_sampler(
     max_new_tokens: int = param(32, gt=0, doc="tokens generated after each prompt"),
     do_sample: bool = param(True, doc="sample (true) or decode greedily (false)"),
     temperature: float = param(1.0, gt=0.0, allow_inf_nan=False, doc="sampling temperature"),
-    top_k: int | None = param(None, gt=0, doc="keep the k most likely tokens"),
-    top_p: float | None = param(None, gt=0.0, le=1.0, doc="nucleus sampling mass"),
-    stop_at_eos: bool = param(False, doc="mask out what follows a generated <eos>"),
+    top_k: int | None = param(None, gt=0, doc="keep the k most likely tokens (None: every "
+                              "token; transformers' own default of 50 is not applied)"),
+    top_p: float | None = param(None, gt=0.0, le=1.0, doc="nucleus sampling mass (None: all)"),
+    stop_at_eos: bool = param(True, doc="a sequence ends at its first generated <eos> (what "
+                              "follows is masked out); false: every sequence generates "
+                              "max_new_tokens tokens, <eos> blocked"),
     eos_token_id: int = param(1, ge=0, doc="the <eos> id (text sources: 1)"),
     pad_token_id: int = param(0, ge=0, doc="the <pad> id (text sources: 0)"),
 ) -> Outputs(
@@ -106,7 +109,10 @@ def lm_sampler(
         do_sample=do_sample, max_new_tokens=max_new_tokens,
         min_new_tokens=None if stop_at_eos else max_new_tokens,
         temperature=temperature if do_sample else None,
-        top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
+        # Explicit "no filter": left unset, transformers would apply its default top-50,
+        # and on-policy samples would not come from the model's distribution.
+        top_k=(top_k or 0) if do_sample else None,
+        top_p=(top_p if top_p is not None else 1.0) if do_sample else None,
         pad_token_id=pad_token_id, eos_token_id=eos_token_id if stop_at_eos else None,
         bos_token_id=None,
     )

@@ -93,7 +93,8 @@ def test_sampler_generates_from_the_referenced_model(teacher_dir):
 
     teacher = make("hf_causal_lm", path=str(teacher_dir)).build(BuildContext(node="t"))
     assert isinstance(COMPONENTS.get("hf_causal_lm"), type(HFCausalLM))
-    sampler = make("lm_sampler", source="teacher", max_new_tokens=5, top_k=10, top_p=0.9)
+    sampler = make("lm_sampler", source="teacher", max_new_tokens=5, top_k=10, top_p=0.9,
+                   stop_at_eos=False)
     assert sampler.references() == {"source": "teacher"}  # an edge of the graph
     module = sampler.build(BuildContext(node="s", references={"source": teacher}))
     assert not list(module.parameters())  # the teacher is used by reference, not owned
@@ -113,6 +114,27 @@ def test_sampler_generates_from_the_referenced_model(teacher_dir):
             "loss_mask": torch.ones(2, 6, dtype=torch.bool)}
     passed = mixed(prompt_ids=prompts, prompt_mask=mask, **data)
     assert torch.equal(passed["input_ids"], data["input_ids"])
+
+
+def test_sampling_draws_from_the_whole_distribution_by_default(teacher_dir):
+    """No filter unless the spec sets one: transformers' own default (top-50) would leave
+    the tokens outside the 50 most likely never drawn, and GKD's on-policy samples would not
+    come from the student's distribution."""
+    teacher = make("hf_causal_lm", path=str(teacher_dir)).build(BuildContext(node="t")).eval()
+    sampler = make("lm_sampler", source="teacher", max_new_tokens=1).build(
+        BuildContext(node="s", references={"source": teacher}))
+    n = 4000
+    prompts = torch.tensor([[40, 41, 42, 43]]).repeat(n, 1)
+    with torch.no_grad():
+        probs = teacher(prompts[:1])["logits"][0, -1].softmax(-1)
+    outside = torch.ones_like(probs, dtype=torch.bool)
+    outside[probs.topk(50).indices] = False
+    mass = float(probs[outside].sum())  # what a top-50 filter would never draw
+    torch.manual_seed(0)
+    drawn = sampler(prompt_ids=prompts)["targets"][:, -1]
+    share = float(outside[drawn].double().mean())
+    assert mass > 0.3  # a random tiny model: most of the mass is outside the top 50
+    assert abs(share - mass) < 4 * (mass * (1 - mass) / n) ** 0.5
 
 
 def test_topk_cache_round_trip_equals_online_kd(tmp_path, teacher_dir):
