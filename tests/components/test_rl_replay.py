@@ -89,8 +89,8 @@ def test_next_obs_is_the_final_observation_and_only_termination_stops_bootstrapp
                 assert not torch.equal(b["next_obs"][t, e], b["obs"][t + 1, e])
                 # CartPole's Euler step: x' = x + 0.02 x_dot, theta' = theta + 0.02 theta_dot
                 o, n = b["obs"][t, e].double(), b["next_obs"][t, e].double()
-                assert n[0] == pytest.approx(o[0] + 0.02 * o[1], abs=1e-6)
-                assert n[2] == pytest.approx(o[2] + 0.02 * o[3], abs=1e-6)
+                assert float(n[0]) == pytest.approx(float(o[0] + 0.02 * o[1]), abs=1e-6)
+                assert float(n[2]) == pytest.approx(float(o[2] + 0.02 * o[3]), abs=1e-6)
             else:
                 assert torch.equal(b["next_obs"][t, e], b["obs"][t + 1, e])
     assert b["rewards"].eq(1.0).all()
