@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from dgraph.cli import main
 
-# Default threads (2 here): `import dgraph` pins MKL's code path (MKL_CBWR), without which runs of
-# adversarial_toy were seen to differ in the last bits from one process to the next.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-ENV.pop("OMP_NUM_THREADS", None)
+# One thread: `import dgraph` pins MKL's code path (MKL_CBWR), which made fresh two-thread runs
+# agree, but a two-thread resume of adversarial_toy still differed in the last bits in about
+# one clean-clone CI run of three (not reproduced here; README states the one-thread promise).
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _train(spec: str, out: Path, *extra: str) -> subprocess.Popen:
