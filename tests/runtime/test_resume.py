@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from dgraph.cli import main
 
-# One thread: `import dgraph` pins MKL's code path (MKL_CBWR), which made fresh two-thread runs
-# agree, but a two-thread resume of adversarial_toy still differed in the last bits in about
-# one clean-clone CI run of three (not reproduced here; README states the one-thread promise).
+# One thread: `import dgraph` pins MKL's code path (MKL_CBWR), but two-thread runs of
+# adversarial_toy still differ now and then, fresh ones too (1 in 6 measured, 2 resumes in 8):
+# the promise (README) is one thread's.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
