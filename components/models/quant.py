@@ -66,7 +66,17 @@ class _Quantised:
         set_observing(self, step < self.calibrate_steps)  # type: ignore[arg-type]
 
 
-_BITS = {"ge": 2, "le": 8}
+# The quantisation parameters both components take (each declaration names these).
+_BITS = param(8, ge=2, le=8, doc="weight bits (symmetric, signed)")
+_ACT_BITS = param(8, ge=0, le=8, doc="activation bits (affine, unsigned); 0 leaves "
+                  "activations in float")
+_PER_CHANNEL = param(True, doc="one weight scale per output channel (else one per tensor)")
+_LEARN_SCALES = param(False, doc="train the scales (LSQ gradient) after the calibration "
+                      "window")
+_LSQ_GRAD_SCALE = param(True, doc="scale the LSQ gradient by 1/sqrt(N q_max)")
+_CALIBRATE = param(100, ge=0, doc="training steps during which activation ranges are "
+                   "observed")
+_EMA = param(0.9, ge=0, lt=1, doc="EMA decay of the observed ranges")
 
 
 @model("quant_mlp", roles=("teacher", "student", "model"), check=_check_bits)
@@ -84,18 +94,10 @@ class QuantMLP(_Quantised, Module):
                                                 "layer"),
                  dropout: float = param(0.0, ge=0, lt=1, doc="dropout probability after each "
                                         "hidden layer"),
-                 bits: int = param(8, **_BITS, doc="weight bits (symmetric, signed)"),
-                 act_bits: int = param(8, ge=0, le=8, doc="activation bits (affine, "
-                                       "unsigned); 0 leaves activations in float"),
-                 per_channel: bool = param(True, doc="one weight scale per output channel "
-                                           "(else one per tensor)"),
-                 learn_scales: bool = param(False, doc="train the scales (LSQ gradient) after "
-                                            "the calibration window"),
-                 lsq_grad_scale: bool = param(True, doc="scale the LSQ gradient by "
-                                              "1/sqrt(N q_max)"),
-                 calibrate_steps: int = param(100, ge=0, doc="training steps during which "
-                                              "activation ranges are observed"),
-                 ema: float = param(0.9, ge=0, lt=1, doc="EMA decay of the observed ranges"),
+                 bits: int = _BITS, act_bits: int = _ACT_BITS,
+                 per_channel: bool = _PER_CHANNEL, learn_scales: bool = _LEARN_SCALES,
+                 lsq_grad_scale: bool = _LSQ_GRAD_SCALE, calibrate_steps: int = _CALIBRATE,
+                 ema: float = _EMA,
                  context: BuildContext) -> None:
         super().__init__()
         self.net = MLP.create(in_features=in_features, hidden=hidden, num_classes=num_classes,
@@ -126,18 +128,10 @@ class Quantize(_Quantised, Module):
                                        "trains, the node itself is not changed)"),
                  layers: list[str] = param([], doc="paths (suffixes) of the layers to "
                                            "quantise; empty: every Linear/Conv layer"),
-                 bits: int = param(8, **_BITS, doc="weight bits (symmetric, signed)"),
-                 act_bits: int = param(8, ge=0, le=8, doc="activation bits (affine, "
-                                       "unsigned); 0 leaves activations in float"),
-                 per_channel: bool = param(True, doc="one weight scale per output channel "
-                                           "(else one per tensor)"),
-                 learn_scales: bool = param(False, doc="train the scales (LSQ gradient) after "
-                                            "the calibration window"),
-                 lsq_grad_scale: bool = param(True, doc="scale the LSQ gradient by "
-                                              "1/sqrt(N q_max)"),
-                 calibrate_steps: int = param(100, ge=0, doc="training steps during which "
-                                              "activation ranges are observed"),
-                 ema: float = param(0.9, ge=0, lt=1, doc="EMA decay of the observed ranges"),
+                 bits: int = _BITS, act_bits: int = _ACT_BITS,
+                 per_channel: bool = _PER_CHANNEL, learn_scales: bool = _LEARN_SCALES,
+                 lsq_grad_scale: bool = _LSQ_GRAD_SCALE, calibrate_steps: int = _CALIBRATE,
+                 ema: float = _EMA,
                  context: BuildContext) -> None:
         super().__init__()
         import copy
