@@ -136,9 +136,7 @@ def _compute(run_dir: Path, graph: Any, target: str, port: str) -> tuple[Any, st
     training builds it (``init`` weights of frozen teachers included), the final weights
     loaded, then ``target``'s ancestors run in order on no data. ``(None, why)`` when it needs
     a data batch or a tapped submodule."""
-    from dgraph.compiler.instantiate import instantiate
-    from dgraph.runtime.checkpoint import load_weights
-    from dgraph.runtime.setup import load_initial_weights
+    from dgraph.runtime.sample import final_instances
 
     needed = graph.ancestors(target) | {target}
     for node in sorted(needed):
@@ -146,19 +144,13 @@ def _compute(run_dir: Path, graph: Any, target: str, port: str) -> tuple[Any, st
             return None, f"it reads data node '{node}' (a batch, not the set)"
         if any(e.tap for e in graph.edges_into(node)):
             return None, f"node '{node}' reads a tapped submodule"
-    instances = instantiate(graph, device="cpu", seed=graph.spec.train.seed, run_dir=run_dir)
-    load_initial_weights(graph, instances, run_dir)
-    for name, module in instances.unique_modules().items():
-        path = run_dir / "final" / f"{name}.safetensors"
-        if path.is_file():
-            module.load_state_dict(load_weights(path), strict=False)
+    instances = final_instances(graph, run_dir)
     values: dict[tuple[str, str], Any] = {}
     with torch.no_grad():
         for name in graph.topological_order():
             if name not in needed:
                 continue
             module = instances.modules[name]
-            module.eval()
             inputs = {e.dst_port: values[(e.src, e.src_port)] for e in graph.edges_into(name)}
             out = module(**inputs)
             if not isinstance(out, dict):
