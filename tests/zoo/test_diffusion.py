@@ -9,15 +9,11 @@ checks the papers' result: the few-step students far better than the teacher at 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from _kill_resume import assert_same_final, kill_and_resume
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -25,7 +21,6 @@ from dgraph.cli import main
 
 QUIET = {"progress": False, "log": lambda _m: None}
 FAST = ["nodes.samples.params.num_samples=64", "nodes.samples.params.steps=[1, 2]"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -120,36 +115,9 @@ RESUME = ["train.steps=12", "train.checkpoint_every=2", "train.eval.every=1000",
 def test_consistency_toy_resume_after_sigkill_is_bit_identical(runs):
     """Killed in a subprocess, resumed here; the reference also runs here (one thread)."""
     reference, killed = runs / "cd_reference", runs / "cd_killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dgraph.cli", "train", "consistency_toy", "--out", str(killed),
-         "--quiet", *[a for value in RESUME for a in ("--set", value)]],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train("consistency_toy", out=reference, overrides=RESUME, **QUIET)
-        deadline = time.monotonic() + 180
-        folder = killed / "checkpoints"
-        while not (folder.exists() and any(int(p.stem.split("_")[1]) >= 4
-                                           for p in folder.glob("step_*.pt"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (killed / "final").exists()
-        said: list[str] = []
-        train("consistency_toy", out=killed, overrides=RESUME, resume=True, progress=False,
-              log=said.append)
-    finally:
-        torch.set_num_threads(threads)
-    assert any("resuming from" in line for line in said), said
-    for name in ("student", "target"):  # the EMA target is saved and restored too
-        expected = load_file(str(reference / "final" / f"{name}.safetensors"))
-        found = load_file(str(killed / "final" / f"{name}.safetensors"))
-        assert expected.keys() == found.keys() and expected
-        for key, value in expected.items():
-            assert torch.equal(found[key], value), f"{name}.{key} differs after resume"
+    kill_and_resume("consistency_toy", reference, killed, RESUME)
+    # the EMA target is saved and restored too
+    assert_same_final(reference, killed, ("student", "target"))
 
 
 @pytest.mark.slow

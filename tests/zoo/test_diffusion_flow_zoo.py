@@ -12,15 +12,11 @@ one teacher Euler step, and learned few-step solvers better than the plain ones.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from _kill_resume import assert_same_final, kill_and_resume
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -28,7 +24,6 @@ from dgraph.cli import main
 
 QUIET = {"progress": False, "log": lambda _m: None}
 FAST = ["nodes.samples.params.num_samples=64"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 SAMPLER = ["nodes.samples.params.num_samples=64", "nodes.plain.params.num_samples=64",
            "nodes.plain.params.steps=[1, 50]"]
 
@@ -113,37 +108,10 @@ RESUME = ["train.steps=8", "train.checkpoint_every=2", "train.eval.every=1000",
 def test_sampler_distill_resume_after_sigkill_is_bit_identical(runs):
     """Killed in a subprocess, resumed here; the reference also runs here (one thread)."""
     reference, killed = runs / "sd_reference", runs / "sd_killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dgraph.cli", "train", "sampler_distill_toy", "--out",
-         str(killed), "--quiet", *[a for value in RESUME for a in ("--set", value)]],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train("sampler_distill_toy", out=reference, overrides=RESUME, **QUIET)
-        deadline = time.monotonic() + 180
-        folder = killed / "checkpoints"
-        while not (folder.exists() and any(int(p.stem.split("_")[1]) >= 4
-                                           for p in folder.glob("step_*.pt"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (killed / "final").exists()
-        said: list[str] = []
-        train("sampler_distill_toy", out=killed, overrides=RESUME, resume=True,
-              progress=False, log=said.append)
-    finally:
-        torch.set_num_threads(threads)
-    assert any("resuming from" in line for line in said), said
-    expected = load_file(str(reference / "final" / "solver.safetensors"))
-    found = load_file(str(killed / "final" / "solver.safetensors"))
-    assert expected.keys() == found.keys() and expected
+    kill_and_resume("sampler_distill_toy", reference, killed, RESUME)
+    expected = assert_same_final(reference, killed, ("solver",))["solver"]
     assert sorted(expected) == ["extrapolate.2", "extrapolate.4", "logits.2", "logits.4",
                                 "scale.2", "scale.4"]
-    for key, value in expected.items():
-        assert torch.equal(found[key], value), f"solver.{key} differs after resume"
 
 
 @pytest.mark.slow

@@ -9,15 +9,11 @@ steps (in the folder their ``init: {run: diffusion_teacher_toy}`` looks in), and
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from _kill_resume import assert_same_final, kill_and_resume
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -25,7 +21,6 @@ from dgraph.cli import main
 
 QUIET = {"progress": False, "log": lambda _m: None}
 FAST = ["nodes.samples.params.num_samples=64"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -81,37 +76,9 @@ RESUME = ["train.steps=12", "train.checkpoint_every=2", "train.eval.every=1000",
 def test_dmd2_toy_resume_after_sigkill_is_bit_identical(runs):
     """Killed in a subprocess, resumed here; the reference also runs here (one thread)."""
     reference, killed = runs / "dmd2_reference", runs / "dmd2_killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dgraph.cli", "train", "dmd2_toy", "--out", str(killed),
-         "--quiet", *[a for value in RESUME for a in ("--set", value)]],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train("dmd2_toy", out=reference, overrides=RESUME, **QUIET)
-        deadline = time.monotonic() + 180
-        folder = killed / "checkpoints"
-        # killed after step 4 (between generator updates at 0, 3, 6, 9)
-        while not (folder.exists() and any(int(p.stem.split("_")[1]) >= 4
-                                           for p in folder.glob("step_*.pt"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not (killed / "final").exists()
-        said: list[str] = []
-        train("dmd2_toy", out=killed, overrides=RESUME, resume=True, progress=False,
-              log=said.append)
-    finally:
-        torch.set_num_threads(threads)
-    assert any("resuming from" in line for line in said), said
-    for name in ("generator", "fake_score"):
-        expected = load_file(str(reference / "final" / f"{name}.safetensors"))
-        found = load_file(str(killed / "final" / f"{name}.safetensors"))
-        assert expected.keys() == found.keys() and expected
-        for key, value in expected.items():
-            assert torch.equal(found[key], value), f"{name}.{key} differs after resume"
+    # killed after step 4 (between generator updates at 0, 3, 6, 9)
+    kill_and_resume("dmd2_toy", reference, killed, RESUME, kill_after=4)
+    assert_same_final(reference, killed, ("generator", "fake_score"))
 
 
 @pytest.mark.slow
