@@ -1,6 +1,8 @@
 """Reading spec files into plain data plus a map from each value's path to its file:line:column.
 
-YAML and JSON are both read with ruamel.yaml (JSON is YAML 1.2), so both keep positions.
+YAML and JSON are both read as YAML 1.2 (JSON is YAML 1.2) and both keep positions: a spec
+that is plain data through libyaml's C parser (dgraph.spec._libyaml), anything else (anchors,
+tags, merge keys, and every error) with ruamel.yaml.
 ``extends`` merges a base spec under the file; ``--set key.path=value`` overrides on top.
 
 A spec is data and reading it is bounded: only regular files of at most 64 MiB are read;
@@ -28,6 +30,7 @@ from ruamel.yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, Seque
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from dgraph.errors import Location, SpecError, did_you_mean
+from dgraph.spec._libyaml import read_plain
 
 __all__ = ["SourceMap", "RawSpec", "load_raw", "apply_overrides", "resolve_spec_path", "zoo_names"]
 
@@ -442,6 +445,13 @@ def parse_text(text: str, file: str, *, quote: bool = True) -> tuple[Any, Source
     (for a file named by ``extends`` that may not be a spec at all).
     """
     smap = SourceMap(default=Location(file))
+    plain = read_plain(text, file, max_depth=_MAX_DEPTH, max_int_chars=_MAX_INT_CHARS,
+                       max_values=max(MIN_EXPANDED_VALUES, len(text)),
+                       max_chars=max(MIN_EXPANDED_CHARS, 2 * len(text)))
+    if plain is not None:  # plain data, read by libyaml (see dgraph.spec._libyaml)
+        data, smap.locations = plain
+        smap.locations[()] = Location(file, 1, 1)
+        return data, smap
     try:
         document = _yaml(file, len(text)).load(text)
     except MarkedYAMLError as exc:
