@@ -810,6 +810,9 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
     Missing mappings on the way are created. Every overridden value is located at
     ``<--set key.path=value>`` so that later problems point at the override.
     """
+    overrides = list(overrides)
+    if not overrides:
+        return raw
     data = copy.deepcopy(raw.data)
     for item in overrides:
         where = f"<--set {item}>"
