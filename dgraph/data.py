@@ -9,12 +9,26 @@ when a source is made, so importing this module stays torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DataSource"]
+__all__ = ["BatchSampler", "DataSource"]
+
+
+@runtime_checkable
+class BatchSampler(Protocol):
+    """How a source's training batches are drawn, when not by seeded permutations.
+
+    ``indices(seed, epoch, position, batch_size)`` returns the ``batch_size`` example indices
+    (int64, into the train split) of batch ``position`` of ``epoch``; it must depend only on
+    its arguments and the sampler's own state (e.g. mixture weights), which a node that
+    changes it saves in checkpoints, so that a resumed run draws the same batches.
+    """
+
+    def indices(self, seed: int, epoch: int, position: int,
+                batch_size: int) -> torch.Tensor: ...
 
 
 @dataclass
@@ -22,7 +36,8 @@ class DataSource:
     """Tensors keyed by output port; every tensor's first dimension indexes examples.
 
     ``eval`` holds the held-out split (None when the source has none). ``label_names`` names
-    the classes, for metrics and for export metadata.
+    the classes, for metrics and for export metadata. ``sampler`` (a :class:`BatchSampler`)
+    replaces the loader's epoch permutations (weighted domain mixtures).
     """
 
     train: dict[str, torch.Tensor]
@@ -32,6 +47,7 @@ class DataSource:
     drop_last: bool = True
     label_names: list[str] | None = None
     info: dict[str, object] = field(default_factory=dict)
+    sampler: BatchSampler | None = None
 
     def __post_init__(self) -> None:
         import torch

@@ -52,9 +52,11 @@ from dgraph.spec.model import Weight
 __all__ = [
     "Accumulator",
     "DryRunReport",
+    "LogsScalars",
     "Module",
     "Sampler",
     "Scheduled",
+    "Scores",
     "StepAware",
     "NodeRef",
     "Outputs",
@@ -155,6 +157,17 @@ class StepAware(Protocol):
 
 
 @runtime_checkable
+class LogsScalars(Protocol):
+    """A built node with values of its own to log (a domain mixture's sampling weights).
+
+    At every logging step the runtime adds ``logged_scalars()`` (tag -> number, e.g.
+    ``ddk/weight/tempest``) to the step's record: ``metrics.jsonl`` and TensorBoard scalars.
+    """
+
+    def logged_scalars(self) -> Mapping[str, float]: ...
+
+
+@runtime_checkable
 class Accumulator(Protocol):
     """A metric that sees a whole evaluation split (see :mod:`dgraph.runtime.metrics`).
 
@@ -211,6 +224,31 @@ class Sampler(Protocol):
     def sample_labels(self, n: int) -> Any | None: ...
 
     def reference(self, n: int) -> Any | None: ...
+
+
+@runtime_checkable
+class Generates(Protocol):
+    """A node that writes a dataset at the start of the stages listing it (``generate:``).
+
+    The runtime calls ``generate(path=..., seed=...)`` at the start of each stage whose
+    ``generate`` names the node (after the stage's ``copy``, before its ``reinit``), on rank 0
+    only, with torch's generators forked and seeded by ``seed``; it writes the JSONL file
+    ``path`` (``<run>/generated/<node>/<stage>.jsonl``) atomically. A stage whose file exists
+    already (a resumed run) is not generated again. The runtime then sets ``latest`` to the
+    newest file on every rank, and rebuilds the data nodes that name the generator.
+    """
+
+    latest: Any
+
+    def generate(self, *, path: Any, seed: int) -> None: ...
+
+
+@runtime_checkable
+class Scores(Protocol):
+    """A verifier or critic: ``score(candidates)`` gives one number per generated candidate
+    (an exact-answer check's 1/0, a mean log-likelihood), higher is better."""
+
+    def score(self, candidates: Sequence[Any]) -> list[float]: ...
 
 
 class NodeRef:
@@ -472,7 +510,7 @@ def _params_model(name: str, fields: dict[str, tuple[Any, FieldInfo]],
 def component(name: str | None = None, *, roles: tuple[str, ...],
               tappable: bool | None = None, check: Callable[[Any], None] | None = None,
               token_normalised: bool = False, follows: str | None = None,
-              ports_from: str | None = None,
+              ports_from: str | None = None, evaluated: bool = True,
               sizes: Callable[[Any], Mapping[str, Any]] | None = None,
               output_ports: Callable[[Any], Mapping[str, Port]] | None = None,
               summarize: Callable[[Mapping[str, float], int], dict[str, float]] | None = None,
@@ -494,6 +532,9 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             ``follow(source_module)``.
         ports_from: a :class:`NodeRef` parameter whose node's ports this node copies, with
             their sizes (an EMA copy of any model); the signature's ports are then unused.
+        evaluated: False for a node too costly to run on held-out batches (a sampler that
+            generates sequences): evaluation skips it and whatever only it feeds, unless a
+            metric reads them or the spec sets ``train.eval.samplers: true``.
         sizes: a function of the parameter model giving extra values that ``{name}`` in port
             shapes may use (a vocabulary size read from a model folder's config, say).
         output_ports: a function of the parameter model giving the output ports, when they
@@ -576,6 +617,7 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "node_refs": tuple(n for n, (_, info) in fields.items() if _is_ref(info)),
             "token_normalised": token_normalised,
             "follows": follows,
+            "evaluated": evaluated,
             "names_arg": _injected(obj, PortNames, what),
             "params_check": staticmethod(check) if check is not None else None,
             "shapes_fn": staticmethod(shapes) if shapes is not None else None,

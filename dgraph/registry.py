@@ -167,6 +167,10 @@ class Component:
     # the reference parameter whose node this one follows after each update that trains it
     # (its module implements ``follow(source_module)``: EMA targets, periodic copies).
     follows: ClassVar[str | None] = None
+    # False for a node too costly to run on every held-out batch (a sampler that generates
+    # sequences): evaluation then skips it, and what only it feeds, unless a metric reads it
+    # or the spec sets ``train.eval.samplers: true``.
+    evaluated: ClassVar[bool] = True
 
     def __init__(self, params: _Params, node: str = "") -> None:
         self.params = params

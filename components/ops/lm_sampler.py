@@ -33,7 +33,9 @@ def _greedy(p) -> None:  # noqa: ANN001 - the generated parameter model
 _SEQUENCES = ("input_ids", "targets", "attention_mask", "loss_mask")
 
 
-@sampler("lm_sampler", check=_greedy)
+# Generating on every held-out batch cost 0.7-1.5 s per evaluation of llm_gkd, for losses on
+# samples that no metric reads; evaluation runs it when the spec asks (train.eval.samplers).
+@sampler("lm_sampler", check=_greedy, evaluated=False)
 def lm_sampler(
     prompt_ids: Tokens("B, P", "prompts, left-padded"),
     prompt_mask: Mask("B, P", "1 = real prompt token") = None,

@@ -134,7 +134,7 @@ class Program:
         for data_node, tensors in batch.items():
             for port, tensor in tensors.items():
                 values[(data_node, port)] = tensor
-        for name in nodes or self.order:
+        for name in self.order if nodes is None else nodes:
             node = graph.nodes[name]
             if node.kind == "data":
                 continue

@@ -337,7 +337,7 @@ def check_stages(graph: Graph, out: Collector) -> None:
                 )
         pairs = [("copy", d) for d in stage.copy_weights] + [
             ("copy", s) for s in stage.copy_weights.values()
-        ] + [("reinit", n) for n in stage.reinit]
+        ] + [("reinit", n) for n in stage.reinit] + [("generate", n) for n in stage.generate]
         for key, node in pairs:
             if node not in spec.nodes:
                 out.add(
@@ -348,6 +348,71 @@ def check_stages(graph: Graph, out: Collector) -> None:
                     found=f"'{node}'",
                     suggestion=close(node, spec.nodes) or "name one of the spec's nodes",
                 )
+        for j, node in enumerate(stage.generate):
+            if node in graph.nodes and not _generates(graph, node):
+                out.add(
+                    "not-a-generator",
+                    f"stage '{stage.name}' generate names node '{node}' "
+                    f"({graph.nodes[node].spec.type}), which does not generate a dataset",
+                    (*base, "generate", j),
+                    node=node,
+                    expected="a generator node (a component with generate(), e.g. lm_generator)",
+                    found=f"'{node}' of type '{graph.nodes[node].spec.type}'",
+                    suggestion=("name one of the generators: " + ", ".join(
+                        n for n in graph.nodes if _generates(graph, n))) if any(
+                        _generates(graph, n) for n in graph.nodes) else
+                    "add an lm_generator node and list it here",
+                )
+    _check_generated_data(graph, out)
+
+
+def _generates(graph: Graph, node: str) -> bool:
+    """Whether ``node``'s component writes datasets (dgraph.declare.Generates)."""
+    implementation = getattr(graph.nodes[node].component, "implementation", None)
+    return callable(getattr(implementation, "generate", None))
+
+
+def _check_generated_data(graph: Graph, out: Collector) -> None:
+    """A data node that names a generator trains only in stages at or after one that runs
+    that generator (before that it has no dataset)."""
+    spec = graph.spec
+    stages = spec.stages or []
+    for name, node in graph.nodes.items():
+        if not KINDS[node.kind].batches:
+            continue
+        for param, generator in node.component.references().items():
+            if generator not in graph.nodes or not _generates(graph, generator):
+                continue
+            first = next((i for i, s in enumerate(stages) if generator in s.generate), None)
+            if first is None:
+                out.add(
+                    "never-generated",
+                    f"data node '{name}' reads generator '{generator}', which no stage runs",
+                    ("nodes", name, "params", param),
+                    node=name,
+                    expected=f"a stage with generate: [{generator}] at or before the stages "
+                    f"that train on '{name}'",
+                    found="stages: " + (", ".join(s.name for s in stages) or "none"),
+                    suggestion=f"add generate: [{generator}] to the first stage that trains "
+                    f"on '{name}'",
+                )
+                continue
+            for index, stage in enumerate(stages[:first]):
+                losses = [loss for u in stage.updates if u in spec.updates
+                          for loss in spec.updates[u].objective if loss in graph.nodes]
+                if any(name in graph.ancestors(loss) for loss in losses):
+                    out.add(
+                        "generated-too-late",
+                        f"stage '{stage.name}' trains on data node '{name}', whose generator "
+                        f"'{generator}' first runs in the later stage "
+                        f"'{stages[first].name}'",
+                        ("stages", index, "updates"),
+                        node=name,
+                        expected=f"generate: [{generator}] in stage '{stage.name}' or an "
+                        "earlier one",
+                        found=f"first generated in stage {first} ('{stages[first].name}')",
+                        suggestion=f"add generate: [{generator}] to stage '{stage.name}'",
+                    )
 
 
 @_pass

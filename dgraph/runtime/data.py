@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from dgraph.data import BatchSampler
 from dgraph.errors import DgraphError
 
 __all__ = ["BatchLoader", "iterate_once"]
@@ -30,7 +31,11 @@ class BatchLoader:
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool,
                  drop_last: bool, seed: int, device: torch.device | str = "cpu",
-                 size: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+                 size: int | None = None, shard: tuple[int, int] = (0, 1),
+                 sampler: BatchSampler | None = None) -> None:
+        # ``sampler`` (the source's, see dgraph.data.BatchSampler) draws each batch's indices
+        # instead of the epoch permutation; epochs still count batches_per_epoch batches.
+        self.sampler = sampler
         self.tensors = {k: v.to(device) for k, v in tensors.items()}
         if size is None:
             size = next(iter(self.tensors.values())).shape[0] if self.tensors else 0
@@ -78,12 +83,19 @@ class BatchLoader:
             self._order = self._order_of(self.epoch)
         return self._order
 
-    def _take(self, order: torch.Tensor, position: int) -> dict[str, torch.Tensor]:
-        start = position * self.batch_size
-        index = order[start: start + self.batch_size]
+    def _take(self, order: torch.Tensor | None, position: int,
+              epoch: int = 0) -> dict[str, torch.Tensor]:
+        if order is None:  # a sampler's batch
+            assert self.sampler is not None
+            index = self.sampler.indices(self.seed, epoch, position, self.batch_size)
+            device = next(iter(self.tensors.values())).device if self.tensors else None
+            index = index if device is None else index.to(device)
+        else:
+            start = position * self.batch_size
+            index = order[start: start + self.batch_size]
         if self.world > 1:
             index = index.tensor_split(self.world)[self.rank]
-        elif not self.shuffle and index.numel() == self.size:
+        elif order is not None and not self.shuffle and index.numel() == self.size:
             return dict(self.tensors)
         return {name: t.index_select(0, index) for name, t in self.tensors.items()}
 
@@ -92,13 +104,16 @@ class BatchLoader:
             self.epoch += 1
             self.position = 0
             self._order = None
-        order = self._epoch_order()
         self.drawn = (self.epoch, self.position)
+        order = None if self.sampler is not None else self._epoch_order()
         self.position += 1
-        return self._take(order, self.drawn[1])
+        return self._take(order, self.drawn[1], self.epoch)
 
     def batch_at(self, epoch: int, position: int) -> dict[str, torch.Tensor]:
-        """The batch that ``next()`` returned at ``(epoch, position)`` (for diagnosis)."""
+        """The batch that ``next()`` returned at ``(epoch, position)`` (for diagnosis; with a
+        sampler, drawn with its current state)."""
+        if self.sampler is not None:
+            return self._take(None, position, epoch)
         order = self._order if epoch == self.epoch and self._order is not None \
             else self._order_of(epoch)
         return self._take(order, position)

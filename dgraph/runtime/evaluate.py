@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
 
+import networkx as nx
 import torch
 
 from dgraph.compiler.codegen import Program
@@ -53,13 +54,31 @@ def _classifiers(graph: Graph) -> dict[str, tuple[str, str]]:
     return out
 
 
+def skipped_in_evaluation(graph: Graph, *, samplers: bool = False) -> set[str]:
+    """The nodes evaluation does not run: those declared ``evaluated=False`` (samplers that
+    generate) and whatever only they feed, except what a metric reads; none with
+    ``samplers`` (the spec's ``train.eval.samplers``)."""
+    costly = {n for n, node in graph.nodes.items() if not node.component.evaluated}
+    if samplers or not costly:
+        return set()
+    downstream = set(costly)
+    for name in costly:
+        downstream |= nx.descendants(graph.nx, name)
+    needed = set()
+    for name, node in graph.nodes.items():
+        if KINDS[node.kind].eval_only:
+            needed |= graph.ancestors(name) | {name}
+    return downstream - needed
+
+
 def evaluate(program: Program, instances: Instances, graph: Graph, device: torch.device,
              batch_size: int, amp=None, *, world: World | None = None,
-             sharded: Iterable[str] = ()) -> dict[str, float]:
+             sharded: Iterable[str] = (), samplers: bool = False) -> dict[str, float]:
     """Metrics on the eval splits, keyed like ``student/accuracy`` or ``loss/kd``.
 
     ``world`` is the data-parallel job (one process when not given); ``sharded`` names the
-    nodes whose modules FSDP shards (every rank must call them the same number of times).
+    nodes whose modules FSDP shards (every rank must call them the same number of times);
+    ``samplers`` also runs the samplers that generate (see :func:`skipped_in_evaluation`).
     """
     world = world or World()
     eval_data = {n: s.eval for n, s in instances.data.items() if s.eval}
@@ -70,10 +89,11 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
         module.eval()
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    classifiers = _classifiers(graph)
+    skipped = skipped_in_evaluation(graph, samplers=samplers)
+    classifiers = {n: c for n, c in _classifiers(graph).items() if n not in skipped}
     students = [n for n in classifiers if graph.nodes[n].kind == "student"]
     teachers = [n for n in classifiers if graph.nodes[n].kind == "teacher"]
-    losses = [n for n, node in graph.nodes.items() if node.kind == "loss"]
+    losses = [n for n, node in graph.nodes.items() if node.kind == "loss" and n not in skipped]
     metrics = {n: as_accumulator(instances.modules[n], node.component)
                for n, node in graph.nodes.items() if KINDS[node.kind].eval_only}
     for accumulator in metrics.values():
@@ -82,7 +102,7 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     # Per-batch sums are added up across ranks; other fed metrics see every batch's inputs.
     summed = {m: a for m, a in metrics.items() if m in fed and isinstance(a, SummedOutputs)}
     gathered = [m for m in fed if m not in summed]
-    others = [n for n in program.order if n not in metrics]
+    others = [n for n in program.order if n not in metrics and n not in skipped]
     lockstep = world.distributed and bool(set(sharded) & set(others))
     batches = min(-(-next(iter(t.values())).shape[0] // batch_size) for t in eval_data.values())
     devices = [device.index or 0] if device.type == "cuda" else []

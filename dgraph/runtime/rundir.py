@@ -57,7 +57,7 @@ MARKER = ".dgraph-run"
 LOCK = ".dgraph-lock"
 #: Everything dgraph writes in a run directory; ``--overwrite`` deletes these and nothing else.
 OWNED = (
-    "checkpoints", "final", "tb", "cache", "metrics.jsonl", "summary.json",
+    "checkpoints", "final", "tb", "cache", "generated", "metrics.jsonl", "summary.json",
     "spec.resolved.yaml", "graph.svg", "graph.mmd", MARKER, LOCK,
 )
 # Temporary files of an atomic write of one of those names that a crash left behind.

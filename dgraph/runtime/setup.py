@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from dgraph.compiler.codegen import Program, compile_graph
 from dgraph.compiler.instantiate import Instances, build_context, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups
-from dgraph.declare import StepAware
+from dgraph.declare import Generates, LogsScalars, StepAware
 from dgraph.errors import CheckpointError, DgraphError
 from dgraph.graph import Graph
 from dgraph.graph.checks import fsdp_nodes
@@ -96,6 +96,7 @@ class Stage:
     copy: dict[str, str]
     reinit: list[str]
     weights: dict[str, Any]
+    generate: list[str] = field(default_factory=list)
 
 
 def plan_stages(spec: Spec) -> list[Stage]:
@@ -111,7 +112,8 @@ def plan_stages(spec: Spec) -> list[Stage]:
     out, start = [], 0
     for stage, length in zip(spec.stages, lengths, strict=True):
         out.append(Stage(stage.name, start, start + length, list(stage.updates),
-                         dict(stage.copy_weights), list(stage.reinit), dict(stage.weights)))
+                         dict(stage.copy_weights), list(stage.reinit), dict(stage.weights),
+                         list(stage.generate)))
         start += length
     return out
 
@@ -248,6 +250,7 @@ def build_loaders(graph: Graph, instances: Instances, *, seed: int,
              if port in used[name]},
             source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
             seed=seed, device=device, size=len(source), shard=(world.rank, world.size),
+            sampler=source.sampler,
         )
         for name, source in instances.data.items()
     }
@@ -314,6 +317,9 @@ class RunSetup:
         # Nodes with scheduled parameters learn the step before each one (StepAware).
         self.step_aware = [m for m in self.instances.unique_modules().values()
                            if isinstance(m, StepAware)]
+        # Nodes with values of their own to log at logging steps (LogsScalars).
+        self.scalar_loggers = [m for m in self.instances.unique_modules().values()
+                               if isinstance(m, LogsScalars)]
         # Nodes re-drawn every N steps, found once rather than on every step.
         self.redrawn = [(name, node.spec.reinit_every) for name, node in graph.nodes.items()
                         if node.spec.reinit_every is not None]
@@ -424,6 +430,7 @@ class RunSetup:
             source = self.instances.modules[src]
             state = full_state(source) if src in self.sharded else source.state_dict()
             load_full_state(self.instances.modules[dst], state)
+        self.run_generators(stage)
         for name in stage.reinit:
             context = build_context(self.graph, name, device=str(self.device),
                                     seed=self.train_cfg.seed + stage.start,
@@ -435,6 +442,83 @@ class RunSetup:
             # A new stage starts its optimizers afresh (the roles of nodes may have changed).
             for update in stage.updates:
                 self.build_optimizer(update, stage.end - stage.start)
+
+    # -- generated datasets (dgraph.declare.Generates) -----------------------------------------
+    def generated_path(self, node: str, stage: Stage) -> Path:
+        """Where generator ``node`` writes its dataset of ``stage``."""
+        return self.run_dir / "generated" / node / f"{stage.name}.jsonl"
+
+    def run_generators(self, stage: Stage) -> None:
+        """Run the stage's generators (rank 0; a file already there is read, not remade;
+        the other ranks wait and read it), then rebuild the data nodes that name them.
+
+        Generation runs with torch's generators forked and seeded by ``train.seed`` plus the
+        stage's first step, so a run resumed before or after it draws the same data and the
+        same training batches afterwards.
+        """
+        for name in stage.generate:
+            module = self.instances.modules[name]
+            if not isinstance(module, Generates):
+                raise DgraphError(f"stage '{stage.name}' generate names node '{name}', "
+                                  "which does not generate a dataset")
+            uses = set(self.graph.nodes[name].component.references().values())
+            if uses & set(self.sharded):
+                raise DgraphError(
+                    f"node '{name}' generates with a node sharded by FSDP "
+                    f"({', '.join(sorted(uses & set(self.sharded)))}); generation runs on "
+                    "rank 0 alone: use strategy ddp, or keep that node unsharded")
+            path = self.generated_path(name, stage)
+            if self.rank == 0 and not path.is_file():
+                devices = [self.device.index or 0] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    seed_everything(self.train_cfg.seed + stage.start)
+                    module.generate(path=path, seed=self.train_cfg.seed + stage.start)
+            self.world.barrier()
+            if not path.is_file():
+                raise DgraphError(f"generator '{name}' wrote no dataset {path} in stage "
+                                  f"'{stage.name}'")
+            module.latest = path
+        if stage.generate:
+            self.refresh_generated(stage.generate, seed=self.train_cfg.seed + stage.start)
+
+    def restore_generated(self, step: int) -> None:
+        """On resume at ``step``: point each generator at the dataset of the last stage begun
+        before ``step`` that lists it (the files must exist), and rebuild its data nodes."""
+        latest: dict[str, tuple[Path, int]] = {}
+        for stage in self.stages:
+            if stage.start >= step:
+                break
+            for name in stage.generate:
+                latest[name] = (self.generated_path(name, stage), stage.start)
+        for name, (path, start) in latest.items():
+            if not path.is_file():
+                raise CheckpointError(
+                    f"resuming at step {step}: the dataset {path} of generator '{name}' is "
+                    "missing; it is part of the run (delete the checkpoints to start over)")
+            generator: Any = self.instances.modules[name]
+            generator.latest = path
+            self.refresh_generated([name], seed=self.train_cfg.seed + start)
+
+    def refresh_generated(self, generators: list[str], *, seed: int) -> None:
+        """Rebuild the data nodes whose parameters name one of ``generators``, and their
+        loaders (seeded with ``seed``; a checkpoint's position is loaded over it)."""
+        modules: dict[str, Any] = {**self.instances.data, **self.instances.modules}
+        for name, node in self.graph.nodes.items():
+            if name not in self.instances.data or not (
+                    set(node.component.references().values()) & set(generators)):
+                continue
+            context = build_context(self.graph, name, device=str(self.device), seed=seed,
+                                    run_dir=self.run_dir, modules=modules)
+            source = node.component.build(context)
+            self.instances.data[name] = source
+            used = ports_used(self.graph, [name])[name]
+            self.loaders[name] = BatchLoader(
+                {port: t for port, t in {**source.train,
+                                         "__index__": torch.arange(len(source))}.items()
+                 if port in used},
+                source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
+                seed=seed, device=self.device, size=len(source),
+                shard=(self.world.rank, self.world.size), sampler=source.sampler)
 
     def redraw(self, step: int) -> None:
         """Re-draw the weights of nodes with ``reinit_every`` whose period divides ``step``.

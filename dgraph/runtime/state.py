@@ -155,6 +155,7 @@ def load_run_state(run: RunSetup, state: dict[str, Any], path: Path) -> int:
         for update in stage.updates:
             run.build_optimizer(update, stage.end - stage.start)
     modules = saved_modules(run)
+    run.restore_generated(step)  # the generated datasets the run trained on, before loaders
     try:
         if "shards" in state:
             _load_shards(run, state["shards"], path)

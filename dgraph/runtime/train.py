@@ -78,7 +78,7 @@ class Trainer(RunSetup):
             module.set_step(self.step)
         return evaluate(self.program, self.instances, self.graph, self.device,
                         self.train_cfg.eval.batch_size, self.amp, world=self.world,
-                        sharded=self.sharded)
+                        sharded=self.sharded, samplers=self.train_cfg.eval.samplers)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False, command: str | None = None) -> dict[str, float]:
@@ -214,4 +214,6 @@ class Trainer(RunSetup):
                 else:
                     values[f"loss/{key}"] = value
             values[f"lr/{update}"] = float(self.optimizers[update].param_groups[0]["lr"])
+        for module in self.scalar_loggers:
+            values.update({k: float(v) for k, v in module.logged_scalars().items()})
         return values

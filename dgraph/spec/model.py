@@ -235,11 +235,20 @@ class StageSpec(_Strict):
     weights: dict[str, Weight] = Field(
         default_factory=dict, description="objective weights overridden during this stage"
     )
+    generate: list[str] = Field(
+        default_factory=list,
+        description="generator nodes (dgraph.declare.Generates) that write a dataset at the "
+        "stage's start (after copy, before reinit), which the data nodes naming them train on",
+    )
 
 
 class EvalSpec(_Strict):
     every: int = Field(100, ge=1, description="evaluate every N steps (and at the end)")
     batch_size: int = Field(512, ge=1)
+    samplers: bool = Field(
+        False, description="also run the samplers that generate (lm_sampler) on held-out "
+        "batches, and report the losses on their samples; by default evaluation skips them "
+        "and what only they feed, unless a metric reads it")
 
 
 class DistributedSpec(_Strict):

@@ -79,7 +79,8 @@ train: {{steps: 2, eval: {{every: 2, batch_size: 32}}, seed: 0, log_every: 1,
 """
 
 # GKD: with probability 1/2 a step's batch is the student's continuations of the prompts
-# (lm_sampler: each rank generates for its own slice), else the data's sequences.
+# (lm_sampler: each rank generates for its own slice), else the data's sequences; evaluation
+# samples too (eval.samplers), so that it generates under two processes as well.
 GKD = f"""
 dgraph: 1
 name: gkd_split
@@ -112,8 +113,8 @@ nodes:
     inputs: {{student: student.logits, teacher: teacher.logits, mask: rollout.loss_mask}}
 updates:
   main: {{params: [student], objective: {{jsd: 1.0}}}}
-train: {{steps: 4, eval: {{every: 4, batch_size: 64}}, seed: 0, log_every: 1,
-        checkpoint_every: 4}}
+train: {{steps: 4, eval: {{every: 4, batch_size: 64, samplers: true}}, seed: 0,
+        log_every: 1, checkpoint_every: 4}}
 """
 
 
