@@ -1,0 +1,12 @@
+"""Teacher-generated datasets: a task with checkable answers, generators, verifiers and critics,
+the data source that trains on what a generator kept, and exact-match accuracy.
+
+A generator node (``lm_generator``, :class:`dgraph.declare.Generates`) runs at the start of each
+stage whose ``generate`` lists it: it decodes several outputs per prompt with a model of the
+graph (the teacher: sequence-level KD; the student itself: self-imitation), scores them with
+verifier/critic nodes (:class:`dgraph.declare.Scores`), keeps or weights them and writes
+``<run>/generated/<node>/<stage>.jsonl``; ``generated_pairs`` data nodes train on the newest.
+Every module here is imported by :mod:`dgraph.components`; each declares its components.
+"""
+
+__all__: list[str] = []
