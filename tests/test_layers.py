@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("viz", ("dgraph.viz",)),
     # Plug-ins mapped into the dgraph namespace (components/, exporters/): above the core.
     ("plug-ins", ("dgraph.components", "dgraph.exporters")),
-    ("entry points", ("dgraph.api", "dgraph.cli", "dgraph.__main__")),
+    # The search over specs (dgraph sweep) runs trials through the api, beside the cli.
+    ("entry points", ("dgraph.api", "dgraph.cli", "dgraph.__main__", "dgraph.search")),
 ]
 
 
