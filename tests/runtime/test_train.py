@@ -65,7 +65,8 @@ def test_run_directory_holds_everything(tmp_path):
 # find their runs beside their own in the shared folder (alone, a spec trains what it needs).
 # In this order: diffusion_teacher_digits reads teacher_digits_cnn's classifier.
 PRODUCERS = ["teacher_digits", "teacher_digits_cnn", "llm_teacher", "dd_mtt_experts",
-             "rl_teacher_cartpole", "diffusion_teacher_toy", "diffusion_teacher_digits"]
+             "rl_teacher_cartpole", "diffusion_teacher_toy", "diffusion_teacher_digits",
+             "arithmetic_teacher"]
 # llm_7b_validate is for validation only: its teacher has 7B parameters. dd_mtt matches expert
 # trajectories: 4 expert steps barely move the experts, and the normalised distance divides by
 # that movement; tests/zoo/test_dd_mtt.py trains it on a buffer made for it.
@@ -83,8 +84,11 @@ def test_every_zoo_spec_trains_with_steps_and_seed_overrides(zoo_runs, name):
     run = zoo_runs / name
     # Dataset-distillation evaluators train fresh networks: one seed, a few steps here.
     # Sample metrics draw fewer samples.
+    # Generators of 4-step models keep anything (threshold 0) from a few prompts.
     fast_params = {"dd_evaluator": ("seeds=[0]", "steps=5"),
-                   "diffusion_samples": ("num_samples=64",)}
+                   "diffusion_samples": ("num_samples=64",),
+                   "lm_generator": ("threshold=0.0", "max_prompts=16"),
+                   "exact_match": ("max_examples=16",)}
     fast = [f"nodes.{node}.params.{value}"
             for node, spec in load_spec(name).nodes.items()
             for value in fast_params.get(spec.type or "", ())]

@@ -51,6 +51,21 @@ ALLOWED = {
         "llm_topk's student: its base is _llm (it has no teacher node), not _llm_distil",
     frozenset({"_llm_corpus.yaml", "llm_topk.yaml"}):
         "the teacher's GPT-2 config, inside the top-k cache's parameters in llm_topk",
+    frozenset({"_llm_distil.yaml", "blackbox_kd.yaml"}):
+        "blackbox_kd's student: its base is _llm (no teacher node, as llm_topk)",
+    frozenset({"blackbox_kd.yaml", "llm_topk.yaml"}):
+        "the 1-layer student and the top-k KL term, from a file instead of a cache",
+    frozenset({"arithmetic_teacher.yaml", "llm_teacher.yaml"}):
+        "the teacher-training blocks (token_ce on the teacher, its update) of an LM teacher on "
+        "other data (arithmetic_teacher's base is _arithmetic_teacher, not _llm_corpus)",
+    frozenset({"_arithmetic_student.yaml", "llm_seqkd.yaml"}):
+        "the student's seq_ce objective on generated text; its base cannot be _llm_on_policy "
+        "(the corpus and its teacher)",
+    frozenset({"_arithmetic_student.yaml", "_llm_on_policy.yaml"}):
+        "student_eval, the student's module on the true held-out text, as in _llm_on_policy",
+    frozenset({"algorithm_distill_bandit.yaml", "llm_kd.yaml"}):
+        "the student's next-token CE on data.loss_mask (named `actions`: the arm letters of "
+        "bandit traces); its base is _llm (no corpus, no teacher), not _llm_distil",
     frozenset({"llm_7b_validate.yaml", "llm_kd.yaml"}):
         "the forward token-KL term of llm_kd, in the standalone 7B validation spec",
     # The frozen CNN teacher of teacher_digits_cnn, and the DDIM scheduler of the diffusion
