@@ -249,6 +249,7 @@ def check_updates(graph: Graph, out: Collector) -> None:
                 suggestion="name at least one loss node with its weight, e.g. objective: {"
                 + (losses[0] if losses else "ce") + ": 1.0}",
             )
+        reached: set[str] | None = None  # where gradients from the trained nodes lead
         for loss in update.objective:
             path = (*base, "objective", loss)
             if loss not in spec.nodes:
@@ -278,7 +279,11 @@ def check_updates(graph: Graph, out: Collector) -> None:
                     suggestion="put a loss node on top of it and name that loss here",
                 )
                 continue
-            if not trained or loss in _grad_reached(graph, trained | incomplete, cache):
+            if not trained:
+                continue
+            if reached is None:  # once per update, not per loss: the walk is linear
+                reached = _grad_reached(graph, trained | incomplete, cache)
+            if loss in reached:
                 continue
             reach = _grad_ancestors(graph, loss) | {loss}
             if not (reach & trained) and not (reach & incomplete):
