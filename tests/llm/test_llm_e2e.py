@@ -8,6 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_kd.py"
 
 
@@ -18,6 +20,7 @@ def _benchmark():
     return module
 
 
+@pytest.mark.slow  # a quality bar (17 s); the fast tier trains every LLM spec a few steps
 def test_kd_student_beats_the_scratch_student(tmp_path):
     bench = _benchmark()
     result = bench.run(tmp_path, bench.TINY)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -83,6 +84,7 @@ def _run(out, *extra):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # 22 s; the other zoo resume tests cover the same runtime path
 def test_dd_gm_resume_after_sigkill_is_bit_identical(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     done, proc = _run(reference), _run(killed)  # side by side: the reference runs through
