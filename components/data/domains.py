@@ -42,18 +42,17 @@ from dgraph.components.data.text import (
     _meta_split,
     _text_split,
     build_tokenizer,
+    sequence_ports,
     special_ids,
 )
 from pydantic import Field, field_validator
 
 from dgraph.declare import (
-    Mask,
     Module,
     NodeRef,
     Outputs,
     Scalar,
     Tensor,
-    Tokens,
     data,
     metric,
     param,
@@ -199,13 +198,8 @@ def domain_mixture(
     eval_fraction: float = param(0.1, gt=0.0, lt=1.0, doc="held-out share of each domain "
                                  "(its end)"),
     context: BuildContext,
-) -> Outputs(
-    input_ids=Tokens("B, {seq_len}", "token ids fed to the model (int64)"),
-    targets=Tokens("B, {seq_len}", "the next token of each position"),
-    attention_mask=Mask("B, {seq_len}", "1 = real token"),
-    loss_mask=Mask("B, {seq_len}", "1 = the position counts"),
-    prompt_ids=Tokens("B, {prompt_len}", "the window's first tokens"),
-    prompt_mask=Mask("B, {prompt_len}", "1 = real prompt token"),
+) -> sequence_ports(
+    "{seq_len}", "{prompt_len}", "the window's first tokens",
     domain=Tensor("B", "the window's domain index (int64, in the order of 'domains')"),
 ):
     """Windows of several named text domains, sampled with weights a node may update.

@@ -142,7 +142,9 @@ def _pairs_prompt_fits(p) -> None:  # noqa: ANN001 - the generated parameter mod
                          f"({p.max_len})")
 
 
-def _sequences(length: str, prompt: str, prompt_doc: str) -> Outputs:
+def sequence_ports(length: str, prompt: str, prompt_doc: str, **extra: Any) -> Outputs:
+    """The ports of a source of prompted token sequences (text_lm, jsonl_pairs, domain
+    mixtures, generated pairs), with ``extra`` ports of its own."""
     return Outputs(
         input_ids=Tokens(f"B, {length}", "token ids fed to the model (int64)"),
         targets=Tokens(f"B, {length}", "the next token of each position (int64)"),
@@ -151,6 +153,7 @@ def _sequences(length: str, prompt: str, prompt_doc: str) -> Outputs:
                        "not prompt)"),
         prompt_ids=Tokens(f"B, {prompt}", prompt_doc),
         prompt_mask=Mask(f"B, {prompt}", "1 = real prompt token"),
+        **extra,
     )
 
 
@@ -168,7 +171,7 @@ def text_lm(
     prompt_len: int = param(8, gt=0, doc="P: the first P tokens of each sequence are served "
                             "as prompts (prompt_ids) for samplers"),
     context: BuildContext,
-) -> _sequences("{seq_len}", "{prompt_len}", "the sequence's first tokens"):
+) -> sequence_ports("{seq_len}", "{prompt_len}", "the sequence's first tokens"):
     """Plain text chunked into next-token sequences of ``seq_len`` tokens.
 
     The text (default: the shipped corpus) is tokenized once; the last ``eval_fraction`` of
@@ -235,7 +238,7 @@ def jsonl_pairs(
                            "longer than max_prompt_len (otherwise they are an error naming "
                            "the line)"),
     context: BuildContext,
-) -> _sequences("{max_len}", "{max_prompt_len}", "prompts, left-padded"):
+) -> sequence_ports("{max_len}", "{max_prompt_len}", "prompts, left-padded"):
     """Prompt/response pairs from a JSONL file, for supervised fine-tuning and distillation.
 
     Each example is ``prompt + response (+ <eos>)`` in ``max_len + 1`` tokens. A longer one

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dgraph.components._inputs import input_error
-from dgraph.components.data.text import BYTE_VOCAB_SIZE, encode_pairs
+from dgraph.components.data.text import BYTE_VOCAB_SIZE, encode_pairs, sequence_ports
 from dgraph.components.generate.arithmetic import meta_pairs
 
-from dgraph.declare import Mask, NodeRef, Outputs, Tensor, Tokens, data, param
+from dgraph.declare import NodeRef, Tensor, data, param
 from dgraph.registry import BuildContext
 
 if TYPE_CHECKING:
@@ -68,13 +68,8 @@ def generated_pairs(
     shuffle: bool = param(True, doc="reshuffle the training set every epoch"),
     drop_last: bool = param(False, doc="skip the last incomplete training batch"),
     context: BuildContext,
-) -> Outputs(
-    input_ids=Tokens("B, {max_len}", "prompt + response tokens fed to the model (int64)"),
-    targets=Tokens("B, {max_len}", "the next token of each position (int64)"),
-    attention_mask=Mask("B, {max_len}", "1 = real input token"),
-    loss_mask=Mask("B, {max_len}", "1 = the target is a response token or the final <eos>"),
-    prompt_ids=Tokens("B, {max_prompt_len}", "the prompt, left-padded"),
-    prompt_mask=Mask("B, {max_prompt_len}", "1 = real prompt token"),
+) -> sequence_ports(
+    "{max_len}", "{max_prompt_len}", "the prompt, left-padded",
     weight=Tensor("B", "each example's weight from the generator (float)"),
 ):
     """The newest kept set of ``generator`` as prompt/response training pairs."""
