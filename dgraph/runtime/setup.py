@@ -243,17 +243,20 @@ def build_loaders(graph: Graph, instances: Instances, *, seed: int,
                 f"{max(world.size, source.batch_size - source.batch_size % world.size)})"
                 + ("" if node.spec.params.get("batch_size") is not None
                    else " (the value is the component's default)"))
-    return {
-        name: BatchLoader(
-            {port: t for port, t in {**source.train,
-                                     "__index__": torch.arange(len(source))}.items()
-             if port in used[name]},
-            source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
-            seed=seed, device=device, size=len(source), shard=(world.rank, world.size),
-            sampler=source.sampler,
-        )
-        for name, source in instances.data.items()
-    }
+    return {name: source_loader(source, used[name], seed=seed, device=device, world=world)
+            for name, source in instances.data.items()}
+
+
+def source_loader(source: Any, ports: set[str], *, seed: int, device: torch.device,
+                  world: World) -> BatchLoader:
+    """The seeded loader of one data source over ``ports`` (and example indices)."""
+    return BatchLoader(
+        {port: t for port, t in {**source.train, "__index__": torch.arange(len(source))}.items()
+         if port in ports},
+        source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
+        seed=seed, device=device, size=len(source), shard=(world.rank, world.size),
+        sampler=source.sampler,
+    )
 
 
 def set_train_modes(graph: Graph, instances: Instances) -> None:
@@ -511,14 +514,9 @@ class RunSetup:
                                     run_dir=self.run_dir, modules=modules)
             source = node.component.build(context)
             self.instances.data[name] = source
-            used = ports_used(self.graph, [name])[name]
-            self.loaders[name] = BatchLoader(
-                {port: t for port, t in {**source.train,
-                                         "__index__": torch.arange(len(source))}.items()
-                 if port in used},
-                source.batch_size, shuffle=source.shuffle, drop_last=source.drop_last,
-                seed=seed, device=self.device, size=len(source),
-                shard=(self.world.rank, self.world.size), sampler=source.sampler)
+            self.loaders[name] = source_loader(
+                source, ports_used(self.graph, [name])[name], seed=seed, device=self.device,
+                world=self.world)
 
     def redraw(self, step: int) -> None:
         """Re-draw the weights of nodes with ``reinit_every`` whose period divides ``step``.
