@@ -10,6 +10,7 @@ import torch
 from dgraph.components.losses.guided import (
     GuidedSelfDistill,
     closed_form_alpha,
+    kernel_ridge_alpha,
     mixed_target,
 )
 from dgraph.components.losses.ofa import LogitBranch
@@ -123,6 +124,51 @@ def test_mixed_target_and_closed_form_weight_by_hand():
     assert closed_form_alpha(p, torch.tensor([-1, -1])).item() == 1.0
 
 
+def test_kernel_ridge_weight_by_hand():
+    # Features [1], [-1] (+ a constant): F^T F = 2 I, ridge 0.5 -> c = 0.5 * 4 / 2 = 1, so
+    # M = F^T / 3. P = 0.5 everywhere, labels 0 and 1; one held-out row [2] (+ 1) of class 0:
+    # a = [1/3, 1/3], b = [2/3, -2/3], Y_v - a = [2/3, -1/3] -> alpha = (2/3) / (8/9) = 3/4.
+    features = torch.tensor([[1.0], [-1.0]])
+    probs = torch.full((2, 2), 0.5)
+    alpha = kernel_ridge_alpha(features, probs, torch.tensor([0, 1]), torch.tensor([[2.0]]),
+                               torch.tensor([0]), ridge=0.5)
+    assert alpha.dtype == torch.float64 and alpha.item() == pytest.approx(0.75)
+    # A teacher that reproduces the training labels leaves nothing to weigh: 1. No labelled
+    # held-out row: 1. Unlabelled training rows keep the teacher's distribution (b = 0): 1.
+    onehot = torch.eye(2)
+    assert kernel_ridge_alpha(features, onehot, torch.tensor([0, 1]), torch.tensor([[2.0]]),
+                              torch.tensor([0])).item() == 1.0
+    assert kernel_ridge_alpha(features, probs, torch.tensor([0, 1]), torch.tensor([[2.0]]),
+                              torch.tensor([-1])).item() == 1.0
+    assert kernel_ridge_alpha(features, probs, torch.tensor([-1, -1]), torch.tensor([[2.0]]),
+                              torch.tensor([0])).item() == 1.0
+
+
+def test_kernel_ridge_weight_minimises_the_held_out_error_of_the_ridge_fit():
+    # The closed form against a direct search: fit the ridge regression to the mixed target
+    # for 1,001 weights and score each on the held-out rows.
+    g = torch.Generator().manual_seed(0)
+    feats, feats_v = torch.randn(60, 5, generator=g), torch.randn(30, 5, generator=g)
+    labels, labels_v = feats[:, :3].argmax(1), feats_v[:, :3].argmax(1)  # learnable classes
+    probs = torch.softmax(feats[:, :3] + torch.randn(60, 3, generator=g), -1)  # a noisy teacher
+    alpha = kernel_ridge_alpha(feats, probs, labels, feats_v, labels_v, ridge=0.1).item()
+    phi = torch.cat([feats, torch.ones(60, 1)], 1).double()
+    phi_v = torch.cat([feats_v, torch.ones(30, 1)], 1).double()
+    gram = phi.T @ phi
+    c = 0.1 * gram.diagonal().sum() / 6
+    y = torch.nn.functional.one_hot(labels, 3).double()
+    y_v = torch.nn.functional.one_hot(labels_v, 3).double()
+
+    def held_out_error(a: float) -> float:
+        w = torch.linalg.solve(gram + c * torch.eye(6, dtype=torch.float64),
+                               phi.T @ (a * y + (1 - a) * probs.double()))
+        return float((phi_v @ w - y_v).square().sum())
+
+    grid = [i / 1000 for i in range(1001)]
+    best = min(grid, key=held_out_error)
+    assert 0.0 < alpha < 1.0 and abs(alpha - best) <= 1e-3
+
+
 def _guided(**params):
     torch.manual_seed(0)
     teacher = torch.nn.Linear(3, 2)
@@ -177,3 +223,49 @@ def test_guided_closed_form_names_missing_data_ports():
         loss(student=torch.zeros(1, 2), teacher=torch.zeros(1, 2), target=torch.tensor([0]))
     assert str(info.value) == ("guided_self_distill: the data's train split has no 'pixels' "
                                "and 'y' ports (it has ['x', 'y']); set input/labels to its ports")
+
+
+def test_guided_kernel_ridge_estimate_reads_features_and_the_held_out_split():
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    teacher = torch.nn.ModuleDict({"body": body, "head": head})
+    teacher.forward = lambda x: {"logits": head(torch.tanh(body(x))),
+                                 "features": torch.tanh(body(x))}
+    x, x_v = torch.randn(40, 3), torch.randn(20, 3)
+    source = DataSource(train={"x": x, "y": (x[:, 0] > 0).long()},
+                        eval={"x": x_v, "y": (x_v[:, 0] > 0).long()}, batch_size=8)
+    context = BuildContext(node="guided", references={"model": teacher, "data": source})
+    batch = {"student": torch.zeros(2, 2), "teacher": torch.zeros(2, 2),
+             "target": torch.tensor([0, 1])}
+    with torch.no_grad():
+        out, out_v = teacher(x), teacher(x_v)
+    feats, probs, y = out["features"], torch.softmax(out["logits"], -1), source.train["y"]
+    # split: eval -> the ridge fits the training split and is scored on the eval split.
+    on_eval = GuidedSelfDistill.create(context, model="teacher", data="data",
+                                       estimate="kernel_ridge", ridge=0.01, split="eval")
+    on_eval(**batch)
+    expected = kernel_ridge_alpha(feats, probs, y, out_v["features"], source.eval["y"], 0.01)
+    assert on_eval.alpha.item() == pytest.approx(expected.item())
+    # The default (split: train) holds out a fixed seeded 20 % of the training rows.
+    loss = GuidedSelfDistill.create(context, model="teacher", data="data",
+                                    estimate="kernel_ridge", ridge=0.01)
+    loss(**batch)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    held, rest = order[:8], order[8:]
+    expected = kernel_ridge_alpha(feats[rest], probs[rest], y[rest], feats[held], y[held], 0.01)
+    assert loss.alpha.item() == pytest.approx(expected.item())
+    assert loss.alpha.item() != pytest.approx(on_eval.alpha.item())
+    # A teacher without the feature port, and data without a held-out split: located errors.
+    plain, _, train_only = _guided(estimate="kernel_ridge")
+    with pytest.raises(ValueError) as info:
+        plain(student=torch.zeros(1, 2), teacher=torch.zeros(1, 2), target=torch.tensor([0]))
+    assert str(info.value) == ("guided_self_distill: estimate kernel_ridge reads the "
+                               "teacher's 'features' output, but it has ['logits']; set "
+                               "features to one of them")
+    featured = GuidedSelfDistill.create(
+        BuildContext(node="guided", references={"model": teacher, "data": train_only}),
+        model="teacher", data="data", estimate="kernel_ridge", split="eval")
+    with pytest.raises(ValueError) as info:
+        featured(student=torch.zeros(1, 2), teacher=torch.zeros(1, 2), target=torch.tensor([0]))
+    assert str(info.value) == ("guided_self_distill: the data's eval split has no 'x' and 'y' "
+                               "ports (it has []); set input/labels to its ports")

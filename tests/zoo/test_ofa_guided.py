@@ -1,6 +1,6 @@
 """The zoo's `ofa_kd` and `self_distill_guided`: a few real training steps each, the reverse
 OFA variant and the baselines of benchmarks/ofa_guided.py, and the closed-form weight of each
-round checked against the teacher's predictions on the training split."""
+round checked against the teacher's features and predictions on the training split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dgraph.components.losses.guided import closed_form_alpha
+from dgraph.components.losses.guided import kernel_ridge_alpha
 
 from dgraph.api import train
 from dgraph.graph import validate
@@ -92,11 +92,15 @@ def test_self_distill_guided_computes_the_weight_of_each_round(runs):
             seen.append((stage.name, float(guided.alpha), expected))
         begin(stage)
 
-    def closed_form():
+    def closed_form():  # the kernel-ridge weight, scored on a seeded fifth of the train rows
         teacher = trainer.instances.modules["teacher"]
         with torch.no_grad():
-            probs = torch.softmax(teacher(x=data.train["x"])["logits"], -1)
-        return float(closed_form_alpha(probs, data.train["y"]))
+            out = teacher(x=data.train["x"])
+        probs, feats, labels = torch.softmax(out["logits"], -1), out["features"], data.train["y"]
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+        held, rest = order[:round(0.2 * len(labels))], order[round(0.2 * len(labels)):]
+        return float(kernel_ridge_alpha(feats[rest], probs[rest], labels[rest], feats[held],
+                                        labels[held]))
 
     trainer.begin_stage = record
     expected = float("nan")
