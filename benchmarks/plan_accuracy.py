@@ -23,8 +23,9 @@ What the plan cannot see on the meta device, and where the ratios below come fro
 Face models run eager attention there (the dry run's choice: no data-dependent mask checks),
 keeping the attention probabilities for backward, while training uses ``sdpa`` (flash
 attention on the CPU without a mask, which keeps O(T) per head), so the plan over-predicts
-the step's attention memory; convolutions on the CPU use workspaces (im2col) that meta
-kernels do not allocate, so the plan under-predicts CNN steps.
+the step's attention memory. Convolutions on the CPU (oneDNN) copy their operands into
+blocked layouts while they run: the plan adds those copies on the CPU (input and weight in
+forward, also the output's gradient in backward), which this script measured.
 
 Initial weights that specs load from other runs (``init: {run: ...}``) are not loaded: the
 values of the weights change neither memory nor FLOPs.

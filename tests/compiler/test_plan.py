@@ -285,3 +285,30 @@ def test_zoo_specs_plan(name, capsys):
     teachers = [n for n in plan["nodes"] if n["kind"] == "teacher"]
     assert all(n["grad_bytes"] == n["optimizer_bytes"] == n["flops_backward"] == 0
                for n in teachers)
+
+
+def test_cpu_convolutions_count_their_operand_copies_while_they_run():
+    # oneDNN copies a convolution's operands into blocked layouts for the length of the
+    # kernel: the tracker adds them to the running total on the CPU, not on CUDA.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dgraph.compiler.plan import _Tracker
+
+    x = torch.empty(4, 3, 8, 8, device="meta")           # 768 elements: 3,072 bytes
+    w = torch.empty(5, 3, 3, 3, device="meta")           # 135 elements: 540 bytes
+    grad_out = torch.empty(4, 5, 8, 8, device="meta")    # 1,280 elements: 5,120 bytes
+    for reorders in (True, False):
+        tracker = _Tracker(FlopCounterMode(display=False), half=False, conv_reorders=reorders)
+        with tracker:
+            y = torch.nn.functional.conv2d(x, w, padding=1)  # output: 5,120 bytes
+        assert tracker.peak == 5120 + (3072 + 540 if reorders else 0)
+        del y
+        tracker = _Tracker(FlopCounterMode(display=False), half=False, conv_reorders=reorders)
+        with tracker:
+            grads = torch.ops.aten.convolution_backward(
+                grad_out, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [True, True, False])
+        # grad_input (3,072) and grad_weight (540), plus grad_out, input and weight copies.
+        assert tracker.peak == 3072 + 540 + (5120 + 3072 + 540 if reorders else 0)
+        del grads
