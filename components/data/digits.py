@@ -7,7 +7,9 @@ A stratified train/eval split, optionally with labels kept for only a few traini
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dgraph.declare import Features, Images, Labels, Mask, Outputs, data, param
@@ -147,25 +149,91 @@ def digits(
 
 @functools.lru_cache(maxsize=1)
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 images ``[N, 1, 8, 8]`` (float32 in [0, 1]) and labels (int64), read-only."""
-    import numpy as np
-    from sklearn.datasets import load_digits
+    """All 1797 images ``[N, 1, 8, 8]`` (float32 in [0, 1]) and labels (int64), read-only.
 
-    bunch = load_digits()
-    images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # [N, 1, 8, 8] in [0, 1]
-    labels = bunch.target.astype(np.int64)
+    Read from the data file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``, what
+    ``load_digits`` parses) without importing scikit-learn, which costs more than a second of
+    start-up: the same values as ``load_digits()``.
+    """
+    import numpy as np
+
+    data = np.loadtxt(_digits_file(), delimiter=",")  # [N, 65]: 64 pixels 0..16, then the label
+    images = (data[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[:, None, :, :]
+    labels = data[:, -1].astype(np.int64)
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
 
 
+def _digits_file() -> Path:
+    spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not imported
+    locations = spec.submodule_search_locations if spec is not None else None
+    path = Path(locations[0]) / "datasets" / "data" / "digits.csv.gz" if locations else None
+    if path is None or not path.is_file():
+        where = f" (looked for {path})" if path is not None else ""
+        raise FileNotFoundError(
+            f"the digits data file of scikit-learn was not found{where}: the digits source "
+            "reads the copy scikit-learn ships; install scikit-learn")
+    return path
+
+
 def _split_indices(labels: np.ndarray, test_fraction: float, split_seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    import numpy as np
-    from sklearn.model_selection import train_test_split
+    """``(train, eval)`` indices of a stratified split, exactly those of scikit-learn's
+    ``train_test_split(np.arange(n), test_size=test_fraction, random_state=split_seed,
+    stratify=labels)`` (a ``StratifiedShuffleSplit`` draw), computed without scikit-learn.
 
-    return train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                            random_state=split_seed, stratify=labels)
+    Per class, the training and evaluation counts are the approximate mode of the
+    multivariate hypergeometric distribution (:func:`_approximate_mode`); each class's
+    members are permuted, the first go to training and the next to evaluation, and each
+    split is permuted once more. Every draw comes from one ``RandomState(split_seed)`` in
+    scikit-learn's order, so the indices match it element for element (tests compare both).
+    """
+    import numpy as np
+
+    n_samples = len(labels)
+    n_train, n_test = split_sizes(test_fraction, n_samples)
+    classes, y_indices, class_counts = np.unique(labels, return_inverse=True,
+                                                 return_counts=True)
+    if class_counts.min() < 2:
+        raise ValueError(f"classes {classes[class_counts < 2].tolist()} have a single "
+                         "example: a stratified split needs at least 2 per class")
+    if n_train < len(classes) or n_test < len(classes):
+        raise ValueError(f"a stratified split of {n_samples} examples into {n_train} and "
+                         f"{n_test} needs at least {len(classes)} (the classes) on each side")
+    members = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(split_seed)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for i, count in enumerate(class_counts):
+        permuted = members[i][rng.permutation(count)]
+        train.append(permuted[:n_i[i]])
+        test.append(permuted[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState
+                      ) -> np.ndarray:
+    """Per-class counts of ``n_draws`` examples: the floor of each class's share, plus one
+    for the classes with the largest remainders, ties broken at random by ``rng`` (the rule
+    and the random draws of scikit-learn's ``_approximate_mode``)."""
+    import numpy as np
+
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.unique(remainder)[::-1]:
+            (tied,) = np.nonzero(remainder == value)
+            take = min(len(tied), need)
+            floored[rng.choice(tied, size=take, replace=False)] += 1
+            need -= take
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def digits_split(test_fraction: float = 0.2, split_seed: int = 0
