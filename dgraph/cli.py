@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,7 +189,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                     default = f"default {json.dumps(value, default=str)}"
                 desc = f"  {field.description}" if field.description else ""
                 bounds = "".join(f", {_bound(m)}" for m in field.metadata if _bound(m))
-                kind = "node" if _is_node_ref(field) else _annotation(field.annotation)
+                kind = ("list[node]" if _is_node_ref(field, listed=True) else "node"
+                        if _is_node_ref(field) else _annotation(field.annotation))
                 print(f"    {pname}: {kind} = {default}{bounds}{desc}")
         print()
     if shown == 0:
@@ -209,9 +211,25 @@ def _bound(constraint: Any) -> str:
     return ""
 
 
-def _is_node_ref(field: Any) -> bool:
+def _is_node_ref(field: Any, *, listed: bool = False) -> bool:
+    """Whether a parameter names a node (``listed``: a list of nodes). The mark is on the
+    field, or inside its annotation for an optional reference or a list."""
+    import typing
+
+    def marked(annotation: Any) -> bool:
+        if typing.get_origin(annotation) is typing.Annotated:
+            return any(isinstance(getattr(m, "json_schema_extra", None), dict)
+                       and m.json_schema_extra.get("x-dgraph-node-ref")
+                       for m in typing.get_args(annotation)[1:])
+        return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+            marked(a) for a in typing.get_args(annotation))
+
+    annotation = field.annotation
+    if listed:
+        return typing.get_origin(annotation) is list and marked(typing.get_args(annotation)[0])
     extra = field.json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get("x-dgraph-node-ref"))
+    return (isinstance(extra, dict) and bool(extra.get("x-dgraph-node-ref"))) \
+        or marked(annotation)
 
 
 def _annotation(annotation: Any) -> str:

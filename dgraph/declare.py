@@ -257,7 +257,10 @@ class NodeRef:
     Validation checks that the node exists and ``viz`` draws the reference; the
     implementation receives the named node's built module in that parameter, not its name
     (the :class:`dgraph.data.DataSource` for a data node).
-    Annotate ``NodeRef | None`` for an optional reference.
+    Annotate ``NodeRef | None`` for an optional reference, and ``list[NodeRef]`` for several
+    (``models: [teacher_a, teacher_b]``): each item is checked (a located error at the item),
+    each is an edge of the graph, and the implementation receives the list of built modules
+    in the spec's order. The names are in ``BuildContext.reference_names`` (``models[0]``).
     """
 
 
@@ -333,6 +336,7 @@ class _Declared(Component):
     single_output: str | None = None
     context_arg: str | None = None
     node_refs: tuple[str, ...] = ()
+    node_ref_lists: tuple[str, ...] = ()  # the node_refs annotated list[NodeRef]
     scheduled: tuple[str, ...] = ()
     ports_from: str | None = None
     names_arg: str | None = None  # the keyword-only argument annotated PortNames
@@ -374,13 +378,24 @@ class _Declared(Component):
         return {name: getattr(self.params, name) for name in type(self.params).model_fields}
 
     def references(self) -> dict[str, str]:
-        values = {name: getattr(self.params, name) for name in self.node_refs}
-        return {name: node for name, node in values.items() if node is not None}
+        """``{param: node}``; the items of a ``list[NodeRef]`` parameter as ``param[i]``."""
+        out: dict[str, str] = {}
+        for name in self.node_refs:
+            value = getattr(self.params, name)
+            if name in self.node_ref_lists:
+                out.update({f"{name}[{i}]": node for i, node in enumerate(value or ())})
+            elif value is not None:
+                out[name] = value
+        return out
 
     def build(self, context: BuildContext) -> Any:
         kwargs = self.kwargs()
         for name in self.references():
-            kwargs[name] = context.references[name]
+            if "[" not in name:
+                kwargs[name] = context.references[name]
+        for name in self.node_ref_lists:
+            kwargs[name] = [context.references[f"{name}[{i}]"]
+                            for i in range(len(getattr(self.params, name) or ()))]
         if self.context_arg is not None:
             kwargs[self.context_arg] = context
         if self.names_arg is not None:
@@ -430,13 +445,21 @@ _NODE_NAME_TYPE = Annotated[str, StringConstraints(pattern=_NODE_NAME),
 
 
 def _node_ref(annotation: Any) -> Any:
-    """The pydantic type of a NodeRef parameter (a node name); None for any other annotation."""
+    """The pydantic type of a NodeRef parameter (a node name, or a list of them for
+    ``list[NodeRef]``); None for any other annotation."""
     if annotation is NodeRef:
         return _NODE_NAME_TYPE
+    if _is_ref_list(annotation):
+        return list[_NODE_NAME_TYPE]
     if getattr(annotation, "__args__", None) and set(annotation.__args__) == {NodeRef,
                                                                                type(None)}:
         return _NODE_NAME_TYPE | None
     return None
+
+
+def _is_ref_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list and \
+        getattr(annotation, "__args__", None) == (NodeRef,)
 
 
 def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
@@ -469,6 +492,8 @@ def _split_signature(sig: inspect.Signature, what: str, *, skip_self: bool
             annotation = arg.annotation
             if (as_text := _node_ref(annotation)) is not None:
                 info.json_schema_extra = {"x-dgraph-node-ref": True}
+                if _is_ref_list(annotation):
+                    info.json_schema_extra["x-dgraph-node-list"] = True
                 annotation = as_text
             params[arg.name] = (annotation, info)
         else:
@@ -511,6 +536,7 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
               tappable: bool | None = None, check: Callable[[Any], None] | None = None,
               token_normalised: bool = False, follows: str | None = None,
               ports_from: str | None = None, evaluated: bool = True,
+              cuda_graph_safe: bool = False,
               sizes: Callable[[Any], Mapping[str, Any]] | None = None,
               output_ports: Callable[[Any], Mapping[str, Port]] | None = None,
               summarize: Callable[[Mapping[str, float], int], dict[str, float]] | None = None,
@@ -535,6 +561,11 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
         evaluated: False for a node too costly to run on held-out batches (a sampler that
             generates sequences): evaluation skips it and whatever only it feeds, unless a
             metric reads them or the spec sets ``train.eval.samplers: true``.
+        cuda_graph_safe: True when the implementation can run inside a CUDA graph: no host
+            synchronisation (``.item()``, ``.tolist()``, ``if tensor:``), no branch on a
+            tensor's value, no data-dependent shape (boolean-mask indexing, ``nonzero``), no
+            tensor kept from one step to the next. ``train.compile: auto`` captures a step
+            in CUDA graphs only when all its nodes declare it (unknown code is not).
         sizes: a function of the parameter model giving extra values that ``{name}`` in port
             shapes may use (a vocabulary size read from a model folder's config, say).
         output_ports: a function of the parameter model giving the output ports, when they
@@ -615,9 +646,12 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             "scheduled": tuple(n for n, (annotation, _) in fields.items()
                                if annotation is Scheduled),
             "node_refs": tuple(n for n, (_, info) in fields.items() if _is_ref(info)),
+            "node_ref_lists": tuple(n for n, (_, info) in fields.items()
+                                    if _is_ref(info, listed=True)),
             "token_normalised": token_normalised,
             "follows": follows,
             "evaluated": evaluated,
+            "cuda_graph_safe": cuda_graph_safe,
             "names_arg": _injected(obj, PortNames, what),
             "params_check": staticmethod(check) if check is not None else None,
             "shapes_fn": staticmethod(shapes) if shapes is not None else None,
@@ -626,8 +660,10 @@ def component(name: str | None = None, *, roles: tuple[str, ...],
             raise RegistryError(f"{what}: scheduled parameters {list(attributes['scheduled'])} "
                                 "are for function components (called every step)")
         for flag, value in (("follows", follows), ("ports_from", ports_from)):
-            if value is not None and value not in attributes["node_refs"]:
-                raise RegistryError(f"{what}: {flag}='{value}' must name a NodeRef parameter")
+            if value is not None and (value not in attributes["node_refs"]
+                                      or value in attributes["node_ref_lists"]):
+                raise RegistryError(f"{what}: {flag}='{value}' must name a NodeRef parameter "
+                                    "(one node, not a list)")
         attributes["ports_from"] = ports_from
         if output_ports is not None:
             if ports_from is not None:
@@ -670,9 +706,10 @@ def _sizes_or_none(sizes: Callable[[Any], Mapping[str, Any]], params: Any) -> Ma
         return {}
 
 
-def _is_ref(info: FieldInfo) -> bool:
-    return isinstance(info.json_schema_extra, dict) and bool(
-        info.json_schema_extra.get("x-dgraph-node-ref"))
+def _is_ref(info: FieldInfo, *, listed: bool = False) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(
+        extra.get("x-dgraph-node-list" if listed else "x-dgraph-node-ref"))
 
 
 def _role(role: str, *extra: str) -> Callable[..., Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "Registry",
     "COMPONENTS",
     "component",
+    "reference_path",
     "load_plugins",
 ]
 
@@ -54,6 +55,9 @@ class BuildContext:
     # by parameter name: an EMA target's ``source``, a sampler's ``model``; for a data node,
     # its DataSource (a metric reading the training split).
     references: dict[str, Any] = field(default_factory=dict)
+    # The names of those nodes, by the same keys (``{"model": "teacher"}``; the items of a
+    # ``list[NodeRef]`` parameter under ``models[0]``, ``models[1]``, ...).
+    reference_names: dict[str, str] = field(default_factory=dict)
     # Where the spec's values came from, so that a component can locate its own errors at
     # ``nodes.<node>.params.<param_prefix><param>`` (the prefix for a model built inside
     # another node's parameters).
@@ -171,6 +175,11 @@ class Component:
     # sequences): evaluation then skips it, and what only it feeds, unless a metric reads it
     # or the spec sets ``train.eval.samplers: true``.
     evaluated: ClassVar[bool] = True
+    # True when the node's step code may be captured in a CUDA graph: no host
+    # synchronisation (.item(), .tolist(), printing a tensor), no branch on a tensor's value,
+    # no data-dependent shape (boolean-mask indexing, nonzero), no tensor kept across steps.
+    # ``train.compile: auto`` uses CUDA graphs only when every node of a step says so.
+    cuda_graph_safe: ClassVar[bool] = False
 
     def __init__(self, params: _Params, node: str = "") -> None:
         self.params = params
@@ -204,7 +213,8 @@ class Component:
         return {}
 
     def references(self) -> dict[str, str]:
-        """Parameters that name other nodes (``{"source": "student"}``), for validation."""
+        """Parameters that name other nodes (``{"source": "student"}``), for validation; an
+        item of a list of nodes is keyed ``param[i]`` (see :func:`reference_path`)."""
         return {}
 
     def summarize(self, totals: Mapping[str, float], examples: int) -> dict[str, float]:
@@ -236,6 +246,13 @@ class Component:
 
 
 COMPONENTS: Registry[type[Component]] = Registry("component type")
+
+
+def reference_path(key: str) -> tuple[str | int, ...]:
+    """The path under a node's ``params`` of a :meth:`Component.references` key:
+    ``("source",)`` for ``source``, ``("models", 1)`` for ``models[1]``."""
+    name, bracket, index = key.partition("[")
+    return (name, int(index.rstrip("]"))) if bracket else (name,)
 
 
 def _check_declaration(cls: type[Component], name: str) -> None:

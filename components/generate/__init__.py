@@ -6,6 +6,8 @@ stage whose ``generate`` lists it: it decodes several outputs per prompt with a 
 graph (the teacher: sequence-level KD; the student itself: self-imitation), scores them with
 verifier/critic nodes (:class:`dgraph.declare.Scores`), keeps or weights them and writes
 ``<run>/generated/<node>/<stage>.jsonl``; ``generated_pairs`` data nodes train on the newest.
+Critics include a reward model (``reward_model``: a saved sequence classifier, or an
+``hf_sequence_classifier`` node trained in the run, e.g. on ``arithmetic_judgements``).
 Every module here is imported by :mod:`dgraph.components`; each declares its components.
 """
 

@@ -23,6 +23,7 @@ class Candidate:
     output_ids: list[int]  # without the final <eos>
     ended: bool  # the output ended with <eos> (not cut at max_new_tokens)
     scores: dict[str, float] = field(default_factory=dict)
+    source: str | None = None  # the node that generated it (a generator's model)
 
 
 def tokenizer_of(source: Any) -> Any:

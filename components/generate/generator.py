@@ -4,16 +4,26 @@ At the start of each stage whose ``generate`` lists it (see :class:`dgraph.decla
 the runtime calls :meth:`LMGenerator.generate`: for each prompt of the ``prompts`` data node's
 training split (the first ``max_prompts``) the ``model`` node decodes ``num_samples`` outputs
 (sampling with temperature/top-k/top-p, greedy, or beam search; ``forbidden`` token strings
-never appear, ``required`` ones always do). Identical outputs of a prompt count once
-(``dedupe``). Each is
+never appear, ``required`` ones always do). With ``models: [a, b, ...]`` instead of ``model``
+every one of several models (teachers) decodes ``num_samples`` outputs per prompt, and each
+output is tagged with the node that wrote it (``source``). Identical outputs of a prompt
+from one model count once (``dedupe``). Each is
 scored by the ``verifier`` node (kept when its score >= ``threshold``) and the ``critic`` node
-(e.g. ``lm_likelihood``); the kept outputs of a prompt are ranked by verifier score, then by
-``prefer`` (``shorter``, or ``likelier`` by the critic: "not all correct answers are equal"),
-and the best ``keep_best`` are kept. Each kept example gets a ``weight``: 1, its verifier
+(e.g. ``lm_likelihood`` under a chosen model, or ``reward_model``); the kept outputs of a
+prompt are ranked by verifier score, then by ``prefer`` (``shorter``, ``longer``, or
+``likelier`` by the critic: lower perplexity under a likelihood critic; a list such as
+``[shorter, likelier]`` breaks ties in order: "not all correct answers are equal"), and the
+best ``keep_best`` are kept: with several teachers, the choice among their verified traces.
+An ``audit`` node (the exact-answer checker behind a learned judge) only measures: the stats
+give the share of all and of the kept outputs that pass it (``audit_rate``,
+``kept_audit_rate``, at ``audit_threshold``).
+Each kept example gets a ``weight``: 1, its verifier
 score, or ``exp(critic)`` (the geometric-mean token probability under a likelihood critic).
 
 The kept set is written as JSONL (one ``{"prompt", "response", "answer", "prompt_ids",
-"response_ids", "index", "ended", "scores", "weight", "rank"}`` object per line; the token ids
+"response_ids", "index", "ended", "scores", "weight", "rank", "source"}`` object per line;
+the stats file beside it also counts candidates, verified and kept outputs per source as
+``<node>/candidates``, ``<node>/verified_rate``, ``<node>/kept``; the token ids
 are exact where a byte-level output is not valid UTF-8 text) to the path the runtime gives
 (``<run>/generated/<node>/<stage>.jsonl``), atomically; ``generated_pairs`` trains on it.
 Generation runs on rank 0; the runtime forks and seeds torch's generators around it.
@@ -35,14 +45,31 @@ from dgraph.registry import BuildContext
 
 __all__ = ["LMGenerator"]
 
+Preference = Literal["none", "shorter", "longer", "likelier"]
+
+
+def _preferences(prefer: str | list[str]) -> list[str]:
+    return [prefer] if isinstance(prefer, str) else list(prefer)
+
 
 def _consistent(p) -> None:  # noqa: ANN001 - the generated parameter model
+    if (p.model is None) == (not p.models):
+        raise ValueError("name the generating node with model: NODE, or several with models: "
+                         "[NODE, ...] (not both)" if p.model is not None else
+                         "no generating node: give model: NODE, or models: [NODE, ...]")
+    if len(set(p.models)) != len(p.models):
+        raise ValueError(f"models names a node twice: {p.models}")
+    prefer = _preferences(p.prefer)
+    if len(set(prefer)) != len(prefer) or ("none" in prefer and len(prefer) > 1):
+        raise ValueError(f"prefer: {prefer} repeats a criterion (or lists none with others)")
+    if "shorter" in prefer and "longer" in prefer:
+        raise ValueError("prefer cannot rank by both shorter and longer")
     if p.decoding != "sample" and (p.top_k is not None or p.top_p is not None):
         raise ValueError("top_k / top_p only apply when decoding is 'sample'")
     if p.decoding == "greedy" and p.num_samples > 1:
         raise ValueError(f"greedy decoding gives one output per prompt; num_samples is "
                          f"{p.num_samples} (use decoding: sample or beam)")
-    if p.prefer == "likelier" and p.critic is None:
+    if "likelier" in prefer and p.critic is None:
         raise ValueError("prefer: likelier ranks by the critic's score; name a critic node "
                          "(e.g. an lm_likelihood node)")
     if p.weight == "critic" and p.critic is None:
@@ -56,22 +83,34 @@ class LMGenerator(Module):
     """Decode several outputs per prompt with ``model``, verify, rank, keep, write JSONL."""
 
     def __init__(self, *,
-                 model: NodeRef = param(doc="the node that generates (teacher: sequence-level "
-                                        "KD; student: self-imitation)"),
+                 model: NodeRef | None = param(None, doc="the node that generates (teacher: "
+                                               "sequence-level KD; student: self-imitation)"),
+                 models: list[NodeRef] = param([], doc="several generating nodes instead of "
+                                               "model (teachers): each decodes num_samples "
+                                               "outputs per prompt, tagged with its name"),
                  prompts: NodeRef = param(doc="the data node whose training prompts "
                                           "(prompt_ids, prompt_mask) are continued"),
                  verifier: NodeRef | None = param(None, doc="a verifier node (exact_answer, "
                                                   "regex_match, ...): outputs scoring below "
                                                   "threshold are dropped"),
-                 critic: NodeRef | None = param(None, doc="a critic node (lm_likelihood): "
-                                                "ranks (prefer: likelier) and weights"),
+                 critic: NodeRef | None = param(None, doc="a critic node (lm_likelihood, "
+                                                "reward_model): ranks (prefer: likelier) "
+                                                "and weights"),
+                 audit: NodeRef | None = param(None, doc="a second verifier that only "
+                                               "measures (exact_answer behind a learned "
+                                               "judge): its score is recorded, and the stats "
+                                               "give its pass rate over all and over the kept "
+                                               "outputs; it keeps nothing"),
                  threshold: float = param(0.5, doc="keep outputs whose verifier score is >= "
                                           "this"),
+                 audit_threshold: float = param(0.5, doc="an output passes the audit when its "
+                                                "audit score is >= this"),
                  keep_best: int | None = param(None, gt=0, doc="keep at most this many outputs "
                                                "per prompt, the best ranked (None: all kept)"),
-                 prefer: Literal["none", "shorter", "likelier"] = param(
-                     "none", doc="the tie-break among equal verifier scores: fewer tokens, or "
-                     "a higher critic score"),
+                 prefer: Preference | list[Preference] = param(
+                     "none", doc="the tie-break among equal verifier scores: fewer tokens, "
+                     "more tokens, or a higher critic score (lower perplexity under a "
+                     "likelihood critic); a list breaks ties in order"),
                  weight: Literal["uniform", "verifier", "critic"] = param(
                      "uniform", doc="each kept example's weight: 1, its verifier score, or "
                      "exp(critic score)"),
@@ -100,18 +139,26 @@ class LMGenerator(Module):
                  pad_token_id: int = param(0, ge=0, doc="the <pad> id (text sources: 0)"),
                  context: BuildContext) -> None:
         super().__init__()
-        for name, node in (("verifier", verifier), ("critic", critic)):
+        for name, node in (("verifier", verifier), ("critic", critic), ("audit", audit)):
             if node is not None and not isinstance(node, Scores):
                 raise input_error(
                     context, name, f"names a node that does not score outputs "
                     f"({type(node).__name__})", code="not-a-verifier",
                     expected="a verifier or critic node (exact_answer, regex_match, "
-                    "lm_likelihood)", found=f"{name}: a {type(node).__name__}",
+                    "lm_likelihood, reward_model)", found=f"{name}: a {type(node).__name__}",
                     hint=f"point {name} at a node whose type scores generated outputs")
         # Used by reference: not submodules of this node (their weights are their own).
         self._refs = (model, prompts, verifier, critic)
+        self._audit = audit
+        names = context.reference_names
+        if model is not None:
+            self._models = [(names.get("model", "model"), model)]
+        else:
+            self._models = [(names.get(f"models[{i}]", f"models[{i}]"), m)
+                            for i, m in enumerate(models)]
         self.settings = {
-            "threshold": threshold, "keep_best": keep_best, "prefer": prefer,
+            "threshold": threshold, "audit_threshold": audit_threshold, "keep_best": keep_best,
+            "prefer": _preferences(prefer),
             "weight": weight, "num_samples": num_samples, "dedupe": dedupe,
             "max_prompts": max_prompts,
             "max_new_tokens": max_new_tokens, "decoding": decoding,
@@ -137,7 +184,7 @@ class LMGenerator(Module):
     # -- generation -------------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         """Every decoded output of every prompt (duplicates of a prompt once)."""
-        model, source, _, _ = self._refs
+        source = self._refs[1]
         s = self.settings
         tok = self.tokenizer
         ids, mask = source.train["prompt_ids"], source.train["prompt_mask"].bool()
@@ -150,33 +197,37 @@ class LMGenerator(Module):
             return [tok.encode(w, add_special_tokens=False).ids for w in words]
 
         forbidden, required = encode(s["forbidden"]), encode(s["required"])
-        device = next(iter(model.parameters())).device
         k = s["num_samples"]
         out: list[Candidate] = []
         for start in range(0, ids.shape[0], s["batch_size"]):
-            p_ids = ids[start:start + s["batch_size"]].to(device)
-            p_mask = mask[start:start + s["batch_size"]].to(device)
-            generated = decode(
-                model, p_ids, p_mask, max_new_tokens=s["max_new_tokens"],
-                decoding=s["decoding"], num_samples=k, temperature=s["temperature"],
-                top_k=s["top_k"], top_p=s["top_p"], num_beams=s["num_beams"],
-                forbidden=forbidden, required=required, eos_token_id=s["eos_token_id"],
-                pad_token_id=s["pad_token_id"]).tolist()
+            p_ids = ids[start:start + s["batch_size"]]
+            p_mask = mask[start:start + s["batch_size"]]
+            generated = []
+            for _, model in self._models:  # in the spec's order: the ties' order
+                device = next(iter(model.parameters())).device
+                generated.append(decode(
+                    model, p_ids.to(device), p_mask.to(device), max_new_tokens=s["max_new_tokens"],
+                    decoding=s["decoding"], num_samples=k, temperature=s["temperature"],
+                    top_k=s["top_k"], top_p=s["top_p"], num_beams=s["num_beams"],
+                    forbidden=forbidden, required=required, eos_token_id=s["eos_token_id"],
+                    pad_token_id=s["pad_token_id"]).tolist())
             for row in range(p_ids.shape[0]):
                 index = start + row
                 prompt_ids = p_ids[row][p_mask[row]].tolist()
                 prompt = texts[index] if texts is not None else tok.decode(prompt_ids)
-                seen: set[tuple[int, ...]] = set()
-                for sample in range(k):
-                    output_ids, ended = split_output(generated[row * k + sample],
-                                                     s["eos_token_id"])
-                    if (key := (*output_ids, int(ended))) in seen and s["dedupe"]:
-                        continue
-                    seen.add(key)
-                    out.append(Candidate(
-                        index=index, prompt=prompt, output=tok.decode(output_ids),
-                        answer=answers[index] if answers is not None else None,
-                        prompt_ids=prompt_ids, output_ids=output_ids, ended=ended))
+                for (name, _), rows in zip(self._models, generated, strict=True):
+                    seen: set[tuple[int, ...]] = set()
+                    for sample in range(k):
+                        output_ids, ended = split_output(rows[row * k + sample],
+                                                         s["eos_token_id"])
+                        if (key := (*output_ids, int(ended))) in seen and s["dedupe"]:
+                            continue
+                        seen.add(key)
+                        out.append(Candidate(
+                            index=index, prompt=prompt, output=tok.decode(output_ids),
+                            answer=answers[index] if answers is not None else None,
+                            prompt_ids=prompt_ids, output_ids=output_ids, ended=ended,
+                            source=name))
         return out
 
     def select(self, candidates: list[Candidate]) -> list[Candidate]:
@@ -184,17 +235,18 @@ class LMGenerator(Module):
         each prompt (``scores`` filled in)."""
         _, _, verifier, critic = self._refs
         s = self.settings
-        for role, node in (("verifier", verifier), ("critic", critic)):
+        for role, node in (("verifier", verifier), ("critic", critic), ("audit", self._audit)):
             if node is not None and candidates:
                 for c, value in zip(candidates, node.score(candidates), strict=True):
                     c.scores[role] = float(value)
         kept = [c for c in candidates
                 if verifier is None or c.scores["verifier"] >= s["threshold"]]
 
-        def rank(c: Candidate) -> tuple[float, float]:
-            second = {"none": 0.0, "shorter": float(len(c.output_ids)),
-                      "likelier": -c.scores.get("critic", 0.0)}[s["prefer"]]
-            return (-c.scores.get("verifier", 0.0), second)
+        def rank(c: Candidate) -> tuple[float, ...]:
+            keys = {"none": 0.0, "shorter": float(len(c.output_ids)),
+                    "longer": -float(len(c.output_ids)),
+                    "likelier": -c.scores.get("critic", 0.0)}
+            return (-c.scores.get("verifier", 0.0), *(keys[p] for p in s["prefer"]))
 
         by_prompt: dict[int, list[Candidate]] = {}
         for c in kept:
@@ -224,10 +276,27 @@ class LMGenerator(Module):
             "kept": float(len(kept)),
             "kept_prompts": float(len({c.index for c in kept})),
         }
-        if "verifier" in (candidates[0].scores if candidates else {}):
+        verified = "verifier" in (candidates[0].scores if candidates else {})
+        if verified:
             self.last_stats["verified_rate"] = (
                 sum(c.scores["verifier"] >= self.settings["threshold"] for c in candidates)
                 / len(candidates))
+        if self._audit is not None and candidates:
+            bar = self.settings["audit_threshold"]
+            self.last_stats["audit_rate"] = (
+                sum(c.scores["audit"] >= bar for c in candidates) / len(candidates))
+            if kept:
+                self.last_stats["kept_audit_rate"] = (
+                    sum(c.scores["audit"] >= bar for c in kept) / len(kept))
+        if len(self._models) > 1:
+            for name, _ in self._models:
+                mine = [c for c in candidates if c.source == name]
+                self.last_stats[f"{name}/candidates"] = float(len(mine))
+                self.last_stats[f"{name}/kept"] = float(sum(c.source == name for c in kept))
+                if verified and mine:
+                    self.last_stats[f"{name}/verified_rate"] = (
+                        sum(c.scores["verifier"] >= self.settings["threshold"] for c in mine)
+                        / len(mine))
         ranks: dict[int, int] = {}
         lines = []
         for c in kept:
@@ -236,7 +305,8 @@ class LMGenerator(Module):
                 "prompt": c.prompt, "response": c.output, "answer": c.answer,
                 "prompt_ids": c.prompt_ids, "response_ids": c.output_ids,
                 "index": c.index, "ended": c.ended, "scores": c.scores,
-                "weight": self.weight_of(c), "rank": ranks[c.index]}, sort_keys=True))
+                "weight": self.weight_of(c), "rank": ranks[c.index], "source": c.source},
+                sort_keys=True))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -94,11 +94,13 @@ def build_context(graph: Graph, name: str, *, device: str, seed: int,
     parameters name (``BuildContext.references``, by parameter): a module, or the
     :class:`DataSource` of a data node (so that a metric can read a source's training split)."""
     spec_dir = graph.spec.path.parent if graph.spec.path else None
-    references = {param: modules[node] for param, node in
-                  graph.nodes[name].component.references().items() if node in modules}
+    names = {param: node for param, node in graph.nodes[name].component.references().items()
+             if node in modules}
+    references = {param: modules[node] for param, node in names.items()}
     # ``source`` locates a component's own input errors in the spec.
     return BuildContext(node=name, device=device, seed=seed, spec_dir=spec_dir,
-                        run_dir=run_dir, references=references, source=graph.spec.source)
+                        run_dir=run_dir, references=references, reference_names=names,
+                        source=graph.spec.source)
 
 
 def instantiate(graph: Graph, *, device: str | torch.device = "cpu", seed: int = 0,

@@ -17,7 +17,7 @@ from dgraph.graph.common import Collector, close, names
 from dgraph.graph.model import Graph
 from dgraph.kinds import KINDS
 from dgraph.ports import carries_grad, is_subtype
-from dgraph.registry import COMPONENTS
+from dgraph.registry import COMPONENTS, reference_path
 
 __all__ = [
     "check_cycles", "check_dangling", "check_distributed", "check_export", "check_stages",
@@ -393,7 +393,7 @@ def _check_generated_data(graph: Graph, out: Collector) -> None:
                 out.add(
                     "never-generated",
                     f"data node '{name}' reads generator '{generator}', which no stage runs",
-                    ("nodes", name, "params", param),
+                    ("nodes", name, "params", *reference_path(param)),
                     node=name,
                     expected=f"a stage with generate: [{generator}] at or before the stages "
                     f"that train on '{name}'",

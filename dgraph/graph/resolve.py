@@ -13,7 +13,7 @@ from dgraph.errors import Problem, RegistryError
 from dgraph.graph.common import Collector, close, names
 from dgraph.graph.model import Edge, Graph, Node, Reference
 from dgraph.ports import Port
-from dgraph.registry import COMPONENTS, Component, load_plugins
+from dgraph.registry import COMPONENTS, Component, load_plugins, reference_path
 from dgraph.spec.model import NodeSpec, Spec
 
 __all__ = ["TAP_PORT", "build_graph"]
@@ -159,14 +159,14 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
         if comp is None:
             continue
         for param, target in comp.references().items():
+            at = ("nodes", name, "params", *reference_path(param))
             if target in spec.nodes:
-                references.append(Reference(target, name, param,
-                                            spec.source.where(("nodes", name, "params", param))))
+                references.append(Reference(target, name, param, spec.source.where(at)))
             else:
                 out.add(
                     "unknown-node",
                     f"parameter '{param}' names no node '{target}'",
-                    ("nodes", name, "params", param),
+                    at,
                     node=name,
                     expected=f"a node of this spec: {names(spec.nodes)}",
                     found=f"{param}: {target}",
