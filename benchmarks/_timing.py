@@ -36,31 +36,38 @@ def resolve_device(choice: str) -> torch.device:
         raise SystemExit(f"--device {choice}: no CUDA device is available") from None
 
 
-def build_trainer(spec_path: Path, run_dir: Path):
-    """A dgraph Trainer for a spec file, silent."""
+def build_trainer(spec_path: Path, run_dir: Path, overrides: tuple[str, ...] = ()):
+    """A dgraph Trainer for a spec file (with ``--set`` style ``overrides``), silent."""
     from dgraph.graph import validate
     from dgraph.runtime.train import Trainer
     from dgraph.spec import load_spec
 
-    graph, _warnings = validate(load_spec(spec_path))
+    graph, _warnings = validate(load_spec(spec_path, overrides))
     return Trainer(graph, run_dir, progress=False, log=lambda _m: None)
 
 
-def timed_block(fn: Callable[[], object], steps: int, sync: Callable[[], object]) -> float:
+def timed_block(fn: Callable[[], object], steps: int, sync: Callable[[], object],
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per step of ``steps`` calls of ``fn`` (device work included)."""
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         fn()
     sync()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def interleave(fns: dict[str, Callable[[], object]], *, rounds: int, block: int,
-               sync: Callable[[], object]) -> dict[str, list[float]]:
+               sync: Callable[[], object],
+               clock: Callable[[], float] = time.perf_counter,
+               switch: Callable[[str], object] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each function, one block per function per round, order rotated.
 
     The garbage collector is off while timing so that a collection does not land in one arm.
+    ``clock``: wall time by default; ``time.thread_time`` counts only this thread's CPU time
+    (with one torch thread on CPU, all of a step's work), so time other processes take the
+    core from it is not counted. ``switch(name)``, when given, is called before each block,
+    outside the timing (e.g. to give each function its own random-number state).
     """
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -71,7 +78,9 @@ def interleave(fns: dict[str, Callable[[], object]], *, rounds: int, block: int,
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name].append(timed_block(fns[name], block, sync))
+                if switch is not None:
+                    switch(name)
+                times[name].append(timed_block(fns[name], block, sync, clock))
     finally:
         if enabled:
             gc.enable()

@@ -109,7 +109,9 @@ def test_compile_kd_prints_the_step_function(capsys: pytest.CaptureFixture[str])
     assert out.startswith("# dgraph compiled program (spec text appears only in string "
                           "literals)\nSPEC_NAME = 'kd'\n")
     assert "\ndef step_main(batch, w):\n" in out
-    assert "    total = w['kd'] * v_kd__loss + w['ce'] * v_ce__loss\n" in out
+    assert ("    v_kd__weighted = v_kd__loss if w['kd'] == 1.0 else w['kd'] * v_kd__loss\n"
+            "    v_ce__weighted = v_ce__loss if w['ce'] == 1.0 else w['ce'] * v_ce__loss\n"
+            "    total = v_kd__weighted + v_ce__weighted\n") in out
     compile(out, "<dgraph compile kd>", "exec")  # the printed program is valid Python
 
 

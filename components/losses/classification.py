@@ -9,8 +9,10 @@ from dgraph.declare import Labels, Logits, Mask, Scalar, loss, param
 
 __all__ = ["cross_entropy"]
 
+_SUM = 2  # torch's reduction code for "sum" (none 0, mean 1)
 
-@loss
+
+@loss(cuda_graph_safe=True)
 def cross_entropy(
     logits: Logits("B, C", "class scores"),
     target: Labels("B", "class indices (int64); negative = no label"),
@@ -37,21 +39,29 @@ def cross_entropy(
     """
     import torch
     import torch.nn.functional as F
-    from dgraph.components.losses._divergence import at_least_float32
 
     if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"cross_entropy expects logits [B, C] and target [B]; found logits "
                          f"{list(logits.shape)} and target {list(target.shape)}")
-    logits, target = at_least_float32(logits), target.long()
+    if logits.dtype.itemsize < 4 and logits.is_floating_point():  # at_least_float32
+        logits = logits.float()
+    target = target.long()
     if mask is None and logits.shape[0] > 0:
         # The fast path (one kernel each way): every target is a label. Negative targets are
         # still ignored, but a batch with none left would give NaN: wire `mask`.
         return F.cross_entropy(logits, target, ignore_index=-1, label_smoothing=label_smoothing)
     if mask is not None:
-        target = torch.where(mask.reshape(target.shape).bool(), target,
-                             torch.full_like(target, -1))
+        if mask.shape != target.shape:
+            mask = mask.reshape(target.shape)
+        target = torch.where(mask.bool(), target, -1)
     # Summed, then divided by the number of labelled examples: the same numbers as PyTorch's
     # mean reduction, but 0 rather than NaN for a batch with no label at all.
+    if label_smoothing == 0.0:
+        # nll_loss's own count of the targets it did not ignore (its "total weight") is the
+        # divisor: no separate count; the same numbers as the sum over the count below.
+        total, count = torch.ops.aten.nll_loss_forward(
+            torch.log_softmax(logits, dim=1), target, None, _SUM, -1)
+        return total / count.clamp_min(1)
     total = F.cross_entropy(logits, target, reduction="sum", ignore_index=-1,
                             label_smoothing=label_smoothing)
     return total / (target >= 0).sum().clamp_min(1).to(total.dtype)

@@ -14,8 +14,10 @@ from dgraph.declare import Logits, Scalar, loss, param, preset
 
 __all__ = ["hinton_kd", "kl_div"]
 
+_SUM = 2  # torch's reduction code for "sum" (none 0, mean 1)
 
-@loss
+
+@loss(cuda_graph_safe=True)
 def kl_div(
     student: Logits("B, C", "student class scores"),
     teacher: Logits("B, C", "teacher class scores (same classes)"), *,
@@ -34,19 +36,33 @@ def kl_div(
     where the other side is 0 gives ``+inf``, the true KL. An empty batch gives 0, connected
     to the inputs. fp16/bf16 logits are computed in float32.
     """
-    import torch.nn.functional as F
-    from dgraph.components.losses._divergence import at_least_float32, kl_div_terms, same_shape
+    import torch
+    from dgraph.components.losses._divergence import kl_div_terms, same_shape
 
-    same_shape(student, teacher, "student", "teacher", "both must score the same classes")
-    log_s = F.log_softmax(at_least_float32(student) / temperature, dim=-1)
-    log_t = F.log_softmax(at_least_float32(teacher) / temperature, dim=-1)
-    if direction == "forward":  # KL(p_t || p_s)
-        kl = kl_div_terms(log_t, log_s, dim=None)
-    else:  # reverse: KL(p_s || p_t)
-        kl = kl_div_terms(log_s, log_t, dim=None)
-    scale = temperature**2 if scale_by_t2 else 1.0
+    if student.shape != teacher.shape:
+        same_shape(student, teacher, "student", "teacher", "both must score the same classes")
+    # at_least_float32 written out (this runs every step): fp16/bf16 in float32.
+    if student.dtype.itemsize < 4 and student.is_floating_point():
+        student = student.float()
+    if teacher.dtype.itemsize < 4 and teacher.is_floating_point():
+        teacher = teacher.float()
+    log_s = torch.log_softmax(student / temperature, dim=-1)
+    log_t = torch.log_softmax(teacher / temperature, dim=-1)
+    # KL(p || q) of log-probabilities: forward p = p_t, q = p_s; reverse p = p_s, q = p_t.
+    log_p, log_q = (log_t, log_s) if direction == "forward" else (log_s, log_t)
     # The mean over every row (all dimensions but the classes'); 0 for an empty batch.
-    return kl * (scale / max(student.shape[:-1].numel(), 1))
+    scale = (temperature**2 if scale_by_t2 else 1.0) / max(student.shape[:-1].numel(), 1)
+    if log_p.device.type == "cpu":
+        # On CPU reading a number costs less than one more operation: the plain sum
+        # p (log p - log q) first (PyTorch's kl_div). It differs from the exact form only
+        # where p = 0 meets a -inf log-probability (0 * inf): its value is then NaN, and only
+        # then the exact form is computed. Otherwise the two agree bit for bit, gradients
+        # included (a term with p = 0 sends exactly 0 back to log q either way).
+        plain = torch.kl_div(log_q, log_p, _SUM, log_target=True) * scale
+        value = plain.detach().item()
+        if value == value:  # not NaN
+            return plain
+    return kl_div_terms(log_p, log_q, dim=None) * scale
 
 
 hinton_kd = preset(

@@ -28,7 +28,7 @@ Activation = Annotated[Literal["relu", "gelu", "tanh", "silu"], BeforeValidator(
 Widths = list[Annotated[int, Field(gt=0)]]
 
 
-@model("mlp", roles=("teacher", "student", "model"))
+@model("mlp", roles=("teacher", "student", "model"), cuda_graph_safe=True)
 class MLP(Module):
     """Fully connected network: ``x -> [Linear, activation, dropout] * len(hidden) -> Linear``.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from dgraph.errors import ComponentRuntimeError, DgraphError
 from dgraph.graph.model import Graph
@@ -89,6 +90,8 @@ class Program:
     idents: dict[str, str]
     order: list[str]
     caches: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # The globals of the bound steps (bind): the modules they call, as m_<node>.
+    _namespace: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def source(self) -> str:
         header = [
@@ -100,16 +103,17 @@ class Program:
         ]
         return "\n".join(header) + "\n\n" + "\n\n".join(p.source for p in self.plans.values())
 
-    def bind(self, instances: Any, *, compile_steps: bool = False) -> None:
+    def bind(self, instances: Any, *, compile_steps: bool | str | None = False) -> None:
         """Execute the generated source with the built modules, making the steps callable.
 
         ``compile_steps`` wraps each step in ``torch.compile`` (the backward and optimizer
-        step stay eager).
+        step stay eager): True or ``"default"`` in its default mode, another string (such as
+        ``"reduce-overhead"``, CUDA graphs) in that mode; False or None leaves them eager.
         """
         namespace: dict[str, Any] = {"torch": torch, "_no_grad": torch.no_grad}
+        self._namespace = namespace
+        self.refresh_calls(instances)
         for name, ident in self.idents.items():
-            if name in instances.modules:
-                namespace[f"m_{ident}"] = instances.modules[name]
             if name in instances.taps:
                 namespace[f"t_{ident}"] = instances.taps[name].values
             if self.graph.nodes[name].spec.cache is not None:
@@ -120,8 +124,18 @@ class Program:
             # identifiers built from names that passed _checked.
             exec(code, namespace)  # noqa: S102
             plan.step = namespace[plan.function]
-            if compile_steps:
+            if compile_steps is True or compile_steps == "default":
                 plan.step = torch.compile(plan.step, dynamic=False)
+            elif compile_steps:
+                plan.step = torch.compile(plan.step, dynamic=False, mode=compile_steps)
+
+    def refresh_calls(self, instances: Any) -> None:
+        """Decide again how the bound steps call each module (see :func:`direct_call`), for
+        hooks added to modules since: the trainer does this when a run starts."""
+        namespace = self._namespace
+        for name, ident in self.idents.items():
+            if name in instances.modules:
+                namespace[f"m_{ident}"] = direct_call(instances.modules[name])
 
     # -- an interpreter for the cold paths: evaluation, dry runs and diagnosis -----------
     def run_nodes(self, instances: Any, batch: dict[str, dict[str, torch.Tensor]],
@@ -179,6 +193,40 @@ class Program:
             if check is not None:
                 check(name, out)
         return values
+
+
+def direct_call(module: Any) -> Any:
+    """What the generated step calls for ``module``: its bound ``forward`` where calling the
+    module would do nothing more, else the module itself.
+
+    ``nn.Module.__call__`` only adds hooks (and tracing, and ``Module.compile``) around
+    ``forward``; skipping it saves a few microseconds per node and step. Decided once, when
+    the step is bound, from what the module is then: any hook on it (FSDP's ``fully_shard``
+    registers some; so do tap recorders, on submodules, which ``forward`` still calls through
+    ``__call__``), any global module hook, a class that overrides ``__call__`` or
+    ``_call_impl`` (wrappers such as ``torch.compile``'s), or ``Module.compile`` keeps the
+    full call. Objects that are not modules (the planner's wrappers) are called as they are.
+    Hooks added to the module itself later are seen once the calls are decided again
+    (:meth:`Program.refresh_calls`, which ``Trainer.run`` does when it starts).
+    """
+    if not isinstance(module, nn.Module):
+        return module
+    cls = type(module)
+    if (cls.__call__ is not nn.Module.__call__ or cls._call_impl is not nn.Module._call_impl
+            or getattr(module, "_compiled_call_impl", None) is not None
+            or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+            or module._backward_pre_hooks or _global_module_hooks()):
+        return module
+    return module.forward
+
+
+def _global_module_hooks() -> bool:
+    """Whether any hook registered for every module (``register_module_forward_hook``...)
+    is in place."""
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks
+                or m._global_backward_hooks or m._global_backward_pre_hooks)
 
 
 def _needed(graph: Graph, roots: list[str]) -> set[str]:
@@ -308,7 +356,14 @@ def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str]) -> str:
         for port in needed_ports:
             table = f"o_{ident}" if port in node.outputs else f"t_{ident}"
             lines.append(f"    {new_var(name, port)} = {table}[{port!r}]")
-    terms = [f"w[{loss!r}] * {var[(loss, 'loss')]}" for loss in plan.losses]
+    # A weight of exactly 1 multiplies by nothing: the same numbers (x * 1.0 is x, and so is
+    # its gradient), one tensor operation fewer each way.
+    terms = []
+    for loss in plan.losses:
+        term = _ident(f"{idents[loss]}__weighted", local_names, prefix="v_")
+        value = var[(loss, "loss")]
+        lines.append(f"    {term} = {value} if w[{loss!r}] == 1.0 else w[{loss!r}] * {value}")
+        terms.append(term)
     lines.append(f"    total = {' + '.join(terms)}")
     parts = ", ".join(var[(loss, "loss")] for loss in plan.losses)
     if plan.token_losses:

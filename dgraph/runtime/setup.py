@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dgraph.compiler.codegen import Program, compile_graph
+from dgraph.compiler.compile_mode import CompileChoice, choose_compile
 from dgraph.compiler.instantiate import Instances, build_context, instantiate
 from dgraph.compiler.schedules import build_optimizer, build_scheduler, param_groups
 from dgraph.declare import Generates, LogsScalars, StepAware
@@ -302,7 +303,11 @@ class RunSetup:
                           self.device, param_dtype=config.param_dtype,
                           reduce_dtype=config.reduce_dtype)
         self.program: Program = compile_graph(graph)
-        self.program.bind(self.instances, compile_steps=self.train_cfg.compile)
+        # train.compile resolved for this device and graph ("auto": CUDA graphs where valid).
+        self.compile_choice: CompileChoice = choose_compile(
+            self.device, graph, plans=self.program.plans, data=self.instances.data,
+            world_size=self.world.size)
+        self.program.bind(self.instances, compile_steps=self.compile_choice.mode)
         self.stages = plan_stages(self.spec)
         self.total_steps = self.stages[-1].end
         self.loaders = build_loaders(graph, self.instances, seed=self.train_cfg.seed,

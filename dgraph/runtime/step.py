@@ -10,7 +10,7 @@ first non-finite parameter and node output (see :meth:`StepRunner.check_finite`)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -54,6 +54,10 @@ class StepRunner:
         self.defer_finite_checks = device.type == "cuda"
         # Losses are read directly on CPU; elsewhere they join the device flag (one read).
         self.read_losses_on_host = device.type == "cpu"
+        # Per update, whether its step is the plain one (see _simple): decided on first use;
+        # per (update, stage), the plain step's function and the optimizer it was made for.
+        self._plain: dict[str, bool] = {}
+        self._plain_steps: dict[tuple[str, str], tuple[Any, Callable[[int, dict], dict]]] = {}
 
     def _weights(self, plan: UpdatePlan, stage: Stage, step: int) -> dict[str, float]:
         key = (plan.name, stage.name)
@@ -83,6 +87,14 @@ class StepRunner:
         ``shared`` holds the batches drawn so far in this step: updates of one step read
         the same examples of a data node.
         """
+        made = self._plain_steps.get((name, stage.name))
+        if made is not None and made[0] is self.setup.optimizers[name]:
+            return made[1](step, shared)  # the plain step, made before (see _run_plain)
+        plain = self._plain.get(name)
+        if plain is None:
+            plain = self._plain[name] = self._simple(name)
+        if plain:
+            return self._run_plain(name, stage, step, shared)
         setup = self.setup
         plan = setup.program.plans[name]
         spec = plan.spec
@@ -212,6 +224,118 @@ class StepRunner:
             terms[loss] = value
         return terms
 
+    def _simple(self, name: str) -> bool:
+        """Whether update ``name`` is one forward, one backward and one optimizer step every
+        time (no repeats, micro-batches, loss scaling, data parallelism, sharding or mixed
+        precision): the case :meth:`_run_plain` runs with nothing decided per step."""
+        setup = self.setup
+        spec = setup.program.plans[name].spec
+        return (spec.repeat == 1 and spec.accumulate == 1 and setup.scaler is None
+                and not setup.world.distributed and not setup.sharded
+                and setup.train_cfg.precision == "fp32")
+
+    def _run_plain(self, name: str, stage: Stage, step: int,
+                   shared: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """:meth:`run_update` for an update that :meth:`_simple` accepts: the same steps and
+        checks in the same order, by a function made once per update and stage (and again
+        when the update's optimizer is replaced) that holds everything it uses."""
+        setup = self.setup
+        key = (name, stage.name)
+        made = self._plain_steps.get(key)
+        if made is None or made[0] is not setup.optimizers[name]:
+            made = self._plain_steps[key] = (setup.optimizers[name],
+                                             self._make_plain(name, stage))
+        return made[1](step, shared)
+
+    def _make_plain(self, name: str, stage: Stage) -> Callable[[int, dict], dict]:
+        setup = self.setup
+        plan = setup.program.plans[name]
+        optimizer = setup.optimizers[name]
+        params = setup.trainable_params[name]
+        step_fn = plan.step
+        assert step_fn is not None  # bound at set-up
+        data = [(data_node, setup.loaders[data_node]) for data_node in plan.data_nodes]
+        shared_drawn = self._shared_drawn
+        inputs = params if plan.bystanders else None
+        found_inf, one = self._found_inf, self._one
+        clip = plan.spec.clip_grad_norm
+        log_every, last = setup.train_cfg.log_every, setup.total_steps
+        follow = bool(self._followers[name] or self._projected[name])
+        losses_of = plan.losses
+        check = torch._amp_foreach_non_finite_check_and_unscale_
+        weights_at = self._weights
+        weights_at(plan, stage, stage.start)
+        # Fixed weights are computed once (see _weights): then used as they are.
+        fixed = self._constant_weights.get((name, stage.name))
+
+        def run(step: int, shared: dict[str, dict[str, torch.Tensor]]) -> dict:
+            # Updates of one step read the same examples of a data node: the batches drawn
+            # so far in this step are in ``shared``; the generated step reads them there.
+            drawn = []
+            for data_node, loader in data:
+                if data_node not in shared:
+                    shared[data_node] = loader.next()
+                    shared_drawn[data_node] = loader.drawn
+                drawn.append(shared_drawn[data_node])
+            try:
+                total, losses = step_fn(shared, fixed if fixed is not None else
+                                        weights_at(plan, stage, step))[:2]
+            except DgraphError:
+                raise
+            except Exception as exc:
+                raise self._located_failure(plan, step, shared, exc) from exc
+            try:
+                total.backward(inputs=inputs)
+            except DgraphError:
+                raise
+            except Exception as exc:
+                raise self._backward_failure(plan, step, exc, losses) from exc
+            # One fused pass over the gradients sets the sticky flag when any is NaN/inf
+            # (multiplying by 1 changes no value); no host sync.
+            check([p.grad for p in params if p.grad is not None], found_inf, one)
+            deferred = self.defer_finite_checks and \
+                getattr(optimizer, "_step_supports_amp_scaling", False)
+            if self.read_losses_on_host and not deferred:
+                # On CPU, reading the losses is cheaper than another pass over them (the
+                # test of _finite, written out: this runs every step).
+                value = total.detach()
+                if not ((math.isfinite(value.item()) if value.numel() == 1
+                         else bool(torch.isfinite(value).all())) and not found_inf.item()):
+                    self.check_finite((step, name, 0, [tuple(drawn)]), [total])
+            else:
+                check([total.detach()], found_inf, one)
+                if deferred:
+                    self._skipped.add_(found_inf)
+                    self._unread.append((step, name, 0, [tuple(drawn)]))
+                elif found_inf.item():  # one read (a sync) per optimizer step
+                    self.check_finite((step, name, 0, [tuple(drawn)]), [total])
+            terms: dict[str, torch.Tensor] = {}
+            if clip is not None:
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
+            elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
+                # Gradients are cleared below, so the norm is taken now, on logging steps.
+                terms["grad_norm"] = _grad_norm(params)
+            if deferred:
+                # The fused kernels leave parameters and state alone (and take back the step
+                # count) when found_inf is set: GradScaler's own mechanism.
+                optimizer.grad_scale = None  # type: ignore[attr-defined]
+                optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if follow:
+                self._after_update(name)
+            scheduler = setup.schedulers.get(name)
+            if scheduler is not None:
+                scheduler.step()
+            if deferred and self.reads_after(step):
+                self.check_finite()
+            terms["total"] = total
+            for loss, value in zip(losses_of, losses, strict=True):
+                terms[loss] = value
+            return terms
+
+        return run
+
     def _after_update(self, update: str) -> None:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
         for target, source in self._followers[update]:
@@ -262,7 +386,7 @@ class StepRunner:
                         f"'{node.spec.type}') produced no output '{port}'; the component must "
                         "return every output port it declares", node=loss, port=port)
         compiled = " (train.compile is on: set it to false to rule torch.compile out)" \
-            if self.setup.train_cfg.compile else ""
+            if self.setup.compile_choice.mode else ""
         return ComponentRuntimeError(
             f"{self.setup.spec.source.where(('updates', plan.name))}: {where}: the step raised "
             f"{type(exc).__name__}: {exc}; running its nodes one at a time on the same batch "

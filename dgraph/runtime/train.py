@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from dgraph._torch_declare import FunctionModule
 from dgraph.graph import Graph
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from dgraph.runtime.distributed import World
@@ -28,7 +29,7 @@ from dgraph.runtime.evaluate import evaluate
 from dgraph.runtime.logging import GraphPictures, RunLogger, finite_json
 from dgraph.runtime.rundir import atomic_write_text
 from dgraph.runtime.sample import gallery, samplers
-from dgraph.runtime.setup import RunSetup
+from dgraph.runtime.setup import RunSetup, Stage
 from dgraph.runtime.shutdown import StopSignals, TrainingInterrupted
 from dgraph.runtime.state import load_run_state, run_state, save_final, save_run_state
 from dgraph.runtime.step import StepRunner
@@ -49,8 +50,14 @@ class Trainer(RunSetup):
         super().__init__(graph, run_dir, world=world)
         self.progress = progress
         self.say = log
+        if self.compile_choice.setting is not False and self.rank == 0:
+            log(self.compile_choice.describe())  # why the steps are (not) compiled, once
         self.pictures = pictures
         self.step_runner = StepRunner(self)
+        # The step-aware modules that have something to set (a declared function without
+        # scheduled parameters has not): run_step calls these.
+        self._stepping = [m for m in self.step_aware
+                          if not (isinstance(m, FunctionModule) and not m.schedules)]
         self.step = 0
         self.samplers = samplers(graph, self.instances)  # pictured at each evaluation
 
@@ -89,6 +96,9 @@ class Trainer(RunSetup):
         resumes this run) goes into its message. ``summary.json`` is strict JSON: a non-finite
         metric is written as null, with a warning naming it (the returned dict keeps it).
         """
+        # Modules are called without nn.Module.__call__ where no hook needs it: decided again
+        # now, for hooks added since the steps were bound.
+        self.program.refresh_calls(self.instances)
         if resume:
             latest = latest_checkpoint(self.run_dir / "checkpoints")
             if latest is not None:
@@ -107,20 +117,8 @@ class Trainer(RunSetup):
                 logger.pictures(self.run_dir, self.pictures)
             stop.install()
             while self.step < self.total_steps:
-                for module in self.step_aware:
-                    module.set_step(self.step)
-                stage = self.stage_at(self.step)
-                if self.step == stage.start:
-                    self.begin_stage(stage)
-                self.redraw(self.step)  # nodes with reinit_every: fresh weights this step
-                shared: dict[str, dict[str, torch.Tensor]] = {}
-                terms: dict[str, dict[str, torch.Tensor]] = {}
-                for update in stage.updates:
-                    if (self.step - stage.start) % self.spec.updates[update].every == 0:
-                        terms[update] = self.step_runner.run_update(update, stage, self.step,
-                                                                    shared)
-                samples += sum(next(iter(b.values())).shape[0] for b in shared.values())
-                self.step += 1
+                stage, terms, drawn = self.run_step()
+                samples += drawn
                 if self.logs_after(self.step - 1):
                     now = time.perf_counter()
                     values = self._log_values(terms)
@@ -161,6 +159,34 @@ class Trainer(RunSetup):
             self._write_summary(summary)
         return summary
 
+    def run_step(self) -> tuple[Stage, dict[str, dict[str, torch.Tensor]], int]:
+        """Train step ``self.step`` and count it: every update due at it, in order, on the
+        same batches. Returns the stage, each update's loss terms (tensors, not read) and
+        the number of examples drawn. Logging, evaluation and checkpoints are :meth:`run`'s.
+        """
+        step = self.step
+        for module in self._stepping:
+            module.set_step(step)
+        stage = self.stage_at(step)
+        if step == stage.start:
+            self.begin_stage(stage)
+        if self.redrawn:
+            self.redraw(step)  # nodes with reinit_every: fresh weights this step
+        shared: dict[str, dict[str, torch.Tensor]] = {}
+        terms: dict[str, dict[str, torch.Tensor]] = {}
+        updates = self.spec.updates
+        run_update = self.step_runner.run_update
+        for update in stage.updates:
+            if (step - stage.start) % updates[update].every == 0:
+                terms[update] = run_update(update, stage, step, shared)
+        self.step = step + 1
+        drawn = 0
+        for batch in shared.values():
+            for tensor in batch.values():  # the examples of a data node: any port's rows
+                drawn += tensor.shape[0]
+                break
+        return stage, terms, drawn
+
     def _interrupted(self, stop: StopSignals, checkpoint: Path | None,
                      command: str | None) -> TrainingInterrupted:
         where = f"wrote the checkpoint {checkpoint}" if checkpoint is not None else \
@@ -173,6 +199,8 @@ class Trainer(RunSetup):
 
     def _write_summary(self, summary: dict[str, float]) -> None:
         clean, nonfinite = finite_json(summary)
+        if self.compile_choice.setting is not False:  # how train.compile was resolved
+            clean["compile"] = self.compile_choice.summary()
         if nonfinite:
             self.say("warning: non-finite evaluation metrics, written as null in "
                      f"{self.run_dir / 'summary.json'}: "

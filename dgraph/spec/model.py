@@ -271,6 +271,9 @@ class DistributedSpec(_Strict):
         "number of processes")
 
 
+COMPILE_SETTINGS: Final = ("auto", "reduce-overhead")  # train.compile's values beside bools
+
+
 class TrainSpec(_Strict):
     steps: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX,
@@ -280,10 +283,24 @@ class TrainSpec(_Strict):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    compile: bool = Field(False, description="torch.compile each update's step")
+    compile: bool | Literal["auto", "reduce-overhead"] = Field(
+        False, description="torch.compile each update's step (backward and optimizer stay "
+        "eager): false eager; true torch.compile's default mode; reduce-overhead: CUDA "
+        "graphs; auto: CUDA graphs where valid, else eager (the reason is logged)")
     eval: EvalSpec = Field(default_factory=EvalSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
     out: str | None = Field(None, description="run directory (default: runs/<spec name>)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_setting(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value in COMPILE_SETTINGS:
+            return value
+        from pydantic_core import PydanticCustomError
+
+        # A literal's error, so that it reads like the other closed sets of values.
+        raise PydanticCustomError(
+            "literal_error", "Input should be false, true, 'auto' or 'reduce-overhead'")
 
 
 class ExportSpec(_Strict):

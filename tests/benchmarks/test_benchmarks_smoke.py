@@ -30,12 +30,12 @@ def _run(script: str, *extra: str) -> str:
 @pytest.mark.timeout(300)
 def test_overhead_quick_prints_ratios():
     out = _run("overhead.py")
-    for config in ("tiny", "realistic"):
+    for config in ("tiny", "realistic", "adversarial_toy"):
         assert re.search(rf"\[{config}\] ratio dgraph/hand: median {NUMBER} "
                          rf"\(min {NUMBER}, max {NUMBER}\)", out), out
         assert re.search(rf"\[{config}\] dgraph {NUMBER} ms/step, hand {NUMBER} ms/step", out)
-        # Same weights, same batches, same maths: the two loops end with the same student.
-        assert re.search(rf"\[{config}\] .*student weights after [0-9]+ steps: identical", out)
+        # Same weights, same batches, same maths: the two loops end with the same weights.
+        assert re.search(rf"\[{config}\] .*trained weights after [0-9]+ steps: identical", out)
 
 
 @pytest.mark.timeout(300)

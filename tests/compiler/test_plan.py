@@ -88,12 +88,13 @@ def test_tiny_mlp_matches_the_hand_computed_numbers(tiny):
 def test_fused_optimizers_on_cuda_need_no_workspace(tiny):
     # Adam's fused kernel updates in place, so the step peaks in backward instead: when the
     # first layer's weight gradient is computed, all gradients are there, with the hidden
-    # layer's gradient [8, 16] and three scalars (the loss and gradients of it, 12 bytes).
+    # layer's gradient [8, 16] and two scalars (the loss and its gradient, 8 bytes: with
+    # the objective's weight 1.0 the step multiplies by nothing).
     plan = _plan(tiny, device="cuda")
     update, = plan.updates
     assert (update.peak_optimizer, update.grads_at_peak) == (WEIGHTS, WEIGHTS)
-    assert plan.totals()["step_peak"] == WEIGHTS + B * HID * 4 + 12
-    assert plan.totals()["peak"] == WEIGHTS + ADAM + BATCH + DATA + WEIGHTS + B * HID * 4 + 12
+    assert plan.totals()["step_peak"] == WEIGHTS + B * HID * 4 + 8
+    assert plan.totals()["peak"] == WEIGHTS + ADAM + BATCH + DATA + WEIGHTS + B * HID * 4 + 8
 
 
 def test_sgd_momentum_keeps_one_buffer_and_plain_sgd_none(tmp_path):

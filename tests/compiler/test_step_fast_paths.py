@@ -1,0 +1,249 @@
+"""The per-step fast paths: modules called through ``forward`` when nothing else would run,
+weights of 1 that multiply by nothing, the plain update path of the runtime, and the cheaper
+masked cross-entropy and CPU KL kernels. Each gives the same numbers as the general path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgraph.compiler.codegen import direct_call
+from dgraph.errors import NonFiniteError
+from dgraph.graph import validate
+from dgraph.registry import COMPONENTS, BuildContext, load_plugins
+from dgraph.runtime.train import Trainer
+from dgraph.spec import load_spec
+
+QUIET = {"progress": False, "log": lambda _m: None}
+
+SPEC = """
+    dgraph: 1
+    name: fast
+    nodes:
+      data: {kind: data, type: digits, params: {batch_size: 16, labelled: 200}}
+      teacher:
+        kind: teacher
+        type: mlp
+        params: {in_features: 64, hidden: [16], num_classes: 10}
+        inputs: {x: data.x}
+      student:
+        kind: student
+        type: mlp
+        params: {in_features: 64, hidden: [8], num_classes: 10}
+        inputs: {x: data.x}
+      kd:
+        kind: loss
+        type: hinton_kd
+        inputs: {student: student.logits, teacher: teacher.logits}
+      ce:
+        kind: loss
+        type: cross_entropy
+        inputs: {logits: student.logits, target: data.y, mask: data.labelled}
+    updates:
+      main:
+        optimizer: {type: adam, lr: 0.01}
+        params: [student]
+        objective: {kd: 0.9, ce: 0.1}
+    train: {steps: 6, seed: 1, log_every: 3, checkpoint_every: 1000, eval: {every: 1000}}
+    """
+
+
+def _trainer(tmp_path: Path, *overrides: str, run: str = "run") -> Trainer:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(SPEC))
+    graph, _ = validate(load_spec(path, list(overrides)))
+    return Trainer(graph, tmp_path / run, **QUIET)
+
+
+def _module(type_name: str, **params):
+    load_plugins()
+    cls = COMPONENTS.get(type_name)
+    component = cls(cls.Params.model_validate(params), node=f"test_{type_name}")
+    return component.build(BuildContext(node=component.node, device="cpu"))
+
+
+# -- direct calls -------------------------------------------------------------------------
+def test_a_plain_module_is_called_through_forward():
+    layer = nn.Linear(2, 3)
+    call = direct_call(layer)
+    assert call == layer.forward and call.__self__ is layer
+
+
+def test_hooks_wrappers_and_non_modules_keep_the_full_call():
+    hooked = nn.Linear(2, 3)
+    hooked.register_forward_pre_hook(lambda _m, _a: None)
+    backward = nn.Linear(2, 3)
+    backward.register_full_backward_hook(lambda _m, _gi, _go: None)
+    compiled = nn.Linear(2, 3)
+    compiled.compile()
+
+    class Wrapper(nn.Linear):
+        def __call__(self, *args, **kwargs):
+            return super().__call__(*args, **kwargs)
+
+    wrapper = Wrapper(2, 3)
+    not_a_module = object()
+    for module in (hooked, backward, compiled, wrapper, not_a_module):
+        assert direct_call(module) is module
+    handle = nn.modules.module.register_module_forward_hook(lambda _m, _a, _o: None)
+    try:
+        plain = nn.Linear(2, 3)
+        assert direct_call(plain) is plain
+    finally:
+        handle.remove()
+    assert direct_call(plain) == plain.forward
+
+
+def test_a_hook_added_after_binding_runs_once_the_calls_are_decided_again(tmp_path):
+    trainer = _trainer(tmp_path, "train.steps=2")
+    (tmp_path / "run").mkdir()
+    seen = []
+    trainer.instances.modules["student"].register_forward_hook(
+        lambda _m, _a, out: seen.append(out["logits"].shape))
+    trainer.run_step()
+    assert seen == []  # bound before the hook: called through forward
+    trainer.program.refresh_calls(trainer.instances)
+    trainer.run_step()
+    assert seen == [torch.Size([16, 10])]
+    # Trainer.run decides again when it starts: a hook added before it always runs.
+    again = _trainer(tmp_path, "train.steps=2", run="again")
+    (tmp_path / "again").mkdir()
+    seen.clear()
+    again.instances.modules["student"].register_forward_hook(
+        lambda _m, _a, out: seen.append(out["logits"].shape))
+    again.run()
+    assert seen[:2] == [torch.Size([16, 10])] * 2
+
+
+# -- weights ------------------------------------------------------------------------------
+def test_a_weight_of_one_returns_the_loss_itself_and_others_multiply(tmp_path):
+    trainer = _trainer(tmp_path, "updates.main.objective={ce: 1.0}")
+    plan = trainer.program.plans["main"]
+    assert "v_ce__loss if w['ce'] == 1.0 else w['ce'] * v_ce__loss" in plan.source
+    batch = {"data": trainer.loaders["data"].next()}
+    total, (ce,) = plan.step(batch, {"ce": 1.0})
+    assert total is ce
+    total, (ce,) = plan.step(batch, {"ce": 0.25})
+    assert torch.equal(total, 0.25 * ce)
+
+
+# -- the plain update path ----------------------------------------------------------------
+def test_simple_updates_take_the_plain_path_and_others_the_general_one(tmp_path):
+    runner = _trainer(tmp_path).step_runner
+    assert runner._simple("main")
+    for i, override in enumerate(("updates.main.accumulate=2", "updates.main.repeat=2",
+                                  "train.precision=bf16")):
+        other = _trainer(tmp_path, override, run=f"run{i}").step_runner
+        assert not other._simple("main"), override
+
+
+def test_the_plain_path_trains_exactly_as_the_general_path(tmp_path):
+    plain = _trainer(tmp_path, run="plain")
+    general = _trainer(tmp_path, run="general")
+    general.step_runner._plain["main"] = False
+    logged = {}
+    for trainer in (plain, general):
+        terms = [trainer.run_step()[1]["main"] for _ in range(6)]
+        logged[trainer is plain] = [{k: float(v.detach()) for k, v in t.items()} for t in terms]
+    assert logged[True] == logged[False]
+    assert set(logged[True][2]) == {"grad_norm", "total", "kd", "ce"}  # a logging step
+    assert set(logged[True][0]) == {"total", "kd", "ce"}
+    for key, value in general.instances.modules["student"].state_dict().items():
+        assert torch.equal(plain.instances.modules["student"].state_dict()[key], value), key
+    assert plain.step == general.step == 6
+
+
+def test_run_step_runs_the_updates_due_and_counts_the_examples(tmp_path):
+    trainer = _trainer(tmp_path, "updates.aux={optimizer: {type: sgd, lr: 0.1}, "
+                       "params: [student], objective: {ce: 1.0}, every: 2}")
+    due = []
+    for _ in range(3):
+        stage, terms, drawn = trainer.run_step()
+        due.append(sorted(terms))
+        assert (stage.name, drawn) == ("main", 16)  # both updates read the same batch
+    assert due == [["aux", "main"], ["main"], ["aux", "main"]]
+    assert trainer.loaders["data"].position == 3
+
+
+def test_a_nan_through_the_plain_path_is_caught_and_located(tmp_path):
+    trainer = _trainer(tmp_path)
+    (tmp_path / "run").mkdir()
+    trainer.instances.modules["teacher"].head.bias.data[3] = float("nan")
+    with pytest.raises(NonFiniteError) as info:
+        trainer.run()
+    assert str(info.value).startswith(
+        "step 0: update 'main' went non-finite (loss nan; gradients finite); the first node "
+        "whose output went non-finite is 'teacher' (port 'logits', teacher 'mlp'). The step "
+        "was skipped")
+    assert not (tmp_path / "run" / "metrics.jsonl").read_text().strip()  # nothing logged
+
+
+# -- losses -------------------------------------------------------------------------------
+def _masked_ce_by_hand(logits, y, mask):
+    target = y.masked_fill(~mask, -1)
+    return F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / (
+        target >= 0).sum().clamp_min(1)
+
+
+def test_masked_cross_entropy_equals_the_hand_formula_bit_for_bit():
+    ce = _module("cross_entropy")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 10, generator=gen, requires_grad=True)
+    y = torch.randint(10, (32,), generator=gen)
+    y[:3] = -1  # unlabelled examples, also masked out below or not
+    mask = torch.rand(32, generator=gen) > 0.3
+    mask[:2] = True
+    got = ce(logits=logits, target=y, mask=mask)["loss"]
+    want = _masked_ce_by_hand(logits, y, mask)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.autograd.grad(got, logits)[0], torch.autograd.grad(want, logits)[0])
+    # A float mask of 0/1 and a [B, 1] mask mean the same.
+    as_float = ce(logits=logits, target=y, mask=mask.float().unsqueeze(1))["loss"]
+    assert torch.equal(as_float, want)
+
+
+def test_masked_cross_entropy_of_a_batch_without_labels_is_zero_with_zero_gradients():
+    ce = _module("cross_entropy")
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = ce(logits=logits, target=torch.tensor([0, 1, 2, 0]),
+              mask=torch.zeros(4, dtype=torch.bool))["loss"]
+    assert float(loss.detach()) == 0.0
+    assert torch.equal(torch.autograd.grad(loss, logits)[0], torch.zeros(4, 3))
+
+
+def test_kl_on_cpu_equals_pytorch_kl_div_bit_for_bit():
+    kd = _module("hinton_kd")
+    gen = torch.Generator().manual_seed(1)
+    s = torch.randn(16, 7, generator=gen, requires_grad=True)
+    t = torch.randn(16, 7, generator=gen)
+    got = kd(student=s, teacher=t)["loss"]
+    want = F.kl_div(F.log_softmax(s / 4, -1), F.log_softmax(t / 4, -1), reduction="batchmean",
+                    log_target=True) * 16
+    assert torch.equal(got, want)
+    assert torch.equal(torch.autograd.grad(got, s)[0], torch.autograd.grad(want, s)[0])
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_kl_on_cpu_with_minus_inf_logits_is_exact(direction):
+    # Class 2 is masked (-inf) on both sides: p = 0 there, so it adds exactly 0 (the plain
+    # formula would give 0 * inf = NaN). Two classes of logits 0 and log 3 on each side:
+    # p_t = [1/4, 3/4], p_s = [1/2, 1/2]; KL(p_t || p_s) = 1/4 ln(1/2) + 3/4 ln(3/2).
+    kl = _module("kl_div", direction=direction)
+    inf = float("inf")
+    s = torch.tensor([[0.0, 0.0, -inf]], requires_grad=True)
+    t = torch.tensor([[0.0, torch.log(torch.tensor(3.0)).item(), -inf]])
+    loss = kl(student=s, teacher=t)["loss"]
+    p_t, p_s = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])
+    p, q = (p_t, p_s) if direction == "forward" else (p_s, p_t)
+    assert float(loss.detach()) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, s)
+    assert torch.isfinite(grad).all() and float(grad[0, 2]) == 0.0
+    # A class the teacher allows and the student rules out: the true KL, +inf.
+    loss = _module("kl_div")(student=torch.tensor([[0.0, -inf]]),
+                                     teacher=torch.tensor([[0.0, 0.0]]))["loss"]
+    assert float(loss) == inf
