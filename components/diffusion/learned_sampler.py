@@ -62,7 +62,7 @@ class LearnedSampler(Module):
                               f"scheduler, and '{scheduler.kind}' reads a discrete table",
                               code="bad-param", expected="a noise_scheduler of type "
                               "flow_match_euler", found=f"type {scheduler.kind}",
-                              hint="distil a flow-matching teacher (flow_teacher_toy)")
+                              hint="for a DDPM/DDIM teacher use learned_ddim_sampler")
         if len(set(steps)) != len(steps):
             raise input_error(context, "steps", "a step count is given twice",
                               code="bad-param", expected="distinct step counts",

@@ -34,7 +34,7 @@ from dgraph.declare import Module, Outputs, Tensor, Timesteps, TypeOf, op, param
 from dgraph.registry import BuildContext
 
 __all__ = ["PREDICTION_TYPES", "SCHEDULER_CLASSES", "NoiseScheduler", "call_denoiser",
-           "check_pair"]
+           "check_pair", "x0_eps"]
 
 # The scheduler types a spec names, and the diffusers classes they build.
 SCHEDULER_CLASSES = {
@@ -145,15 +145,7 @@ class NoiseScheduler(Module):
     def to_x0_eps(self, x: Any, prediction: Any, t: Any) -> tuple[Any, Any]:
         """``(x0_hat, eps_hat)`` from the network's ``prediction`` at ``x_t``."""
         alpha, sigma = self.alpha_sigma(t, x)
-        kind = self.prediction_type
-        if kind == "epsilon":
-            return (x - sigma * prediction) / alpha, prediction
-        if kind == "sample":
-            return prediction, (x - alpha * prediction) / sigma
-        if kind == "v_prediction":
-            return alpha * x - sigma * prediction, sigma * x + alpha * prediction
-        # flow: x = (1 - s) x0 + s eps, u = eps - x0
-        return x - sigma * prediction, x + alpha * prediction
+        return x0_eps(self.prediction_type, x, prediction, alpha, sigma)
 
     def convert(self, x: Any, prediction: Any, t: Any, to: str) -> Any:
         """The prediction expressed as ``to`` (epsilon, sample, v_prediction or flow)."""
@@ -249,6 +241,19 @@ class NoiseScheduler(Module):
         alpha, sigma = self.alpha_sigma(timestep)
         return {"noisy": self.add_noise(sample, noise, timestep), "alpha": alpha.to(sample),
                 "sigma": sigma.to(sample)}
+
+
+def x0_eps(kind: str, x: Any, prediction: Any, alpha: Any, sigma: Any) -> tuple[Any, Any]:
+    """``(x0_hat, eps_hat)`` from a ``kind`` network's ``prediction`` at
+    ``x = alpha x0 + sigma eps`` (``alpha``, ``sigma`` broadcast against ``x``)."""
+    if kind == "epsilon":
+        return (x - sigma * prediction) / alpha, prediction
+    if kind == "sample":
+        return prediction, (x - alpha * prediction) / sigma
+    if kind == "v_prediction":
+        return alpha * x - sigma * prediction, sigma * x + alpha * prediction
+    # flow: x = (1 - s) x0 + s eps, u = eps - x0
+    return x - sigma * prediction, x + alpha * prediction
 
 
 def type_name(exc: BaseException) -> str:

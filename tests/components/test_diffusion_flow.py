@@ -228,7 +228,7 @@ def test_learned_solver_errors_are_located():
     text = str(info.value)
     assert ("params.scheduler: learned timesteps need a continuous-time scheduler, and 'ddim' "
             "reads a discrete table") in text
-    assert "hint: distil a flow-matching teacher (flow_teacher_toy)" in text
+    assert "hint: for a DDPM/DDIM teacher use learned_ddim_sampler" in text
     with pytest.raises(DgraphError) as info:
         with_refs(LearnedSampler, {"denoiser": V(), "scheduler": flow()})
     assert ("params.denoiser: the denoiser predicts 'v_prediction' but the scheduler reads its "

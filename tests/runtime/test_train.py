@@ -79,6 +79,8 @@ TRAINED_ELSEWHERE = {
     "dd_committee": "tests/zoo/test_dd_more.py",
     "dd_gm": "tests/zoo/test_dd_gm.py",
     "flowmap_toy": "tests/zoo/test_diffusion_flow_zoo.py",
+    "sampler_distill_ddim_toy": "tests/zoo/test_sampler_distill_ddim.py",
+    "sampler_distill_digits": "tests/zoo/test_sampler_distill_ddim.py",
 }
 ZOO = sorted((n for n in zoo_names()
               if n not in ("llm_7b_validate", "dd_mtt", *TRAINED_ELSEWHERE)),
