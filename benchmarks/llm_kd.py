@@ -79,8 +79,11 @@ def run(workdir: Path, setup: dict, *, log=print) -> dict[str, float]:
               f"train.steps={steps}", f"train.eval.every={steps}",
               f"train.checkpoint_every={steps}"]
     kd = train("llm_kd", out=workdir / "llm_kd", overrides=common, **quiet)
+    ce = {"kind": "loss", "type": "token_ce", "inputs": {
+        "logits": "student.logits", "targets": "data.targets", "mask": "data.loss_mask"}}
     scratch = train("llm_kd", out=workdir / "llm_scratch", overrides=[
-        *common, "updates.main.objective.kd=0.0", "updates.main.objective.ce=1.0"], **quiet)
+        *common, f"nodes.ce={_flow(ce)}", "updates.main.objective.kd=0.0",
+        "updates.main.objective.ce=1.0"], **quiet)
     result = {"teacher_perplexity": teacher_summary["ppl/perplexity"],
               "kd_student_perplexity": kd["ppl/perplexity"],
               "scratch_student_perplexity": scratch["ppl/perplexity"],

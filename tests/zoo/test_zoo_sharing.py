@@ -58,14 +58,17 @@ ALLOWED = {
     frozenset({"arithmetic_teacher.yaml", "llm_teacher.yaml"}):
         "the teacher-training blocks (token_ce on the teacher, its update) of an LM teacher on "
         "other data (arithmetic_teacher's base is _arithmetic_teacher, not _llm_corpus)",
+    frozenset({"_arithmetic_student.yaml", "seqkd_multi_teacher.yaml"}):
+        "the 1-layer GPT-2 config: the weak second teacher has the student's architecture on "
+        "purpose (its own weights, trained in the first stage)",
     frozenset({"_arithmetic_student.yaml", "llm_seqkd.yaml"}):
         "the student's seq_ce objective on generated text; its base cannot be _llm_on_policy "
         "(the corpus and its teacher)",
     frozenset({"_arithmetic_student.yaml", "_llm_on_policy.yaml"}):
         "student_eval, the student's module on the true held-out text, as in _llm_on_policy",
-    frozenset({"algorithm_distill_bandit.yaml", "llm_kd.yaml"}):
-        "the student's next-token CE on data.loss_mask (named `actions`: the arm letters of "
-        "bandit traces); its base is _llm (no corpus, no teacher), not _llm_distil",
+    frozenset({"llm_kd.yaml", "llm_topk.yaml"}):
+        "the one-term objective {kd: 1.0}; llm_topk's base is _llm (a top-k cache, no teacher "
+        "node), not _llm_distil",
     frozenset({"llm_7b_validate.yaml", "llm_kd.yaml"}):
         "the forward token-KL term of llm_kd, in the standalone 7B validation spec",
     # The frozen CNN teacher of teacher_digits_cnn, and the DDIM scheduler of the diffusion
@@ -86,8 +89,8 @@ ALLOWED = {
         "dmd2_toy's fake-score loss is the teacher's denoising loss on generated samples",
     frozenset({"_denoiser_teacher.yaml", "vsd_toy.yaml"}):
         "vsd_toy's fake-score loss is the teacher's denoising loss on the particles",
-    frozenset({"_denoiser_teacher.yaml", "sampler_distill_toy.yaml"}):
-        "sampler_distill_toy samples the teacher as a teacher run does, with a learned solver",
+    frozenset({"_denoiser_teacher.yaml", "_sampler_distill.yaml"}):
+        "the learned-solver specs sample the teacher as a teacher run does (the `plain` metric)",
     **{frozenset(pair): "the distilled students' 3000-step schedule" for pair in (
         ("consistency_toy.yaml", "flowmap_toy.yaml"), ("dmd2_toy.yaml", "flowmap_toy.yaml"))},
     # Known debt, listed so that no new repeat slips in: the diffusion specs repeat their
@@ -117,7 +120,18 @@ ALLOWED = {
         ("dmd2_digits.yaml", "dmd2_toy.yaml"),
         ("dmd2_digits.yaml", "lcm_lora_digits.yaml"),
         ("dmd2_digits.yaml", "sds_toy.yaml"),
-        ("dmd2_digits.yaml", "vsd_toy.yaml"))},
+        ("dmd2_digits.yaml", "vsd_toy.yaml"),
+        # sampler_distill_digits' frozen teacher block (the UNet config is a YAML anchor in
+        # each file, so a base cannot hold it for the others yet)
+        ("consistency_digits.yaml", "sampler_distill_digits.yaml"),
+        ("lcm_lora_digits.yaml", "sampler_distill_digits.yaml"),
+        ("dmd2_digits.yaml", "sampler_distill_digits.yaml"),
+        ("diffusion_teacher_digits.yaml", "sampler_distill_digits.yaml"),
+        # the ring's frozen DDIM teacher, as in sds_toy and vsd_toy (listed above), and the
+        # DDIM solvers' start timestep (999 to the clean end), on other data ports
+        ("sampler_distill_ddim_toy.yaml", "sds_toy.yaml"),
+        ("sampler_distill_ddim_toy.yaml", "vsd_toy.yaml"),
+        ("sampler_distill_ddim_toy.yaml", "sampler_distill_digits.yaml"))},
 }
 
 
@@ -311,4 +325,4 @@ def test_every_spec_but_the_standalone_ones_extends_a_base() -> None:
     standalone = {"adversarial_toy", "llm_7b_validate", "rl_rnd", "embed_kd"}
     plain = {p.stem for p in FILES if "extends" not in _load(p)}
     assert plain == standalone | {"_digits", "_llm", "_rl_cartpole", "_toy2d",
-                                  "_denoiser_teacher"}
+                                  "_denoiser_teacher", "_sampler_distill"}
