@@ -59,7 +59,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -72,6 +71,7 @@ PINS = {"torch": "2.14.1", "torchvision": "0.29.1", "torchdistill": "1.1.5", "tr
         "transformers": "5.24.0"}
 INNER = "DGRAPH_PEERS_INNER"
 
+# The hand and torchdistill sides repeat overhead.py's spec (its write_spec writes dgraph's side).
 TEMPERATURE = 4.0
 ALPHA_CE, BETA_KD = 0.1, 0.9
 LR = 1e-3
@@ -116,79 +116,6 @@ def dir_size(path: Path) -> int:
 
 
 # -- classification KD: dgraph, hand, torchdistill -------------------------------------------------
-def _write_cls_spec(folder: Path, cfg: dict, device) -> Path:
-    import torch
-    from dgraph.components.models.mlp import MLP
-    from safetensors.torch import save_file
-
-    torch.manual_seed(1234)
-    teacher = MLP.create(in_features=64, hidden=cfg["teacher"], num_classes=10)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()},
-              str(folder / "teacher.safetensors"))
-    spec = f"""
-        dgraph: 1
-        name: peers_{cfg['name']}
-        nodes:
-          data: {{kind: data, type: digits, params: {{batch_size: {cfg['batch']}}}}}
-          teacher:
-            kind: teacher
-            type: mlp
-            params: {{in_features: 64, hidden: {cfg['teacher']}, num_classes: 10}}
-            init: {{weights: teacher.safetensors}}
-            inputs: {{x: data.x}}
-          student:
-            kind: student
-            type: mlp
-            params: {{in_features: 64, hidden: {cfg['student']}, num_classes: 10}}
-            inputs: {{x: data.x}}
-          kd:
-            kind: loss
-            type: hinton_kd
-            params: {{temperature: {TEMPERATURE}}}
-            inputs: {{student: student.logits, teacher: teacher.logits}}
-          ce:
-            kind: loss
-            type: cross_entropy
-            inputs: {{logits: student.logits, target: data.y}}
-        updates:
-          main:
-            optimizer: {{type: adam, lr: {LR}}}
-            params: [student]
-            objective: {{kd: {BETA_KD}, ce: {ALPHA_CE}}}
-        train:
-          steps: 1000000
-          seed: 0
-          device: {device.type}
-          log_every: 1000000
-          checkpoint_every: 1000000
-          eval: {{every: 1000000}}
-        """
-    path = folder / "spec.yaml"
-    path.write_text(textwrap.dedent(spec))
-    return path
-
-
-def _loader_indices(loader, steps: int, device) -> list:
-    """The example indices of the next ``steps`` batches the BatchLoader will draw."""
-    import torch
-
-    out: list = []
-    epoch, position, order = loader.epoch, loader.position, None
-    while len(out) < steps:
-        if order is None or position >= loader.batches_per_epoch:
-            if order is not None:
-                epoch, position = epoch + 1, 0
-            if loader.shuffle:
-                gen = torch.Generator().manual_seed(loader.seed * 1_000_003 + epoch)
-                order = torch.randperm(loader.size, generator=gen).to(device)
-            else:
-                order = torch.arange(loader.size, device=device)
-        start = position * loader.batch_size
-        out.append(order[start:start + loader.batch_size])
-        position += 1
-    return out
-
-
 def _plain_mlp(widths: list[int], state: dict):
     """The dgraph MLP as the nn.Sequential a hand-written script (or torchdistill) uses."""
     import torch
@@ -285,19 +212,21 @@ def run_cls(name: str, cfg: dict, device, *, rounds: int, block: int | None, clo
 
     sys.path.insert(0, str(HERE))
     from _timing import build_trainer
+    from overhead import loader_indices, write_spec
 
-    cfg = {**cfg, "name": name}
+    # overhead.py's KD spec on digits (same teacher weights, loss weights, temperature, lr).
+    cfg = {**cfg, "name": f"peers_{name}", "data": "digits", "in_features": 64, "classes": 10}
     block = block or cfg["block"]
     warmup = cfg["warmup"]
     with tempfile.TemporaryDirectory(prefix="dgraph_peers_") as tmp:
-        spec = _write_cls_spec(Path(tmp), cfg, device)
+        spec = write_spec(Path(tmp), cfg, device)
         trainer = build_trainer(spec, Path(tmp) / "run")
     stage = trainer.stages[0]
     student_state = {k: v.detach().clone()
                      for k, v in trainer.instances.modules["student"].state_dict().items()}
     teacher_state = trainer.instances.modules["teacher"].state_dict()
     loader = trainer.loaders["data"]
-    indices = _loader_indices(loader, warmup + rounds * block, device)
+    indices = loader_indices(loader, warmup + rounds * block, device)
     x, y = loader.tensors["x"], loader.tensors["y"]
     t_widths = [64, *cfg["teacher"], 10]
     s_widths = [64, *cfg["student"], 10]
