@@ -71,41 +71,29 @@ def perplexity(weights: Path, split: dict) -> float:
     return math.exp(total / count)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_blackbox"))
-    parser.add_argument("--quick", action="store_true", help="a few steps, one seed")
-    args = parser.parse_args()
+def compare(arms: dict[str, tuple[str, list[str]]], *, seeds: list[int], steps: int,
+            out: Path, overwrite: bool = False) -> None:
+    """Train every arm (spec, overrides) at every seed and print the held-out perplexities of
+    the final students on the dialogue responses and corpus windows (mean ± std over seeds)."""
     from dgraph.api import train
-    from dgraph.registry import load_plugins
 
-    load_plugins()
-    if args.quick:
-        args.seeds, args.steps = [0], 5
     sets = held_out_sets()
-    # llm_topk looks for its teacher run beside its own run: the shared one, when trained.
-    shared, beside = Path("runs/llm_teacher"), args.out / "llm_teacher"
-    if (shared / "final").is_dir() and not beside.exists():
-        args.out.mkdir(parents=True, exist_ok=True)
-        beside.symlink_to(shared.resolve())
     quiet = {"progress": False, "log": lambda *_: None}
-    table: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
+    table: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
     started = time.perf_counter()
-    for seed in args.seeds:
-        for arm, (spec, extra) in ARMS.items():
-            run = args.out / f"{arm.split(' (')[0].replace(', ', '_').replace(' ', '_')}" \
+    for seed in seeds:
+        for arm, (spec, extra) in arms.items():
+            run = out / f"{arm.split(' (')[0].replace(', ', '_').replace(' ', '_')}" \
                 f"_seed{seed}"
-            train(spec, out=run, overrides=[f"train.seed={seed}", f"train.steps={args.steps}",
-                                            f"train.eval.every={args.steps}", *extra], **quiet)
+            train(spec, out=run, overwrite=overwrite,
+                  overrides=[f"train.seed={seed}", f"train.steps={steps}",
+                             f"train.eval.every={steps}", *extra], **quiet)
             for name, split in sets.items():
                 value = perplexity(run / "final" / "student.safetensors", split)
                 table[arm].setdefault(name, []).append(value)
             print(f"seed {seed} {arm}: " + ", ".join(
                 f"{n} {v[-1]:.2f}" for n, v in table[arm].items()), flush=True)
-    print(f"\n{len(args.seeds)} seed(s), {args.steps} steps, "
-          f"{time.perf_counter() - started:.0f} s\n")
+    print(f"\n{len(seeds)} seed(s), {steps} steps, {time.perf_counter() - started:.0f} s\n")
     print("| student | held-out PPL, dialogue responses | held-out PPL, corpus windows |")
     print("| --- | --- | --- |")
     for arm, values in table.items():
@@ -115,6 +103,26 @@ def main() -> None:
             cells.append(f"{v[0]:.2f}" if len(v) == 1
                          else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}")
         print(f"| {arm} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_blackbox"))
+    parser.add_argument("--quick", action="store_true", help="a few steps, one seed")
+    args = parser.parse_args()
+    from dgraph.registry import load_plugins
+
+    load_plugins()
+    if args.quick:
+        args.seeds, args.steps = [0], 5
+    # llm_topk looks for its teacher run beside its own run: the shared one, when trained.
+    shared, beside = Path("runs/llm_teacher"), args.out / "llm_teacher"
+    if (shared / "final").is_dir() and not beside.exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        beside.symlink_to(shared.resolve())
+    compare(ARMS, seeds=args.seeds, steps=args.steps, out=args.out)
 
 
 if __name__ == "__main__":

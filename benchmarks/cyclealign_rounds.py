@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,39 +32,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from blackbox_kd import held_out_sets, perplexity
+    from blackbox_kd import compare
 
-    from dgraph.api import train
     from dgraph.registry import load_plugins
 
     load_plugins()
-    sets = held_out_sets()
-    quiet = {"progress": False, "log": lambda *_: None}
-    table: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
-    started = time.perf_counter()
-    for seed in args.seeds:
-        for index, (arm, (spec, extra)) in enumerate(ARMS.items()):
-            run = args.out / f"arm{index}_seed{seed}"
-            train(spec, out=run, overwrite=True, overrides=[
-                f"train.seed={seed}", f"train.steps={args.steps}",
-                f"train.eval.every={args.steps}", *extra], **quiet)
-            for name, split in sets.items():
-                table[arm].setdefault(name, []).append(
-                    perplexity(run / "final" / "student.safetensors", split))
-            print(f"seed {seed} {arm}: " + ", ".join(
-                f"{n} {v[-1]:.2f}" for n, v in table[arm].items()), flush=True)
-    print(f"\n{len(args.seeds)} seed(s), {args.steps} steps, "
-          f"{time.perf_counter() - started:.0f} s\n")
-    print("| student | held-out PPL, dialogue responses | held-out PPL, corpus windows |")
-    print("| --- | --- | --- |")
-    for arm, values in table.items():
-        cells = []
-        for name in sets:
-            v = values[name]
-            cells.append(f"{v[0]:.2f}" if len(v) == 1
-                         else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}")
-        print(f"| {arm} | " + " | ".join(cells) + " |")
-
+    compare(ARMS, seeds=args.seeds, steps=args.steps, out=args.out, overwrite=True)
 
 if __name__ == "__main__":
     main()
