@@ -21,24 +21,17 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-QUIET = {"progress": False, "log": lambda _m: None}
+sys.path.insert(0, str(Path(__file__).parent))
+from seqkd_filtered import QUIET, _ms, teacher  # noqa: E402 - the same teacher run and format
+
 VARIANTS = {"both": "[teacher, teacher_weak]", "strong": "[teacher]", "weak": "[teacher_weak]"}
-
-
-def teacher(root: Path) -> float:
-    """Train (once) the strong teacher beside the students' runs; its exact-match accuracy."""
-    from dgraph.api import train
-
-    run = root / "arithmetic_teacher"
-    if not (run / "summary.json").exists():
-        train("arithmetic_teacher", out=run, overwrite=True, **QUIET)
-    return float(json.loads((run / "summary.json").read_text())["exact_match/accuracy"])
 
 
 def multi(root: Path, seed: int, variant: str) -> dict[str, float]:
@@ -58,12 +51,6 @@ def multi(root: Path, seed: int, variant: str) -> dict[str, float]:
             "verified_strong": stats.get("teacher/verified_rate", float("nan")),
             "verified_weak": stats.get("teacher_weak/verified_rate", float("nan")),
             "seconds": time.perf_counter() - start}
-
-
-def _ms(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}"
 
 
 def main() -> None:

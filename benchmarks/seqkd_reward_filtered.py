@@ -60,12 +60,6 @@ def exact_filtered(root: Path, seed: int, *, filtered: bool) -> dict[str, float]
             "kept_right": right}
 
 
-def _ms(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -75,7 +69,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from seqkd_filtered import teacher
+    from seqkd_filtered import _ms, teacher
 
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.out)
