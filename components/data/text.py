@@ -465,17 +465,20 @@ def special_ids(tok: Any, p: TokenizerParams, context: BuildContext | None = Non
 
 
 def _tokenizer_path(p: TokenizerParams, context: BuildContext) -> Path:
-    """The ``tokenizer.json`` that ``tokenizer.path`` names (a file, or a folder holding one
-    whose ``tokenizer_config.json`` names no custom code); checked, not read."""
+    return tokenizer_json(context, "tokenizer.path", p.path or "")
+
+
+def tokenizer_json(context: BuildContext, param: str, raw: str) -> Path:
+    """The ``tokenizer.json`` that parameter ``param`` names (``raw``: a file, or a folder
+    holding one whose ``tokenizer_config.json`` names no custom code); checked, not read."""
     what = "a tokenizer.json saved by the tokenizers library, or a folder holding one"
-    path = model_path(context, "tokenizer.path", p.path or "", kind="file or folder",
-                      what=what)
+    path = model_path(context, param, raw, kind="file or folder", what=what)
     if path.is_dir():
-        check_model_folder(context, "tokenizer.path", path, what=what,
+        check_model_folder(context, param, path, what=what,
                            expected="a tokenizer folder whose tokenizer_config.json names "
                            "no custom code")
         if not (path / "tokenizer.json").is_file():
-            raise input_error(context, "tokenizer.path", f"{path} holds no tokenizer.json",
+            raise input_error(context, param, f"{path} holds no tokenizer.json",
                               code="missing-file", expected=what,
                               found="a folder without tokenizer.json",
                               hint="save the tokenizer with tokenizer.save(...) or "
@@ -495,13 +498,19 @@ def _tokenizer_file(p: TokenizerParams, context: BuildContext | None) -> Any:
         if not path.is_file():
             raise SpecError(f"tokenizer file {path} does not exist")
         return Tokenizer.from_file(str(path))
-    what = "a tokenizer.json saved by the tokenizers library"
-    path = _tokenizer_path(p, context)
+    return read_tokenizer_json(context, "tokenizer.path", _tokenizer_path(p, context))
+
+
+def read_tokenizer_json(context: BuildContext, param: str, path: Path) -> Any:
+    """``path`` read by ``tokenizers`` (which runs no code); an unreadable file is an input
+    error at parameter ``param``."""
+    from tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
-        raise input_error(context, "tokenizer.path", f"{path} is not a readable tokenizer "
-                          "file", expected=what,
+        raise input_error(context, param, f"{path} is not a readable tokenizer file",
+                          expected="a tokenizer.json saved by the tokenizers library",
                           found=f"{type(exc).__name__}: {str(exc).strip()[:200]}",
                           hint="write it with tokenizers' Tokenizer.save") from None
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from dgraph.components._inputs import check_model_folder, input_error, model_path
+from dgraph.components._inputs import input_error
 from dgraph.components.generate._decoding import Candidate
 from dgraph.components.models.hf import model_folder
 
@@ -229,40 +229,25 @@ class RewardModel(Module):
 
     @staticmethod
     def _tokenizer(context: BuildContext, folder: Path | None, raw: str | None) -> Any:
-        from tokenizers import Tokenizer
+        from dgraph.components.data.text import byte_tokenizer, read_tokenizer_json, tokenizer_json
 
         if raw == "byte":
-            from dgraph.components.data.text import byte_tokenizer
-
             return byte_tokenizer()
-        what = "a tokenizer.json saved by the tokenizers library, or a folder holding one"
         if raw is None:
             assert folder is not None
             path = folder / "tokenizer.json"
             if not path.is_file():
                 raise input_error(
                     context, "tokenizer", f"the model folder {folder} holds no "
-                    "tokenizer.json", code="missing-file", expected=what,
+                    "tokenizer.json", code="missing-file",
+                    expected="a tokenizer.json saved by the tokenizers library, or a folder "
+                    "holding one",
                     found="tokenizer: null (the model folder's), and no tokenizer.json there",
                     hint="save the reward model's tokenizer into its folder, or name one "
                     "with tokenizer: (a file, a folder, or 'byte')")
         else:
-            path = model_path(context, "tokenizer", raw, kind="file or folder", what=what)
-            if path.is_dir():
-                check_model_folder(context, "tokenizer", path, what=what)
-                path = path / "tokenizer.json"
-                if not path.is_file():
-                    raise input_error(context, "tokenizer", f"{path.parent} holds no "
-                                      "tokenizer.json", code="missing-file", expected=what,
-                                      found="a folder without tokenizer.json",
-                                      hint="name the tokenizer.json file, or save one there")
-        try:
-            return Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
-            raise input_error(context, "tokenizer", f"{path} is not a readable tokenizer "
-                              "file", expected=what,
-                              found=f"{type(exc).__name__}: {str(exc).strip()[:200]}",
-                              hint="write it with tokenizers' Tokenizer.save") from None
+            path = tokenizer_json(context, "tokenizer", raw)
+        return read_tokenizer_json(context, "tokenizer", path)
 
     def forward(self) -> Outputs():
         return {}
