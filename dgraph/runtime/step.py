@@ -183,19 +183,8 @@ class StepRunner:
                 if setup.sharded:  # each rank saw only its shard of the gradients
                     torch.distributed.all_reduce(self._found_inf,
                                                  op=torch.distributed.ReduceOp.MAX)
-            if self.read_losses_on_host and not deferred:
-                # On CPU, reading the losses is cheaper than another pass over them.
-                if not (all(_finite(t) for t in totals)
-                        and (scaler is not None or not self._found_inf.item())):
-                    self.check_finite((step, name, repeat, draws), totals)
-            else:
-                torch._amp_foreach_non_finite_check_and_unscale_(
-                    [t.detach() for t in totals], self._found_inf, self._one)
-                if deferred:
-                    self._skipped.add_(self._found_inf)
-                    self._unread.append((step, name, repeat, draws))
-                elif self._found_inf.item():  # one read (a sync) per optimizer step
-                    self.check_finite((step, name, repeat, draws), totals)
+            self._flag_non_finite((step, name, repeat, draws), totals, deferred=deferred,
+                                  scaled=scaler is not None)
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(
                     params, spec.clip_grad_norm))  # the norm over all shards when sharded
@@ -206,12 +195,7 @@ class StepRunner:
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                if deferred:
-                    # The fused kernels leave parameters and state alone (and take back the
-                    # step count) when found_inf is set: GradScaler's own mechanism.
-                    optimizer.grad_scale = None  # type: ignore[attr-defined]
-                    optimizer.found_inf = self._found_inf  # type: ignore[attr-defined]
-                optimizer.step()
+                self._optimizer_step(optimizer, deferred)
             optimizer.zero_grad(set_to_none=True)
             self._after_update(name)
         scheduler = setup.schedulers.get(name)
@@ -295,32 +279,15 @@ class StepRunner:
             check([p.grad for p in params if p.grad is not None], found_inf, one)
             deferred = self.defer_finite_checks and \
                 getattr(optimizer, "_step_supports_amp_scaling", False)
-            if self.read_losses_on_host and not deferred:
-                # On CPU, reading the losses is cheaper than another pass over them (the
-                # test of _finite, written out: this runs every step).
-                value = total.detach()
-                if not ((math.isfinite(value.item()) if value.numel() == 1
-                         else bool(torch.isfinite(value).all())) and not found_inf.item()):
-                    self.check_finite((step, name, 0, [tuple(drawn)]), [total])
-            else:
-                check([total.detach()], found_inf, one)
-                if deferred:
-                    self._skipped.add_(found_inf)
-                    self._unread.append((step, name, 0, [tuple(drawn)]))
-                elif found_inf.item():  # one read (a sync) per optimizer step
-                    self.check_finite((step, name, 0, [tuple(drawn)]), [total])
+            self._flag_non_finite((step, name, 0, [tuple(drawn)]), [total], deferred=deferred,
+                                  scaled=False)
             terms: dict[str, torch.Tensor] = {}
             if clip is not None:
                 terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
             elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
                 # Gradients are cleared below, so the norm is taken now, on logging steps.
                 terms["grad_norm"] = _grad_norm(params)
-            if deferred:
-                # The fused kernels leave parameters and state alone (and take back the step
-                # count) when found_inf is set: GradScaler's own mechanism.
-                optimizer.grad_scale = None  # type: ignore[attr-defined]
-                optimizer.found_inf = found_inf  # type: ignore[attr-defined]
-            optimizer.step()
+            self._optimizer_step(optimizer, deferred)
             optimizer.zero_grad(set_to_none=True)
             if follow:
                 self._after_update(name)
@@ -335,6 +302,32 @@ class StepRunner:
             return terms
 
         return run
+
+    def _flag_non_finite(self, where: tuple, totals: list[torch.Tensor], *, deferred: bool,
+                         scaled: bool) -> None:
+        """After backward: set the sticky flag when a loss is NaN/inf, and name the cause now,
+        or (``deferred``, CUDA) at the next read. ``scaled``: a GradScaler checks the
+        gradients itself. ``where``: (step, update, repeat, draws) for the message."""
+        if self.read_losses_on_host and not deferred:
+            # On CPU, reading the losses is cheaper than another pass over them.
+            if not (all(_finite(t) for t in totals) and (scaled or not self._found_inf.item())):
+                self.check_finite(where, totals)
+            return
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            [t.detach() for t in totals], self._found_inf, self._one)
+        if deferred:
+            self._skipped.add_(self._found_inf)
+            self._unread.append(where)
+        elif self._found_inf.item():  # one read (a sync) per optimizer step
+            self.check_finite(where, totals)
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, deferred: bool) -> None:
+        if deferred:
+            # The fused kernels leave parameters and state alone (and take back the step
+            # count) when found_inf is set: GradScaler's own mechanism.
+            optimizer.grad_scale = None  # type: ignore[attr-defined]
+            optimizer.found_inf = self._found_inf  # type: ignore[attr-defined]
+        optimizer.step()
 
     def _after_update(self, update: str) -> None:
         """Let target nodes (EMA, periodic copies) follow the nodes this update trained."""
