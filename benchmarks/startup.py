@@ -8,16 +8,20 @@ Jobs (each a fresh process, run in a scratch folder, interleaved round by round)
   imported before it read scikit-learn's data file itself (``sklearn.datasets``,
   ``sklearn.model_selection``): the start-up as it was;
 - ``kd-fresh``: in an empty folder, so that ``teacher_digits`` is trained first;
+- ``validate-kd``: ``dgraph validate kd``; ``static-kd``: the same with ``--static`` (no torch);
 - ``validate7b``: ``dgraph validate llm_7b_validate``;
 - ``torch``, ``torch+dynamo``, ``torch+llama``: bare imports, the floors under the jobs
   (every torch.optim step imports ``torch._dynamo``; transformers' Llama modelling imports
-  it too).
+  it too; so does torch's first matrix product on the meta device, in a dry run);
+- ``torch+meta-mm``: one ``Linear`` on the meta device (the floor under ``validate-kd``);
+- ``llama-dry``: what ``validate7b`` asks of transformers, by hand (both models built on the
+  meta device, one forward each): the floor under that job.
 
 Prints, per job, the median of the rounds with min and max, for wall seconds, CPU seconds
 (user + system, less sensitive to other processes on a shared machine) and peak resident
 memory. ``OMP_NUM_THREADS=1`` unless set.
 
-    python benchmarks/startup.py --rounds 5 [--jobs kd,kd+sklearn,validate7b]
+    python benchmarks/startup.py --rounds 5 [--jobs kd,kd+sklearn,validate-kd,validate7b]
 """
 
 from __future__ import annotations
@@ -36,14 +40,35 @@ _KD = ["-m", "dgraph", "train", "kd", "--set", "train.steps=1", "--quiet"]
 _OLD_IMPORTS = ("import sklearn.datasets, sklearn.model_selection, runpy, sys; "
                 "sys.argv = ['dgraph', *sys.argv[1:]]; "
                 "runpy.run_module('dgraph', run_name='__main__')")
+# What `validate llm_7b_validate` asks of transformers, written by hand: both Llama configs
+# built on the meta device and one [4, 2048] forward each (the floor under that job).
+_LLAMA_DRY = """
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+teacher = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, intermediate_size=11008, vocab_size=32000,
+               max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+student = {**teacher, "num_hidden_layers": 16, "hidden_size": 2048, "intermediate_size": 5632}
+with torch.device("meta"):
+    for settings in (teacher, student):
+        lm = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings),
+                                              attn_implementation="eager")
+        ids = torch.zeros(4, 2048, dtype=torch.long)
+        lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+"""
 JOBS: dict[str, list[str]] = {
     "kd": [*_KD, "--overwrite"],
     "kd+sklearn": ["-c", _OLD_IMPORTS, *_KD[2:], "--overwrite"],
     "kd-fresh": _KD,
+    "validate-kd": ["-m", "dgraph", "validate", "kd"],
+    "static-kd": ["-m", "dgraph", "validate", "--static", "kd"],
     "validate7b": ["-m", "dgraph", "validate", "llm_7b_validate"],
     "torch": ["-c", "import torch"],
     "torch+dynamo": ["-c", "import torch, torch._dynamo"],
     "torch+llama": ["-c", "import torch; from transformers.models.llama import modeling_llama"],
+    "llama-dry": ["-c", _LLAMA_DRY],
+    "torch+meta-mm": ["-c", "import torch; torch.nn.Linear(64, 8, device='meta')"
+                      "(torch.empty(4, 64, device='meta'))"],
 }
 
 
@@ -64,7 +89,8 @@ def run_once(args: list[str], cwd: Path) -> tuple[float, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--jobs", default="kd,kd+sklearn,validate7b,torch,torch+dynamo",
+    parser.add_argument("--jobs", default="kd,validate-kd,validate7b,torch,torch+dynamo,"
+                        "llama-dry",
                         help=f"comma-separated, of: {', '.join(JOBS)}")
     options = parser.parse_args()
     jobs = [j for j in options.jobs.split(",") if j]

@@ -2,12 +2,14 @@
 
 A component type declares its roles, a pydantic model of its parameters and typed ports.
 Declarations import no torch; :meth:`Component.build` imports it when a graph is compiled.
-Third-party types arrive through the ``dgraph.components`` entry-point group.
+Third-party types arrive through the ``dgraph.components`` entry-point group. The built-in
+modules are imported when first needed (see :func:`load_plugins`).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
@@ -245,7 +247,102 @@ class Component:
         return inspect.cleandoc(cls.__doc__ or "").strip()
 
 
-COMPONENTS: Registry[type[Component]] = Registry("component type")
+def _executing_module() -> str:
+    """The module whose top-level code is running (the one a registration comes from)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            return str(frame.f_globals.get("__name__", ""))
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
+class _ComponentRegistry(Registry[type[Component]]):
+    """The component types, the built-in ones imported on first use.
+
+    Until :func:`load_plugins` arms it, a plain registry. Armed, it knows which built-in module
+    declares each type (``dgraph/components/_index.py``): asking for a type imports that
+    module; a name the index does not know, and anything that lists the types (iterating,
+    ``len``, ``items``), first imports every built-in module. What it answers is what a
+    registry holding every type would answer.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self._index: dict[str, str] | None = None  # type name -> built-in module, once armed
+        self._import_all: Callable[[], None] = lambda: None
+        self._complete = False
+        # Set while the index is generated: the module each registration comes from.
+        self.track: dict[str, str] | None = None
+
+    def arm(self, index: Mapping[str, str], import_all: Callable[[], None]) -> None:
+        """Import modules on demand from now on: ``index`` maps type names to the modules
+        that declare them, ``import_all`` imports every module."""
+        self._index = dict(index)
+        self._import_all = import_all
+        self._complete = False
+
+    def register(self, name: str, item: type[Component], *, origin: str = ""
+                 ) -> type[Component]:
+        module = self._index.get(name) if self._index is not None else None
+        if module is not None and name not in self._items and module not in sys.modules:
+            # The built-in type of that name first, so that a second registration (a plug-in
+            # taking a built-in name) is refused exactly as when every module was imported.
+            import_module(module)
+        registered = super().register(name, item, origin=origin)
+        if self.track is not None:
+            self.track.setdefault(name, _executing_module())
+        return registered
+
+    def complete(self) -> None:
+        """Import every built-in module (once armed): every type is registered."""
+        if self._index is None or self._complete:
+            return
+        self._complete = True
+        try:
+            self._import_all()
+        except BaseException:
+            self._complete = False
+            raise
+
+    def _find(self, name: str) -> bool:
+        if name in self._items:
+            return True
+        if self._index is None:
+            return False
+        module = self._index.get(name)
+        if module is not None and module not in sys.modules:
+            import_module(module)
+            if name in self._items:
+                return True
+        self.complete()
+        return name in self._items
+
+    def get(self, name: str) -> type[Component]:
+        self._find(name)
+        return super().get(name)
+
+    def origin(self, name: str) -> str:
+        self._find(name)
+        return super().origin(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._find(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self.complete()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self.complete()
+        return super().__len__()
+
+    def items(self) -> list[tuple[str, type[Component]]]:
+        self.complete()
+        return super().items()
+
+
+COMPONENTS: _ComponentRegistry = _ComponentRegistry("component type")
 
 
 def reference_path(key: str) -> tuple[str | int, ...]:
@@ -301,13 +398,94 @@ def component(name: str, *, roles: tuple[str, ...] | None = None) -> Callable[[t
 _loaded = False
 
 
+def builtin_index() -> dict[str, str]:
+    """Which built-in module declares each component type, by importing every one.
+
+    Run in a fresh process (``python -m dgraph.components._index`` writes the result to
+    ``dgraph/components/_index.py``): a module imported before is not seen.
+    """
+    builtin = import_module("dgraph.components")
+    already = [m for m in builtin.module_names() if m in sys.modules]
+    if already:
+        raise RuntimeError(f"builtin_index() needs a fresh process; imported already: {already}")
+    COMPONENTS.track = {}
+    try:
+        builtin.import_every_module()
+        return {name: module for name, module in sorted(COMPONENTS.track.items())
+                if module.startswith("dgraph.components.")}
+    finally:
+        COMPONENTS.track = None
+
+
+_INDEX_HEADER = (
+    '"""Which built-in module declares each component type, for importing only the modules a\n'
+    "spec uses. Generated from a full import by ``python -m dgraph.components._index`` (do not\n"
+    "edit); tests/test_startup.py checks that it is current. A stale index costs time, never a\n"
+    "wrong answer: a name it does not know makes the registry import every module.\n"
+    '"""\n')
+
+
+def render_builtin_index(index: Mapping[str, str], modules: list[str]) -> str:
+    """The text of ``dgraph/components/_index.py`` for ``index`` (type -> module)."""
+    by_module: dict[str, list[str]] = {}
+    for name, module in sorted(index.items()):
+        by_module.setdefault(module, []).append(name)
+    lines = [_INDEX_HEADER, "MODULES: tuple[str, ...] = ("]
+    lines += [f'    "{module}",' for module in modules]
+    lines += [")", "", "INDEX: dict[str, tuple[str, ...]] = {"]
+    for module in sorted(by_module):
+        names = [f'"{name}"' for name in by_module[module]]
+        one_line = f'    "{module}": ({", ".join(names)}{"," if len(names) == 1 else ""}),'
+        if len(one_line) <= 100:
+            lines.append(one_line)
+            continue
+        lines.append(f'    "{module}": (')
+        row = "       "
+        for name in names:
+            if len(row) + len(name) + 2 > 100:
+                lines.append(row)
+                row = "       "
+            row += f" {name},"
+        lines += [row, "    ),"]
+    lines += ["}", "", 'if __name__ == "__main__":',
+              "    from dgraph.registry import write_builtin_index", "",
+              "    write_builtin_index()", ""]
+    return "\n".join(lines)
+
+
+def write_builtin_index() -> Path:
+    """Regenerate ``dgraph/components/_index.py`` (in a fresh process)."""
+    builtin = import_module("dgraph.components")
+    text = render_builtin_index(builtin_index(), builtin.module_names())
+    path = Path(builtin.__file__ or "").parent / "_index.py"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _arm_builtin() -> None:
+    """Let the registry import each built-in module on first use; a module the index does
+    not list yet (a new file) is imported now, so that its types are found as before."""
+    builtin = import_module("dgraph.components")
+    from dgraph.components import _index
+
+    on_disk = builtin.module_names()
+    present = set(on_disk)
+    COMPONENTS.arm({name: module for module, names in _index.INDEX.items()
+                    if module in present for name in names}, builtin.import_every_module)
+    for module in on_disk:
+        if module not in _index.MODULES:
+            import_module(module)
+
+
 def load_plugins(*, force: bool = False) -> None:
-    """Import the built-in components and every ``dgraph.components`` entry point once."""
+    """Make every component type available: the built-in ones (each module imported when a
+    type of it is first asked for, see :class:`_ComponentRegistry`) and every
+    ``dgraph.components`` entry point (imported now), once."""
     global _loaded
     if _loaded and not force:
         return
     _loaded = True
-    import_module("dgraph.components")
+    _arm_builtin()
     seen = {"dgraph.components"}
     for entry in metadata.entry_points(group="dgraph.components"):
         if entry.value in seen:

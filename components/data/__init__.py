@@ -1,6 +1,7 @@
 """Data source components: each builds a :class:`dgraph.data.DataSource`.
 
-Every module here is imported by :mod:`dgraph.components`; each declares its sources.
+Each public module here declares sources (imported when a spec names one, see
+:mod:`dgraph.components`).
 """
 
 __all__: list[str] = []

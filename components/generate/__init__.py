@@ -8,7 +8,8 @@ verifier/critic nodes (:class:`dgraph.declare.Scores`), keeps or weights them an
 ``<run>/generated/<node>/<stage>.jsonl``; ``generated_pairs`` data nodes train on the newest.
 Critics include a reward model (``reward_model``: a saved sequence classifier, or an
 ``hf_sequence_classifier`` node trained in the run, e.g. on ``arithmetic_judgements``).
-Every module here is imported by :mod:`dgraph.components`; each declares its components.
+Each public module here declares components (imported when a spec names one, see
+:mod:`dgraph.components`).
 """
 
 __all__: list[str] = []

@@ -1,7 +1,8 @@
 """Model components: networks usable as teacher, student or any other model, projectors
 between feature spaces, targets, learnable tensors and synthetic data.
 
-Every module here is imported by :mod:`dgraph.components`; each declares its components.
+Each public module here declares components (imported when a spec names one, see
+:mod:`dgraph.components`).
 """
 
 __all__: list[str] = []

@@ -1,6 +1,7 @@
 """Operations and samplers: generic tensor ops, ``expr``, and per-step random inputs.
 
-Every module here is imported by :mod:`dgraph.components`; each declares its components.
+Each public module here declares components (imported when a spec names one, see
+:mod:`dgraph.components`).
 """
 
 __all__: list[str] = []

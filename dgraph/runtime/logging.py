@@ -98,9 +98,9 @@ class RunLogger:
         purge = start_step + 1 if tb.is_dir() and any(tb.iterdir()) else None
         try:
             self._metrics = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
-            from torch.utils.tensorboard import SummaryWriter
+            from dgraph.runtime.events import EventWriter
 
-            self._tb = SummaryWriter(str(tb), purge_step=purge)
+            self._tb = EventWriter(tb, purge_step=purge)
         except OSError as exc:
             self.close()
             raise RunDirError(f"cannot write {exc.filename or self._path} ({os_reason(exc)}); "
@@ -128,7 +128,7 @@ class RunLogger:
     def image(self, tag: str, array, step: int = 0) -> None:
         """An ``H x W x 3`` uint8 image (the graph picture, samples at an evaluation)."""
         if self._tb is not None:
-            self._tb.add_image(tag, array, step, dataformats="HWC")
+            self._tb.add_image(tag, array, step)
 
     def text(self, tag: str, text: str) -> None:
         if self._tb is not None:
