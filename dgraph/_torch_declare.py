@@ -64,6 +64,9 @@ def torch_class(cls: type) -> type[nn.Module]:
                 return {single: user_forward(self, *args, **kwargs)}
 
             namespace["forward"] = forward
+            # The declared forward, returning the one output itself: what a generated step
+            # calls where nothing else would run (dgraph.compiler.codegen.value_call).
+            namespace["value_forward"] = user_forward
         built = type(cls.__name__, (cls, nn.Module), namespace)
         _CLASSES[cls] = built
     return built

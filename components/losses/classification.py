@@ -38,7 +38,6 @@ def cross_entropy(
     float32.
     """
     import torch
-    import torch.nn.functional as F
 
     if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"cross_entropy expects logits [B, C] and target [B]; found logits "
@@ -49,7 +48,8 @@ def cross_entropy(
     if mask is None and logits.shape[0] > 0:
         # The fast path (one kernel each way): every target is a label. Negative targets are
         # still ignored, but a batch with none left would give NaN: wire `mask`.
-        return F.cross_entropy(logits, target, ignore_index=-1, label_smoothing=label_smoothing)
+        return torch.nn.functional.cross_entropy(logits, target, ignore_index=-1,
+                                                 label_smoothing=label_smoothing)
     if mask is not None:
         if mask.shape != target.shape:
             mask = mask.reshape(target.shape)
@@ -62,6 +62,6 @@ def cross_entropy(
         total, count = torch.ops.aten.nll_loss_forward(
             torch.log_softmax(logits, dim=1), target, None, _SUM, -1)
         return total / count.clamp_min(1)
-    total = F.cross_entropy(logits, target, reduction="sum", ignore_index=-1,
-                            label_smoothing=label_smoothing)
+    total = torch.nn.functional.cross_entropy(logits, target, reduction="sum", ignore_index=-1,
+                                              label_smoothing=label_smoothing)
     return total / (target >= 0).sum().clamp_min(1).to(total.dtype)

@@ -37,11 +37,13 @@ def kl_div(
     to the inputs. fp16/bf16 logits are computed in float32.
     """
     import torch
-    from dgraph.components.losses._divergence import kl_div_terms, same_shape
 
+    # This runs every step: the helpers of the rare branches are imported in them.
     if student.shape != teacher.shape:
+        from dgraph.components.losses._divergence import same_shape
+
         same_shape(student, teacher, "student", "teacher", "both must score the same classes")
-    # at_least_float32 written out (this runs every step): fp16/bf16 in float32.
+    # at_least_float32 written out: fp16/bf16 in float32.
     if student.dtype.itemsize < 4 and student.is_floating_point():
         student = student.float()
     if teacher.dtype.itemsize < 4 and teacher.is_floating_point():
@@ -52,7 +54,7 @@ def kl_div(
     log_p, log_q = (log_t, log_s) if direction == "forward" else (log_s, log_t)
     # The mean over every row (all dimensions but the classes'); 0 for an empty batch.
     scale = (temperature**2 if scale_by_t2 else 1.0) / max(student.shape[:-1].numel(), 1)
-    if log_p.device.type == "cpu":
+    if log_p.is_cpu:
         # On CPU reading a number costs less than one more operation: the plain sum
         # p (log p - log q) first (PyTorch's kl_div). It differs from the exact form only
         # where p = 0 meets a -inf log-probability (0 * inf): its value is then NaN, and only
@@ -62,6 +64,8 @@ def kl_div(
         value = plain.detach().item()
         if value == value:  # not NaN
             return plain
+    from dgraph.components.losses._divergence import kl_div_terms
+
     return kl_div_terms(log_p, log_q, dim=None) * scale
 
 

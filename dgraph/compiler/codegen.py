@@ -8,6 +8,7 @@ it (or in it). ``Program.source()`` is the readable text of every generated step
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ class Program:
     idents: dict[str, str]
     order: list[str]
     caches: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # Nodes whose one output the steps take straight from the call (see value_call): node ->
+    # that output's port.
+    value_ports: dict[str, str] = field(default_factory=dict)
     # The globals of the bound steps (bind): the modules they call, as m_<node>.
     _namespace: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -135,7 +139,10 @@ class Program:
         namespace = self._namespace
         for name, ident in self.idents.items():
             if name in instances.modules:
-                namespace[f"m_{ident}"] = direct_call(instances.modules[name])
+                module = instances.modules[name]
+                port = self.value_ports.get(name)
+                namespace[f"m_{ident}"] = direct_call(module) if port is None else \
+                    value_call(module, port)
 
     # -- an interpreter for the cold paths: evaluation, dry runs and diagnosis -----------
     def run_nodes(self, instances: Any, batch: dict[str, dict[str, torch.Tensor]],
@@ -220,6 +227,59 @@ def direct_call(module: Any) -> Any:
     return module.forward
 
 
+def value_call(module: Any, port: str) -> Callable[..., Any]:
+    """What the generated step calls for a node that returns one output, ``port``, and whose
+    step line takes that value straight from the call (see :func:`value_ports`).
+
+    Where :func:`direct_call` would call ``forward`` directly, a declared component is called
+    without its output dict: a declared function (a
+    :class:`~dgraph._torch_declare.FunctionModule`) as the function itself, its parameters
+    bound, and a declared class through the ``forward`` it declared (``value_forward``). No
+    dict is built and indexed, and for a function no ``forward`` frame runs. A function's
+    scheduled parameters are the module's own dict, which ``set_step`` updates in place, so
+    they are read at each call. Anything else (hooks, wrappers) is called as before and the
+    port taken from what it returns.
+    """
+    from dgraph._torch_declare import FunctionModule
+
+    if direct_call(module) is not module:
+        if isinstance(module, FunctionModule):
+            fn, params = module.fn, module.params
+            if not module.schedules:
+                return functools.partial(fn, **params)
+
+            def scheduled(**ports: Any) -> Any:
+                return fn(**ports, **params)
+
+            return scheduled
+        value_forward = getattr(type(module), "value_forward", None)
+        if value_forward is not None:
+            return value_forward.__get__(module)
+
+    def picked(**ports: Any) -> Any:
+        return module(**ports)[port]
+
+    return picked
+
+
+def value_ports(graph: Graph) -> dict[str, str]:
+    """The nodes called for their value (:func:`value_call`): declared components with a
+    single output that nothing reads another port of (a tapped submodule's output, say) and
+    that are not cached (a cache indexes stored outputs instead)."""
+    read: dict[str, set[str]] = {}
+    for edge in graph.edges:
+        read.setdefault(edge.src, set()).add(edge.src_port)
+    out: dict[str, str] = {}
+    for name, node in graph.nodes.items():
+        component = node.component
+        single = getattr(component, "single_output", None)
+        if getattr(component, "shape", None) in ("function", "class") and single is not None \
+                and node.spec.cache is None and node.kind != "data" \
+                and read.get(name, set()) <= {single}:
+            out[name] = single
+    return out
+
+
 def _global_module_hooks() -> bool:
     """Whether any hook registered for every module (``register_module_forward_hook``...)
     is in place."""
@@ -298,7 +358,8 @@ def _cache_source(graph: Graph, name: str) -> str:
     return data[0]
 
 
-def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str]) -> str:
+def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str],
+              values: dict[str, str]) -> str:
     """The step function's source.
 
     User text reaches it in two forms only: identifiers derived from checked names (``m_``,
@@ -352,6 +413,9 @@ def _generate(graph: Graph, plan: UpdatePlan, idents: dict[str, str]) -> str:
         if name not in plan.grad_nodes:
             lines.append("    with _no_grad():")
             indent = "        "
+        if name in values:  # its one output, straight from the call (value_call)
+            lines.append(f"{indent}{new_var(name, values[name])} = m_{ident}({args})")
+            continue
         lines.append(f"{indent}o_{ident} = m_{ident}({args})")
         for port in needed_ports:
             table = f"o_{ident}" if port in node.outputs else f"t_{ident}"
@@ -382,9 +446,10 @@ def compile_graph(graph: Graph) -> Program:
     idents = {name: _ident(name, taken) for name in order}
     functions: set[str] = set()
     plans: dict[str, UpdatePlan] = {}
+    values = value_ports(graph)
     for name, update in graph.spec.updates.items():
         plan = _plan(graph, name, update, order)
         plan.function = _ident(name, functions, prefix="step_")
-        plan.source = _generate(graph, plan, idents)
+        plan.source = _generate(graph, plan, idents, values)
         plans[name] = plan
-    return Program(graph=graph, plans=plans, idents=idents, order=order)
+    return Program(graph=graph, plans=plans, idents=idents, order=order, value_ports=values)

@@ -58,6 +58,8 @@ class BatchLoader:
         # (epoch, position) of the batch the last next() returned: batch_at() draws it again.
         self.drawn: tuple[int, int] = (0, -1)
         self._order: torch.Tensor | None = None
+        # The shuffled epoch's batch indices, for next() (see there).
+        self._indices: tuple[torch.Tensor, ...] | None = None
         self._per_epoch = (self.size // batch_size if drop_last
                            else -(-self.size // batch_size))
 
@@ -100,14 +102,24 @@ class BatchLoader:
         return {name: t.index_select(0, index) for name, t in self.tensors.items()}
 
     def next(self) -> dict[str, torch.Tensor]:
-        if self.position >= self._per_epoch:
+        position = self.position
+        if position >= self._per_epoch:
             self.epoch += 1
-            self.position = 0
+            position = 0
             self._order = None
-        self.drawn = (self.epoch, self.position)
-        order = None if self.sampler is not None else self._epoch_order()
-        self.position += 1
-        return self._take(order, self.drawn[1], self.epoch)
+            self._indices = None
+        self.drawn = (self.epoch, position)
+        self.position = position + 1
+        indices = self._indices
+        if indices is None:
+            if self.sampler is not None or self.world > 1 or not self.shuffle:
+                order = None if self.sampler is not None else self._epoch_order()
+                return self._take(order, position, self.epoch)
+            # One process walking a permutation (the usual case): the epoch's batch indices
+            # are views made once per epoch, so a step only selects its rows (as _take does).
+            indices = self._indices = self._epoch_order().split(self.batch_size)
+        index = indices[position]
+        return {name: t.index_select(0, index) for name, t in self.tensors.items()}
 
     def batch_at(self, epoch: int, position: int) -> dict[str, torch.Tensor]:
         """The batch that ``next()`` returned at ``(epoch, position)`` (for diagnosis; with a
@@ -130,6 +142,7 @@ class BatchLoader:
         self.position = int(state["position"])
         self.seed = int(state["seed"])
         self._order = None
+        self._indices = None
 
 
 def _generator_seed(seed: int, epoch: int) -> int:

@@ -248,6 +248,8 @@ class StepRunner:
         losses_of = plan.losses
         check = torch._amp_foreach_non_finite_check_and_unscale_
         weights_at = self._weights
+        # Made again with the optimizer (see _run_plain), and its scheduler is made with it.
+        scheduler = setup.schedulers.get(name)
         weights_at(plan, stage, stage.start)
         # Fixed weights are computed once (see _weights): then used as they are.
         fixed = self._constant_weights.get((name, stage.name))
@@ -255,12 +257,10 @@ class StepRunner:
         def run(step: int, shared: dict[str, dict[str, torch.Tensor]]) -> dict:
             # Updates of one step read the same examples of a data node: the batches drawn
             # so far in this step are in ``shared``; the generated step reads them there.
-            drawn = []
             for data_node, loader in data:
                 if data_node not in shared:
                     shared[data_node] = loader.next()
                     shared_drawn[data_node] = loader.drawn
-                drawn.append(shared_drawn[data_node])
             try:
                 total, losses = step_fn(shared, fixed if fixed is not None else
                                         weights_at(plan, stage, step))[:2]
@@ -279,19 +279,25 @@ class StepRunner:
             check([p.grad for p in params if p.grad is not None], found_inf, one)
             deferred = self.defer_finite_checks and \
                 getattr(optimizer, "_step_supports_amp_scaling", False)
-            self._flag_non_finite((step, name, 0, [tuple(drawn)]), [total], deferred=deferred,
-                                  scaled=False)
-            terms: dict[str, torch.Tensor] = {}
+            if deferred or not self.read_losses_on_host:
+                self._flag_non_finite(where(step), [total], deferred=deferred, scaled=False)
+            elif not (_finite(total) and not found_inf.item()):
+                # _flag_non_finite's host read, written out: this runs every step on CPU.
+                self.check_finite(where(step), [total])
             if clip is not None:
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
+                terms = {"grad_norm": torch.nn.utils.clip_grad_norm_(params, clip)}
             elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
                 # Gradients are cleared below, so the norm is taken now, on logging steps.
-                terms["grad_norm"] = _grad_norm(params)
-            self._optimizer_step(optimizer, deferred)
+                terms = {"grad_norm": _grad_norm(params)}
+            else:
+                terms = {}
+            if deferred:
+                self._optimizer_step(optimizer, deferred)
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if follow:
                 self._after_update(name)
-            scheduler = setup.schedulers.get(name)
             if scheduler is not None:
                 scheduler.step()
             if deferred and self.reads_after(step):
@@ -300,6 +306,10 @@ class StepRunner:
             for loss, value in zip(losses_of, losses, strict=True):
                 terms[loss] = value
             return terms
+
+        def where(step: int) -> tuple[int, str, int, Draws]:
+            """The step's record for the non-finite check: what its one micro-batch drew."""
+            return (step, name, 0, [tuple(shared_drawn[data_node] for data_node, _ in data)])
 
         return run
 

@@ -183,7 +183,7 @@ class Trainer(RunSetup):
         drawn = 0
         for batch in shared.values():
             for tensor in batch.values():  # the examples of a data node: any port's rows
-                drawn += tensor.shape[0]
+                drawn += len(tensor)
                 break
         return stage, terms, drawn
 

@@ -151,7 +151,8 @@ def test_keywords_are_allowed_names_because_generated_code_prefixes_them(tmp_pat
     program = compile_graph(graph)
     plan = program.plans["class"]
     assert plan.function == "step_class"
-    assert "o_lambda = m_lambda(student=v_student__logits, teacher=v_return__logits)" in plan.source
+    assert "v_lambda__loss = m_lambda(student=v_student__logits, teacher=v_return__logits)" \
+        in plan.source
     assert keyword.iskeyword("lambda")
 
 

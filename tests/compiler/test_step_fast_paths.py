@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgraph.compiler.codegen import direct_call
+from dgraph.compiler.codegen import direct_call, value_call
 from dgraph.errors import NonFiniteError
 from dgraph.graph import validate
 from dgraph.registry import COMPONENTS, BuildContext, load_plugins
@@ -118,6 +118,48 @@ def test_a_hook_added_after_binding_runs_once_the_calls_are_decided_again(tmp_pa
         lambda _m, _a, out: seen.append(out["logits"].shape))
     again.run()
     assert seen[:2] == [torch.Size([16, 10])] * 2
+
+
+# -- value calls: a declared function with one output ------------------------------------
+def test_a_declared_loss_is_called_as_its_function_and_its_value_taken_straight(tmp_path):
+    trainer = _trainer(tmp_path)
+    plan = trainer.program.plans["main"]
+    assert "    v_kd__loss = m_kd(student=v_student__logits, teacher=v_teacher__logits)\n" \
+        in plan.source
+    assert "o_kd" not in plan.source and "o_student = m_student(x=v_data__x)" in plan.source
+    kd = trainer.instances.modules["kd"]
+    call = trainer.program._namespace["m_kd"]
+    assert call.func is kd.fn and call.keywords == kd.params
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    assert torch.equal(call(student=s, teacher=t), kd(student=s, teacher=t)["loss"])
+    expected = F.kl_div(F.log_softmax(s / 4, -1), F.log_softmax(t / 4, -1),
+                        reduction="batchmean", log_target=True) * 16
+    torch.testing.assert_close(call(student=s, teacher=t), expected, rtol=1e-6, atol=0)
+
+
+def test_a_hooked_loss_keeps_the_module_call_and_its_hook_sees_the_output_dict(tmp_path):
+    trainer = _trainer(tmp_path, "train.steps=2")
+    (tmp_path / "run").mkdir()
+    seen = []
+    trainer.instances.modules["ce"].register_forward_hook(
+        lambda _m, _a, out: seen.append(sorted(out)))
+    trainer.program.refresh_calls(trainer.instances)
+    _stage, terms, _drawn = trainer.run_step()
+    assert seen == [["loss"]]
+    assert terms["main"]["ce"].shape == () and terms["main"]["ce"].requires_grad
+
+
+def test_a_scheduled_parameter_is_read_at_each_value_call():
+    module = _module("add_noise", std={"start": 1.0, "end": 0.0, "steps": 4})
+    call = value_call(module, "y")
+    assert not hasattr(call, "keywords")  # not a partial: the parameters are read per call
+    x = torch.zeros(3, 5)
+    for step, std in ((0, 1.0), (2, 0.5), (4, 0.0)):
+        module.set_step(step)
+        torch.manual_seed(7)
+        y = call(x=x)
+        torch.manual_seed(7)
+        torch.testing.assert_close(y, std * torch.randn(3, 5), rtol=0, atol=0)
 
 
 # -- weights ------------------------------------------------------------------------------
@@ -247,3 +289,44 @@ def test_kl_on_cpu_with_minus_inf_logits_is_exact(direction):
     loss = _module("kl_div")(student=torch.tensor([[0.0, -inf]]),
                                      teacher=torch.tensor([[0.0, 0.0]]))["loss"]
     assert float(loss) == inf
+
+
+# -- the batch loader's per-epoch batch indices ----------------------------------------------
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_loader_draws_each_epochs_permutation_in_order_and_resumes_mid_epoch(drop_last):
+    from dgraph.runtime.data import BatchLoader
+
+    x = torch.arange(10.0).unsqueeze(1)
+    loader = BatchLoader({"x": x, "i": torch.arange(10)}, 4, shuffle=True,
+                         drop_last=drop_last, seed=3)
+    per_epoch = 2 if drop_last else 3
+    drawn = []
+    for epoch in range(3):
+        order = torch.randperm(10, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
+        for position in range(per_epoch):
+            batch = loader.next()
+            assert loader.drawn == (epoch, position)
+            assert torch.equal(batch["i"], order[position * 4:position * 4 + 4])
+            assert torch.equal(batch["x"][:, 0], batch["i"].float())
+            drawn.append(batch["i"])
+    again = BatchLoader({"x": x, "i": torch.arange(10)}, 4, shuffle=True,
+                        drop_last=drop_last, seed=3)
+    again.load_state_dict({"epoch": 1, "position": 1, "seed": 3})
+    rest = [again.next()["i"] for _ in range(len(drawn) - per_epoch - 1)]
+    assert all(torch.equal(a, b) for a, b in zip(rest, drawn[per_epoch + 1:], strict=True))
+    assert torch.equal(loader.batch_at(1, 1)["i"], drawn[per_epoch + 1])
+
+
+def test_a_declared_class_with_one_output_is_called_through_its_own_forward(tmp_path):
+    from dgraph.compiler.codegen import value_ports
+
+    module = _module("mlp_map", in_features=3, hidden=[4], out_features=2)
+    call = value_call(module, "y")
+    assert call.__func__ is type(module).value_forward and call.__self__ is module
+    x = torch.randn(5, 3)
+    assert torch.equal(call(x=x), module(x=x)["y"])
+    module.register_forward_hook(lambda _m, _a, out: {"y": out["y"] * 0})
+    assert torch.equal(value_call(module, "y")(x=x), torch.zeros(5, 2))
+    trainer = _trainer(tmp_path)
+    # mlp has two outputs (logits, features): called for its dict; the losses for their value.
+    assert value_ports(trainer.graph) == {"ce": "loss", "kd": "loss"}
