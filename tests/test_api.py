@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph import api
@@ -13,8 +14,6 @@ from dgraph.errors import CheckpointError
 from dgraph.graph import validate
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 @pytest.fixture

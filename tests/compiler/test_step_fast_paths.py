@@ -4,22 +4,18 @@ masked cross-entropy and CPU KL kernels. Each gives the same numbers as the gene
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_trainer, write_spec
 from torch import nn
 
 from dgraph.compiler.codegen import direct_call, value_call
 from dgraph.errors import NonFiniteError
-from dgraph.graph import validate
 from dgraph.registry import COMPONENTS, BuildContext, load_plugins
 from dgraph.runtime.train import Trainer
-from dgraph.spec import load_spec
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 SPEC = """
     dgraph: 1
@@ -54,10 +50,7 @@ SPEC = """
 
 
 def _trainer(tmp_path: Path, *overrides: str, run: str = "run") -> Trainer:
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(SPEC))
-    graph, _ = validate(load_spec(path, list(overrides)))
-    return Trainer(graph, tmp_path / run, **QUIET)
+    return make_trainer(write_spec(tmp_path, SPEC), tmp_path / run, *overrides)
 
 
 def _module(type_name: str, **params):
@@ -101,7 +94,6 @@ def test_hooks_wrappers_and_non_modules_keep_the_full_call():
 
 def test_a_hook_added_after_binding_runs_once_the_calls_are_decided_again(tmp_path):
     trainer = _trainer(tmp_path, "train.steps=2")
-    (tmp_path / "run").mkdir()
     seen = []
     trainer.instances.modules["student"].register_forward_hook(
         lambda _m, _a, out: seen.append(out["logits"].shape))
@@ -112,7 +104,6 @@ def test_a_hook_added_after_binding_runs_once_the_calls_are_decided_again(tmp_pa
     assert seen == [torch.Size([16, 10])]
     # Trainer.run decides again when it starts: a hook added before it always runs.
     again = _trainer(tmp_path, "train.steps=2", run="again")
-    (tmp_path / "again").mkdir()
     seen.clear()
     again.instances.modules["student"].register_forward_hook(
         lambda _m, _a, out: seen.append(out["logits"].shape))
@@ -139,7 +130,6 @@ def test_a_declared_loss_is_called_as_its_function_and_its_value_taken_straight(
 
 def test_a_hooked_loss_keeps_the_module_call_and_its_hook_sees_the_output_dict(tmp_path):
     trainer = _trainer(tmp_path, "train.steps=2")
-    (tmp_path / "run").mkdir()
     seen = []
     trainer.instances.modules["ce"].register_forward_hook(
         lambda _m, _a, out: seen.append(sorted(out)))
@@ -214,7 +204,6 @@ def test_run_step_runs_the_updates_due_and_counts_the_examples(tmp_path):
 
 def test_a_nan_through_the_plain_path_is_caught_and_located(tmp_path):
     trainer = _trainer(tmp_path)
-    (tmp_path / "run").mkdir()
     trainer.instances.modules["teacher"].head.bias.data[3] = float("nan")
     with pytest.raises(NonFiniteError) as info:
         trainer.run()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from dgraph.components.dd.gradients import ParamGrad, gradient_match
 from dgraph.components.models.mlp import MLP
+from helpers import make_trainer, write_spec
 
 from dgraph.compiler.dryrun import dry_run
 from dgraph.errors import ValidationError
@@ -21,8 +22,6 @@ from dgraph.registry import BuildContext
 from dgraph.runtime.checkpoint import load_checkpoint
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def _net(seed: int = 0):
@@ -199,11 +198,7 @@ train: {steps: 16, seed: 0, log_every: 1, checkpoint_every: 1000, eval: {every: 
 
 
 def _trainer(tmp_path: Path, run: str, *overrides: str, text: str = SPEC) -> Trainer:
-    path = tmp_path / "gm_core.yaml"
-    path.write_text(textwrap.dedent(text))
-    graph, _ = validate(load_spec(path, list(overrides)))
-    (tmp_path / run).mkdir(parents=True, exist_ok=True)
-    return Trainer(graph, tmp_path / run, **QUIET)
+    return make_trainer(write_spec(tmp_path, text, "gm_core.yaml"), tmp_path / run, *overrides)
 
 
 def _losses(run: Path) -> list[float]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from dgraph.components.data.digits import digits, digits_split
 from dgraph.components.dd.evaluate import SetEvaluator, random_real_subset, train_and_test
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.errors import ComponentRuntimeError, ValidationError
@@ -18,7 +19,6 @@ from dgraph.graph import validate
 from dgraph.registry import BuildContext
 from dgraph.spec import load_spec
 
-QUIET = {"progress": False, "log": lambda _m: None}
 MLP = {"mlp": {"hidden": [32]}}
 
 

@@ -14,11 +14,11 @@ from dgraph.components.diffusion.denoisers import TimeMLP
 from dgraph.components.diffusion.gan import GANHead, bottleneck
 from dgraph.components.diffusion.unet import UNetDenoiser
 from dgraph.components.losses.adversarial import gan_critic_loss, gan_generator_loss
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.registry import BuildContext
 
-QUIET = {"progress": False, "log": lambda _m: None}
 UNET = {"sample_size": 8, "in_channels": 1, "block_out_channels": [16, 32],
         "layers_per_block": 1, "norm_num_groups": 8,
         "down_block_types": ["DownBlock2D", "DownBlock2D"],

@@ -8,6 +8,7 @@ import pytest
 import torch
 from dgraph.components.dd.sre2l import BNStatMatch, l2_prior, total_variation
 from dgraph.components.models.synthetic import SyntheticDigits
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.declare import Projected
@@ -17,7 +18,6 @@ from dgraph.runtime.checkpoint import load_weights
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
 
-QUIET = {"progress": False, "log": lambda _m: None}
 FAST = [f"nodes.{node}.params.{value}" for node in ("synthetic", "random_real")
         for value in ("seeds=[0]", "steps=10")]
 

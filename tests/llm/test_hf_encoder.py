@@ -15,13 +15,13 @@ import torch
 from dgraph.components.metrics.embedding import EmbeddingCosine
 from dgraph.components.models.hf import HFCausalLM
 from dgraph.components.models.hf_encoder import HFEncoder, pool
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.errors import ComponentRuntimeError, ValidationError
 from dgraph.registry import BuildContext
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "embed_kd.py"
-QUIET = {"progress": False, "log": lambda _m: None}
 BERT = {"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 16,
         "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 50,
         "max_position_embeddings": 32}

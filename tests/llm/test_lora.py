@@ -8,6 +8,7 @@ import torch
 import yaml
 from dgraph.components.models.hf_encoder import HFEncoder
 from dgraph.components.models.lora import LoRA
+from helpers import QUIET
 
 from dgraph.graph import validate
 from dgraph.registry import BuildContext
@@ -17,7 +18,6 @@ from dgraph.spec import load_spec
 BERT = {"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 16,
         "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 258,
         "max_position_embeddings": 80, "pad_token_id": 0}
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def _adapted(r: int = 2, alpha: float = 4.0):

@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_train, finish
 from safetensors.torch import load_file
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 SHORT = ["--set", "train.steps=40", "--set", "train.eval.every=40",
          "--set", "train.checkpoint_every=5", "--set", "train.log_every=5"]
-
-
-def _train(spec: str, out: Path, *extra: str, nproc: int = 2) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dgraph.cli", "train", spec, "--out", str(out), "--quiet",
-         "--nproc", str(nproc), *extra],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group: the launcher and both ranks
-
-
-def _finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err
-    return out
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -38,10 +22,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    single = _train("teacher_digits", tmp_path / "single", *SHORT, nproc=1)
-    double = _train("teacher_digits", tmp_path / "double", *SHORT, nproc=2)
-    _finish(single)
-    summary = _finish(double)
+    single = cli_train("teacher_digits", tmp_path / "single", *SHORT, nproc=1)
+    double = cli_train("teacher_digits", tmp_path / "double", *SHORT, nproc=2)
+    finish(single)
+    summary = finish(double)
     assert summary.count("teacher/accuracy") == 1  # only rank 0 prints the summary
     one, two = _weights(tmp_path / "single"), _weights(tmp_path / "double")
     assert one.keys() == two.keys()
@@ -51,10 +35,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 def test_sigkill_then_resume_under_two_processes_is_bit_identical(tmp_path):
-    reference = _train("teacher_digits", tmp_path / "reference", *SHORT)
-    _finish(reference)
+    reference = cli_train("teacher_digits", tmp_path / "reference", *SHORT)
+    finish(reference)
     run = tmp_path / "interrupted"
-    proc = _train("teacher_digits", run, *SHORT)
+    proc = cli_train("teacher_digits", run, *SHORT)
     deadline = time.monotonic() + 240
     while not (run / "checkpoints").exists() or \
             len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
@@ -64,14 +48,14 @@ def test_sigkill_then_resume_under_two_processes_is_bit_identical(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "final").exists()
-    _finish(_train("teacher_digits", run, *SHORT, "--resume"))
+    finish(cli_train("teacher_digits", run, *SHORT, "--resume"))
     expected, found = _weights(tmp_path / "reference"), _weights(run)
     for key, value in expected.items():
         assert torch.equal(found[key], value), key
 
 
 def test_a_global_batch_that_does_not_split_across_ranks_is_located(tmp_path):
-    proc = _train("teacher_digits", tmp_path / "run", "--set", "nodes.data.params.batch_size=63",
+    proc = cli_train("teacher_digits", tmp_path / "run", "--set", "nodes.data.params.batch_size=63",
                   *SHORT)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode != 0
@@ -103,11 +87,11 @@ FSDP = ["--set", "train.distributed.strategy=fsdp"]
 def test_fsdp_two_processes_match_one_and_save_whole_weights(tmp_path):
     # Two micro-batches per step: FSDP reduces the gradients in the second one's backward.
     accumulate = ["--set", "updates.main.accumulate=2"]
-    single = _train("teacher_digits", tmp_path / "single", *SHORT, *accumulate, nproc=1)
-    sharded = _train("teacher_digits", tmp_path / "sharded", *SHORT, *accumulate, *FSDP,
+    single = cli_train("teacher_digits", tmp_path / "single", *SHORT, *accumulate, nproc=1)
+    sharded = cli_train("teacher_digits", tmp_path / "sharded", *SHORT, *accumulate, *FSDP,
                      nproc=2)
-    _finish(single)
-    _finish(sharded)
+    finish(single)
+    finish(sharded)
     one, two = _weights(tmp_path / "single"), _weights(tmp_path / "sharded")
     assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
     for key in one:
@@ -128,9 +112,9 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
     extra = [*SHORT, *FSDP, "--set", "train.keep_checkpoints=20",
              "--set", f"train.distributed.checkpoint={checkpoint}"]
     reference = tmp_path / "reference"
-    _finish(_train("teacher_digits", reference, *extra))
+    finish(cli_train("teacher_digits", reference, *extra))
     run = tmp_path / "interrupted"
-    proc = _train("teacher_digits", run, *extra)
+    proc = cli_train("teacher_digits", run, *extra)
     deadline = time.monotonic() + 240
     while not (run / "checkpoints").exists() or \
             len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
@@ -139,7 +123,7 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _finish(_train("teacher_digits", run, *extra, "--resume"))
+    finish(cli_train("teacher_digits", run, *extra, "--resume"))
     expected, found = _weights(reference), _weights(run)
     for key, value in expected.items():
         assert torch.equal(found[key], value), key
@@ -161,7 +145,8 @@ def test_fsdp_sigkill_then_resume_is_bit_identical_and_resumes_on_one_process(tm
         assert sorted(p.name for p in (alone / "checkpoints" / "step_00000020.shards")
                       .iterdir()) == [f"shard-0000{r}-model-00001-of-00001.safetensors"
                                       for r in (1, 2)]
-    err = _train("teacher_digits", alone, *extra, "--resume", nproc=1).communicate(timeout=240)[1]
+    err = cli_train("teacher_digits", alone, *extra, "--resume",
+                    nproc=1).communicate(timeout=240)[1]
     assert "resuming from" in err and "(step 20)" in err
     for key, value in expected.items():
         torch.testing.assert_close(_weights(alone)[key], value, rtol=0, atol=1e-5)

@@ -4,16 +4,12 @@ by `dgraph train --nproc 2`, report and cache what one process does."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_train, finish
 from safetensors.torch import load_file
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # The held-out digits (360 examples) in batches of 128: 3 batches, an odd number for 2 ranks.
 # The teacher's outputs are cached on disk; energy_distance is a metric fed by every batch.
@@ -126,19 +122,6 @@ def test_shares_cover_the_items_in_rank_order():
     assert share(5, World()) == (0, 5)
 
 
-def _train(spec: Path, out: Path, *extra: str, nproc: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dgraph.cli", "train", str(spec), "--out", str(out), "--quiet",
-         "--nproc", str(nproc), *extra],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err
-
-
 def _summary(run: Path) -> dict[str, float]:
     return json.loads((run / "summary.json").read_text())
 
@@ -155,13 +138,13 @@ def _assert_same_summary(found: dict[str, float], expected: dict[str, float]) ->
 def test_eval_and_teacher_cache_in_shares_equal_one_process(tmp_path):
     spec = tmp_path / "split_eval.yaml"
     spec.write_text(SPEC)
-    single = _train(spec, tmp_path / "single", nproc=1)
-    double = _train(spec, tmp_path / "double", nproc=2)
-    _finish(single)
-    _finish(double)
+    single = cli_train(spec, tmp_path / "single", nproc=1)
+    double = cli_train(spec, tmp_path / "double", nproc=2)
+    finish(single)
+    finish(double)
     # FSDP shards the student and the frozen teacher: the cache and evaluation call them on
     # every rank the same number of times (rank 1 has no batch in the last round).
-    _finish(_train(spec, tmp_path / "fsdp", "--set", "train.distributed.strategy=fsdp",
+    finish(cli_train(spec, tmp_path / "fsdp", "--set", "train.distributed.strategy=fsdp",
                    "--set", "train.distributed.shard_frozen=true", nproc=2))
     expected = _summary(tmp_path / "single")
     assert set(expected) == {"loss/kd", "spread/value", "student/accuracy",
@@ -256,10 +239,10 @@ def test_topk_cache_written_in_shares_equals_one_process(tmp_path):
     _lm_files(tmp_path)
     spec = tmp_path / "topk.yaml"
     spec.write_text(TOPK)
-    single = _train(spec, tmp_path / "single", nproc=1)
-    double = _train(spec, tmp_path / "double", nproc=2)
-    _finish(single)
-    _finish(double)
+    single = cli_train(spec, tmp_path / "single", nproc=1)
+    double = cli_train(spec, tmp_path / "double", nproc=2)
+    finish(single)
+    finish(double)
     one = load_file(str(tmp_path / "single" / "cache" / "topk.safetensors"))
     two = load_file(str(tmp_path / "double" / "cache" / "topk.safetensors"))
     assert one.keys() == two.keys()
@@ -275,13 +258,13 @@ def test_on_policy_sampler_runs_under_two_processes_with_ddp_and_fsdp(tmp_path):
     _lm_files(tmp_path)
     spec = tmp_path / "gkd.yaml"
     spec.write_text(GKD)
-    ddp = _train(spec, tmp_path / "ddp", nproc=2)
+    ddp = cli_train(spec, tmp_path / "ddp", nproc=2)
     # A sharded student generates only when every rank does: one coin for the global batch,
     # and the ranks step together until all are done.
-    fsdp = _train(spec, tmp_path / "fsdp", "--set", "train.distributed.strategy=fsdp",
+    fsdp = cli_train(spec, tmp_path / "fsdp", "--set", "train.distributed.strategy=fsdp",
                   "--set", "nodes.rollout.params.stop_at_eos=true", nproc=2)
-    _finish(ddp)
-    _finish(fsdp)
+    finish(ddp)
+    finish(fsdp)
     for run in ("ddp", "fsdp"):
         summary = _summary(tmp_path / run)
         assert set(summary) == {"loss/jsd"} and summary["loss/jsd"] >= 0.0

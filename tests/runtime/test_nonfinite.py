@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_trainer, write_spec
 from pydantic import Field
 from safetensors.torch import save_file
 from torch import nn
 
 from dgraph.errors import NonFiniteError
-from dgraph.graph import validate
 from dgraph.ports import Port
 from dgraph.registry import BuildContext, Component, Params, component
 from dgraph.runtime.train import Trainer
-from dgraph.spec import load_spec
 
-QUIET = {"progress": False, "log": lambda _m: None}
 TAIL = ("The step was skipped: parameters and optimizer state are unchanged. Lower the "
         "learning rate, clip gradients (clip_grad_norm), or check the data; the last "
         "checkpoint is intact")
@@ -53,11 +50,7 @@ class _SqrtLoss(Component):
 
 
 def _trainer(tmp_path: Path, text: str, *overrides: str, run: str = "run") -> Trainer:
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    graph, _ = validate(load_spec(path, list(overrides)))
-    (tmp_path / run).mkdir(exist_ok=True)
-    return Trainer(graph, tmp_path / run, **QUIET)
+    return make_trainer(write_spec(tmp_path, text), tmp_path / run, *overrides)
 
 
 SQRT = """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ENV
 from safetensors.torch import load_file
 
 from dgraph.cli import main
@@ -19,7 +20,6 @@ from dgraph.cli import main
 # One thread: `import dgraph` pins MKL's code path (MKL_CBWR), but two-thread runs of
 # adversarial_toy still differ now and then, fresh ones too (1 in 6 measured, 2 resumes in 8):
 # the promise (README) is one thread's.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _train(spec: str, out: Path, *extra: str) -> subprocess.Popen:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_trainer
 from pydantic import Field
 from safetensors.torch import save_file
 from torch import nn
@@ -22,8 +23,6 @@ from dgraph.registry import BuildContext, Component, Params, component
 from dgraph.runtime.data import BatchLoader
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 class _ModelParams(Params):
@@ -103,9 +102,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def _trainer(path: Path, *overrides: str) -> Trainer:
-    graph, _ = validate(load_spec(path, list(overrides)))
-    (path.parent / "run").mkdir(exist_ok=True)
-    return Trainer(graph, path.parent / "run", **QUIET)
+    return make_trainer(path, path.parent / "run", *overrides)
 
 
 def _at(path: Path, needle: str) -> str:

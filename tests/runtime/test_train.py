@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUIET, make_trainer, write_spec
 from safetensors.torch import load_file
 
 from dgraph.api import train
 from dgraph.errors import NonFiniteError
-from dgraph.graph import validate
-from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec, zoo_names
-
-QUIET = {"progress": False, "log": lambda _m: None}
-
-
-def _spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def _trainer(path: Path, run: Path, *overrides: str) -> Trainer:
-    graph, _ = validate(load_spec(path, list(overrides)))
-    run.mkdir(parents=True, exist_ok=True)
-    return Trainer(graph, run, **QUIET)
 
 
 def test_run_directory_holds_everything(tmp_path):
@@ -153,7 +137,7 @@ train: {steps: 10, eval: {every: 100}}
 
 
 def test_stage_copies_trained_student_into_teacher(tmp_path):
-    trainer = _trainer(_spec(tmp_path, STAGES), tmp_path / "run")
+    trainer = make_trainer(write_spec(tmp_path, STAGES), tmp_path / "run")
     before = {k: v.clone() for k, v in trainer.instances.modules["teacher"].state_dict().items()}
     trainer.run()
     student = trainer.instances.modules["student"].state_dict()
@@ -166,12 +150,12 @@ def test_stage_copies_trained_student_into_teacher(tmp_path):
 
 
 def test_stage_lengths_scale_with_train_steps(tmp_path):
-    trainer = _trainer(_spec(tmp_path, STAGES), tmp_path / "run", "train.steps=20")
+    trainer = make_trainer(write_spec(tmp_path, STAGES), tmp_path / "run", "train.steps=20")
     assert [(s.start, s.end) for s in trainer.stages] == [(0, 12), (12, 20)]
 
 
 def test_update_ratio_five_to_one(tmp_path):
-    trainer = _trainer(Path(load_spec("adversarial_toy").path), tmp_path / "run",
+    trainer = make_trainer(Path(load_spec("adversarial_toy").path), tmp_path / "run",
                        "train.steps=20", "train.eval.every=100")
     trainer.run()
     steps = {name: int(opt.state_dict()["state"][0]["step"])
@@ -206,7 +190,7 @@ train: {steps: 5, eval: {every: 100}}
 
 
 def test_ema_target_follows_its_source_by_the_formula(tmp_path):
-    trainer = _trainer(_spec(tmp_path, EMA % "0.9"), tmp_path / "run")
+    trainer = make_trainer(write_spec(tmp_path, EMA % "0.9"), tmp_path / "run")
     student = trainer.instances.modules["student"]
     target = trainer.instances.modules["mean_teacher"]
     expected = {k: v.clone() for k, v in target.model.state_dict().items()}
@@ -227,7 +211,7 @@ def test_ema_target_follows_its_source_by_the_formula(tmp_path):
 
 
 def test_ema_with_zero_decay_is_a_stop_gradient_copy(tmp_path):
-    trainer = _trainer(_spec(tmp_path, EMA % "0.0"), tmp_path / "run")
+    trainer = make_trainer(write_spec(tmp_path, EMA % "0.0"), tmp_path / "run")
     trainer.run()
     student = trainer.instances.modules["student"].state_dict()
     target = trainer.instances.modules["mean_teacher"].model.state_dict()
@@ -261,10 +245,10 @@ train: {steps: 30, eval: {every: 100}, seed: 1}
 
 @pytest.mark.parametrize("where", ["memory", "disk"])
 def test_teacher_cache_reuses_outputs_without_running_the_teacher(tmp_path, where):
-    path = _spec(tmp_path, CACHE)
-    plain = _trainer(path, tmp_path / "plain")
+    path = write_spec(tmp_path, CACHE)
+    plain = make_trainer(path, tmp_path / "plain")
     plain.run()
-    cached = _trainer(path, tmp_path / "cached", f"nodes.teacher.cache.where={where}")
+    cached = make_trainer(path, tmp_path / "cached", f"nodes.teacher.cache.where={where}")
     calls = []
     cached.instances.modules["teacher"].register_forward_hook(lambda *a: calls.append(1))
     for plan in cached.program.plans.values():
@@ -283,21 +267,21 @@ def test_teacher_cache_reuses_outputs_without_running_the_teacher(tmp_path, wher
 
 def test_disk_cache_is_written_in_the_run_and_read_from_an_earlier_one(tmp_path):
     """``cache.path`` names an earlier run's cache to read; writes stay in this run."""
-    path = _spec(tmp_path, CACHE)
-    first = _trainer(path, tmp_path / "first", "nodes.teacher.cache.where=disk")
+    path = write_spec(tmp_path, CACHE)
+    first = make_trainer(path, tmp_path / "first", "nodes.teacher.cache.where=disk")
     written = tmp_path / "first" / "cache" / "teacher.safetensors"
     assert written.is_file()
     shared = tmp_path / "shared"
     shared.mkdir()
     before = written.read_bytes()
-    second = _trainer(path, tmp_path / "second", "nodes.teacher.cache.where=disk",
+    second = make_trainer(path, tmp_path / "second", "nodes.teacher.cache.where=disk",
                       f"nodes.teacher.cache.path={tmp_path / 'first' / 'cache'}")
     torch.testing.assert_close(second.program.caches["teacher"]["logits"],
                                first.program.caches["teacher"]["logits"])
     assert not (tmp_path / "second" / "cache").exists()  # read, not written again
     assert written.read_bytes() == before
     # A folder without a cache: computed and written into this run only.
-    third = _trainer(path, tmp_path / "third", "nodes.teacher.cache.where=disk",
+    third = make_trainer(path, tmp_path / "third", "nodes.teacher.cache.where=disk",
                      f"nodes.teacher.cache.path={shared}")
     assert list(shared.iterdir()) == []
     assert (tmp_path / "third" / "cache" / "teacher.safetensors").is_file()
@@ -305,7 +289,7 @@ def test_disk_cache_is_written_in_the_run_and_read_from_an_earlier_one(tmp_path)
 
 
 def test_non_finite_loss_names_the_first_node(tmp_path):
-    path = _spec(tmp_path, """
+    path = write_spec(tmp_path, """
         dgraph: 1
         name: blowup
         nodes:
@@ -319,7 +303,7 @@ def test_non_finite_loss_names_the_first_node(tmp_path):
           main: {params: [big], objective: {fit: 1.0}}
         train: {steps: 3}
         """)
-    trainer = _trainer(path, tmp_path / "run")
+    trainer = make_trainer(path, tmp_path / "run")
     with pytest.raises(NonFiniteError) as info:
         trainer.run()
     assert str(info.value) == (

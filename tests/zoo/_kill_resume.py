@@ -3,7 +3,6 @@ and compare its final weights with an uninterrupted run's (both here, one thread
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,11 +10,10 @@ import time
 from pathlib import Path
 
 import torch
+from helpers import ENV
 from safetensors.torch import load_file
 
 from dgraph.api import train
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def kill_and_resume(spec: str, reference: Path, killed: Path, overrides: list[str], *,

@@ -12,20 +12,12 @@ import torch
 from _kill_resume import assert_same_final, kill_and_resume
 from dgraph.components.data.bandit import bandit_instances, play, regret, ucb1_policy
 from dgraph.components.losses.lelp import fit_projections
+from helpers import make_trainer
 
-from dgraph.graph import validate
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint
-from dgraph.runtime.train import Trainer
-from dgraph.spec import load_spec, zoo_names
+from dgraph.spec import zoo_names
 
 ROOT = Path(__file__).resolve().parents[2]
-QUIET = {"progress": False, "log": lambda _m: None}
-
-
-def _trainer(name: str, run: Path, overrides: list[str]) -> Trainer:
-    graph, _ = validate(load_spec(name, overrides))
-    run.mkdir(parents=True)
-    return Trainer(graph, run, **QUIET)
 
 
 def test_the_specs_are_in_the_zoo_and_name_their_papers():
@@ -38,7 +30,7 @@ def test_the_specs_are_in_the_zoo_and_name_their_papers():
 def test_algorithm_distill_bandit_trains_and_plays(tmp_path):
     overrides = ["train.steps=6", "train.eval.every=6", "nodes.data.params.instances=64",
                  "nodes.data.params.eval_instances=16", "nodes.regret.params.episodes=12"]
-    trainer = _trainer("algorithm_distill_bandit", tmp_path / "run", overrides)
+    trainer = make_trainer("algorithm_distill_bandit", tmp_path / "run", *overrides)
     student = trainer.instances.modules["student"]
     before = [p.detach().clone() for p in student.parameters()]
     summary = trainer.run()
@@ -55,8 +47,8 @@ def test_algorithm_distill_bandit_trains_and_plays(tmp_path):
 
 
 def test_lelp_fits_once_from_the_trained_teacher(tmp_path):
-    trainer = _trainer("lelp", tmp_path / "run", ["train.steps=20", "train.eval.every=20",
-                                                  "train.checkpoint_every=20"])
+    trainer = make_trainer("lelp", tmp_path / "run", "train.steps=20", "train.eval.every=20",
+                           "train.checkpoint_every=20")
     summary = trainer.run()
     assert 0.0 <= summary["student/accuracy"] <= 1.0
     assert 0.0 <= summary["parity_teacher/accuracy"] <= 1.0
@@ -83,7 +75,7 @@ def test_lelp_resumes_bit_identically_after_sigkill(tmp_path):
 @pytest.mark.slow
 def test_the_distilled_lm_explores_about_as_well_as_ucb(tmp_path):
     """The full spec (seed 0): measured 4.24 against UCB1's 4.25 and random's 6.05."""
-    summary = _trainer("algorithm_distill_bandit", tmp_path / "run", []).run()
+    summary = make_trainer("algorithm_distill_bandit", tmp_path / "run").run()
     assert summary["regret/regret"] < 0.8 * summary["regret/random_regret"]
     assert summary["regret/regret"] < 1.15 * summary["regret/ucb_regret"]
     assert summary["regret/valid"] > 0.99

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from _kill_resume import assert_same_final, kill_and_resume
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.spec import zoo_names
 
-QUIET = {"progress": False, "log": lambda _m: None}
 DDK_FAST = ["train.steps=12", "train.checkpoint_every=2", "train.eval.every=12",
             "train.log_every=2", "nodes.ddk.params.every=2", "nodes.ddk.params.eval_batches=1",
             "nodes.ddk.params.batch_size=8", "nodes.data.params.batch_size=8"]

@@ -5,13 +5,12 @@ pseudo-labels of a round come from the model the previous rounds fine-tuned."""
 from __future__ import annotations
 
 import torch
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
 from dgraph.runtime.checkpoint import load_checkpoint
 from dgraph.spec import zoo_names
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def test_the_judge_is_the_student_of_the_rounds_start(tmp_path):

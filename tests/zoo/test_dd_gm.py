@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -25,7 +26,6 @@ load_plugins()
 FAST = [f"nodes.{node}.params.{value}" for node in ("synthetic", "random_real")
         for value in ("seeds=[0]", "steps=5")] + [
     "nodes.data.params.batch_size=32", "nodes.net.params.width=8"]
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def _shift():

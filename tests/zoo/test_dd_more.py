@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from dgraph.components.data.digits import digits_split
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -17,7 +18,6 @@ from dgraph.graph import validate
 from dgraph.runtime.setup import missing_runs
 from dgraph.spec import load_spec
 
-QUIET = {"progress": False, "log": lambda _m: None}
 # One evaluation seed, a small MLP and few steps (the spec's evaluators train 12 networks).
 FAST_EVAL = [f"nodes.{node}.params.{key}" for node in ("synthetic", "random_real")
              for key in ("seeds=[0]", "steps=10", "models={mlp: {hidden: [16]}}")]

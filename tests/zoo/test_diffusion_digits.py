@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
 from dgraph.cli import main
 
-QUIET = {"progress": False, "log": lambda _m: None}
 TINY = ["nodes.samples.params.num_samples=20", "nodes.samples.params.steps=[1]",
         "train.steps=3", "train.eval.every=3"]
 

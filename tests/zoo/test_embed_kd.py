@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.graph import validate
@@ -19,7 +20,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "embed_kd.py"
-QUIET = {"progress": False, "log": lambda _m: None}
 FEW = ["train.steps=4", "train.eval.every=4", "train.checkpoint_every=4",
        "nodes.data.params.eval_fraction=0.02", "nodes.data.params.max_examples=16",
        "nodes.data.params.batch_size=8"]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from _kill_resume import assert_same_final, kill_and_resume
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.spec import zoo_names
 
-QUIET = {"progress": False, "log": lambda _m: None}
 SMALL = ["nodes.data.params.n_train=96", "nodes.data.params.n_eval=16",
          "nodes.traces.params.max_prompts=16", "nodes.traces.params.threshold=0.0",
          "nodes.exact_match.params.max_examples=16"]

@@ -17,12 +17,12 @@ from dgraph.components.generate.arithmetic import arithmetic_task
 from dgraph.components.generate.generator import LMGenerator
 from dgraph.components.generate.verifiers import ExactAnswer, LMLikelihood
 from dgraph.components.models.hf import HFCausalLM
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.registry import BuildContext
 from dgraph.spec import zoo_names
 
-QUIET = {"progress": False, "log": lambda _m: None}
 CONFIG = {"model_type": "gpt2", "n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 258,
           "n_positions": 16, "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0,
           "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}

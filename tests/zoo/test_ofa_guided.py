@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from dgraph.components.losses.guided import kernel_ridge_alpha
+from helpers import QUIET
 
 from dgraph.api import train
 from dgraph.graph import validate
@@ -18,7 +19,6 @@ from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec, zoo_names
 
 ROOT = Path(__file__).resolve().parents[2]
-QUIET = {"progress": False, "log": lambda _m: None}
 FEW = ["train.steps=10", "train.eval.every=10"]
 
 

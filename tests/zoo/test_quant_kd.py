@@ -14,11 +14,11 @@ import onnx
 import pytest
 import torch
 from dgraph.exporters.api import export_run
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
 
-QUIET = {"progress": False, "log": lambda _m: None}
 FAST = ["train.steps=20", "train.eval.every=20", "train.checkpoint_every=10",
         "nodes.student.params.calibrate_steps=15"]
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 
+from helpers import QUIET
+
 from dgraph.api import train
 from dgraph.spec import zoo_names
-
-QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def test_the_zoo_lists_the_reward_filtered_spec():

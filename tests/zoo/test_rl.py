@@ -5,7 +5,6 @@ export played in the env with onnxruntime; ``--slow``: the returns the zoo promi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import torch
 from dgraph.components.rl.metrics import play_episodes
 from dgraph.components.rl.policy import CategoricalPolicy
+from helpers import ENV, QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -26,9 +26,7 @@ from dgraph.registry import COMPONENTS, BuildContext
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
 
-QUIET = {"progress": False, "log": lambda _m: None}
 FEW = ["train.eval.every=40", "nodes.episode_return.params.episodes=2"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")

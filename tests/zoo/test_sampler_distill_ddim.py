@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from _kill_resume import assert_same_final, kill_and_resume
+from helpers import QUIET
 from safetensors.torch import load_file
 
 from dgraph.api import train
 from dgraph.cli import main
 
-QUIET = {"progress": False, "log": lambda _m: None}
 RING = ["nodes.samples.params.num_samples=64", "nodes.plain.params.num_samples=64",
         "nodes.plain.params.steps=[1, 50]"]
 DIGITS = ["nodes.samples.params.num_samples=20", "nodes.samples.params.steps=[1, 2]",

@@ -9,11 +9,11 @@ stay below the KD methods, which is what the low-label setting measures.
 from __future__ import annotations
 
 import pytest
+from helpers import QUIET
 
 from dgraph.api import train
 
 LOW = ["nodes.data.params.labelled=50"]
-QUIET = {"progress": False, "log": lambda _message: None}
 
 # spec -> lowest acceptable held-out accuracy of its student with 50 labels (seed 0)
 LOW_LABEL_FLOOR = {

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from dgraph.components.data._dd_eval import random_real_set, train_on_set
+from helpers import QUIET, make_trainer
 
 from dgraph.api import train
 from dgraph.graph import validate
@@ -21,7 +22,6 @@ from dgraph.viz import render
 
 ZOO = ["fitnet", "at", "rkd", "dkd", "crd", "born_again", "multi_teacher", "dd_dm"]
 TEACHERS = ["teacher_digits", "teacher_digits_cnn"]
-QUIET = {"progress": False, "log": lambda _m: None}
 # dd_dm's evaluator nodes (dd_evaluator), one seed and a few steps: the default trains 12
 # networks for 300 steps at each evaluation.
 DD_FAST = [f"nodes.{node}.params.{value}" for node in ("synthetic", "random_real")
@@ -67,17 +67,11 @@ def test_every_zoo_spec_names_its_paper_in_the_header():
         assert author.lower() in header.lower() and "L" in header, name
 
 
-def _trainer(run: Path, *overrides: str) -> Trainer:
-    graph, _ = validate(load_spec("crd", list(overrides)))
-    run.mkdir(parents=True, exist_ok=True)
-    return Trainer(graph, run, **QUIET)
-
-
 def test_crd_memory_bank_is_saved_in_checkpoints_and_restored(runs):
     run = runs / "crd_ckpt"
     overrides = ["train.steps=6", "train.checkpoint_every=3", "train.eval.every=6"]
     # CRD's teacher run is looked for beside the run: the module-level teacher run.
-    trainer = _trainer(run, *overrides)
+    trainer = make_trainer("crd", run, *overrides)
     initial = trainer.instances.modules["crd"].memory_teacher.clone()
     trainer.run()
     bank = trainer.instances.modules["crd"]
@@ -86,7 +80,7 @@ def test_crd_memory_bank_is_saved_in_checkpoints_and_restored(runs):
     assert torch.equal(state["modules"]["crd"]["memory_teacher"], bank.memory_teacher)
     assert torch.equal(state["modules"]["crd"]["memory_student"], bank.memory_student)
 
-    fresh = _trainer(runs / "crd_ckpt_fresh", *overrides)
+    fresh = make_trainer("crd", runs / "crd_ckpt_fresh", *overrides)
     assert not torch.equal(fresh.instances.modules["crd"].memory_teacher, bank.memory_teacher)
     fresh.load_state(state, run)
     assert torch.equal(fresh.instances.modules["crd"].memory_teacher, bank.memory_teacher)
@@ -96,12 +90,12 @@ def test_crd_memory_bank_is_saved_in_checkpoints_and_restored(runs):
 def test_crd_resumed_run_ends_with_the_same_bank(runs):
     # A constant learning rate: the first part of the run can then be a run of 3 steps.
     constant = ("updates.main.scheduler.type=constant", "train.checkpoint_every=3")
-    straight = _trainer(runs / "crd_straight", "train.steps=6", *constant)
+    straight = make_trainer("crd", runs / "crd_straight", "train.steps=6", *constant)
     straight.run()
     # The same run stopped after step 3 (its checkpoint), then resumed.
-    first = _trainer(runs / "crd_resumed", "train.steps=3", *constant)
+    first = make_trainer("crd", runs / "crd_resumed", "train.steps=3", *constant)
     first.run()
-    resumed = _trainer(runs / "crd_resumed", "train.steps=6", *constant)
+    resumed = make_trainer("crd", runs / "crd_resumed", "train.steps=6", *constant)
     resumed.run(resume=True)
     for name in ("memory_student", "memory_teacher"):
         assert torch.equal(getattr(straight.instances.modules["crd"], name),
