@@ -31,6 +31,7 @@ Configurations:
     python benchmarks/overhead.py --device cpu --threads 1 --clock cpu --rounds 30
     python benchmarks/overhead.py --configs realistic --device cuda --rounds 20 --block 20
     python benchmarks/overhead.py --quick              # small and fast (smoke test)
+    python benchmarks/overhead.py --device cuda --compile reduce-overhead   # CUDA graphs
 """
 
 from __future__ import annotations
@@ -279,14 +280,14 @@ class HandGAN:
 
 
 def run_adversarial(cfg: dict, device: torch.device, *, rounds: int, block: int,
-                    warmup: int, clock=time.perf_counter) -> dict:
+                    warmup: int, clock=time.perf_counter, compile_mode: str = "false") -> dict:
     """The zoo's adversarial_toy (two updates at 5:1, shared critic) against HandGAN."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     spec = Path(__file__).resolve().parent.parent / "specs" / "adversarial_toy.yaml"
     never = 1_000_000
     overrides = (f"train.steps={never}", f"train.log_every={never}",
                  f"train.checkpoint_every={never}", f"train.eval.every={never}",
-                 f"train.device={device.type}")
+                 f"train.device={device.type}", f"train.compile={compile_mode}")
     with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
         t0 = time.perf_counter()
         trainer = build_trainer(spec, Path(tmp) / "run", overrides)
@@ -353,13 +354,14 @@ def summarize(cfg: dict, times: dict[str, list[float]], build_s: float, steps: i
 
 
 def run_config(cfg: dict, device: torch.device, *, rounds: int, block: int,
-               warmup: int, breakdown: bool = False, clock=time.perf_counter) -> dict:
+               warmup: int, breakdown: bool = False, clock=time.perf_counter,
+               compile_mode: str = "false") -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
         folder = Path(tmp)
         spec_path = write_spec(folder, cfg, device)
         t0 = time.perf_counter()
-        trainer = build_trainer(spec_path, folder / "run")
+        trainer = build_trainer(spec_path, folder / "run", (f"train.compile={compile_mode}",))
         build_s = time.perf_counter() - t0
 
     stage = trainer.stages[0]
@@ -447,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--classes", type=int, default=1000)
     g.add_argument("--batch", type=int, default=256)
     g.add_argument("--examples", type=int, default=4096, help="random training examples")
+    parser.add_argument("--compile", default="false",
+                        choices=["false", "true", "auto", "reduce-overhead"],
+                        help="train.compile of the dgraph side (the hand loop stays eager): "
+                        "reduce-overhead or auto on CUDA measure the CUDA-graph path")
     t = parser.add_argument_group("timing (default: per config)")
     t.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     t.add_argument("--block", type=int, default=None, help="steps per side per round")
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                                  if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} torch threads)")
           + f"; torch {torch.__version__}; python {sys.version.split()[0]}; "
-          f"{args.clock} clock")
+          f"{args.clock} clock; dgraph side train.compile={args.compile}")
     results = []
     for name in names:
         cfg = configs[name]
@@ -499,10 +505,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{warmup} warm-up", flush=True)
         if name == "adversarial_toy":
             res = run_adversarial(cfg, device, rounds=rounds, block=block, warmup=warmup,
-                                  clock=clock)
+                                  clock=clock, compile_mode=args.compile)
         else:
             res = run_config(cfg, device, rounds=rounds, block=block, warmup=warmup,
-                             breakdown=args.breakdown, clock=clock)
+                             breakdown=args.breakdown, clock=clock, compile_mode=args.compile)
         results.append(res)
         if args.breakdown:
             for arm, (ms, rel) in res["arms"].items():
