@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from dgraph._torch_declare import FunctionModule
+from dgraph.compiler.compile_mode import CompileChoice
 from dgraph.graph import Graph
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from dgraph.runtime.distributed import World
@@ -59,6 +60,9 @@ class Trainer(RunSetup):
         self._stepping = [m for m in self.step_aware
                           if not (isinstance(m, FunctionModule) and not m.schedules)]
         self.step = 0
+        # CUDA graphs (train.compile: reduce-overhead): each step tells torch that a new
+        # iteration begins, so a replay may reuse the memory of the last step's outputs.
+        self._new_graph_step = graph_step_marker(self.compile_choice)
         self.samplers = samplers(graph, self.instances)  # pictured at each evaluation
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -165,6 +169,8 @@ class Trainer(RunSetup):
         the number of examples drawn. Logging, evaluation and checkpoints are :meth:`run`'s.
         """
         step = self.step
+        if self._new_graph_step is not None:
+            self._new_graph_step()
         for module in self._stepping:
             module.set_step(step)
         stage = self.stage_at(step)
@@ -245,3 +251,11 @@ class Trainer(RunSetup):
         for module in self.scalar_loggers:
             values.update({k: float(v) for k, v in module.logged_scalars().items()})
         return values
+
+
+def graph_step_marker(choice: CompileChoice) -> Callable[[], None] | None:
+    """What marks the start of a training step for CUDA graphs: torch's
+    ``cudagraph_mark_step_begin`` when the steps replay as CUDA graphs, else nothing. Without
+    it a replay cannot tell whether the last step's outputs (loss terms kept for logging) are
+    still wanted, and records anew rather than reuse their memory."""
+    return torch.compiler.cudagraph_mark_step_begin if choice.cuda_graphs else None

@@ -319,3 +319,22 @@ def test_a_declared_class_with_one_output_is_called_through_its_own_forward(tmp_
     trainer = _trainer(tmp_path)
     # mlp has two outputs (logits, features): called for its dict; the losses for their value.
     assert value_ports(trainer.graph) == {"ce": "loss", "kd": "loss"}
+
+
+# -- CUDA graphs: each training step is marked as a new iteration ----------------------------
+def test_a_step_is_marked_for_cuda_graphs_only_when_the_steps_replay_as_cuda_graphs(tmp_path):
+    from dgraph.compiler.compile_mode import CompileChoice
+    from dgraph.runtime.train import graph_step_marker
+
+    graphs = CompileChoice("auto", "reduce-overhead", "every node is cuda_graph_safe")
+    assert graph_step_marker(graphs) is torch.compiler.cudagraph_mark_step_begin
+    for choice in (CompileChoice(False, None, "train.compile is false"),
+                   CompileChoice(True, "default", "train.compile is true")):
+        assert graph_step_marker(choice) is None
+    trainer = _trainer(tmp_path, "train.steps=3")
+    assert trainer._new_graph_step is None  # eager on CPU
+    marks = []
+    trainer._new_graph_step = lambda: marks.append(trainer.step)
+    trainer.run_step()
+    trainer.run_step()
+    assert marks == [0, 1]
