@@ -13,6 +13,9 @@ Jobs (each a fresh process, run in a scratch folder, interleaved round by round)
 - ``torch``, ``torch+dynamo``, ``torch+llama``: bare imports, the floors under the jobs
   (every torch.optim step imports ``torch._dynamo``; transformers' Llama modelling imports
   it too; so does torch's first matrix product on the meta device, in a dry run);
+- ``torch+dynamo-lean``: the same imports with the collector off and the process ended
+  without the interpreter's teardown, as ``dgraph train`` does (dgraph.runtime.collector,
+  dgraph.cli._end_process): the floor under ``kd``;
 - ``torch+meta-mm``: one ``Linear`` on the meta device (the floor under ``validate-kd``);
 - ``llama-dry``: what ``validate7b`` asks of transformers, by hand (both models built on the
   meta device, one forward each): the floor under that job.
@@ -65,6 +68,8 @@ JOBS: dict[str, list[str]] = {
     "validate7b": ["-m", "dgraph", "validate", "llm_7b_validate"],
     "torch": ["-c", "import torch"],
     "torch+dynamo": ["-c", "import torch, torch._dynamo"],
+    "torch+dynamo-lean": ["-c", "import gc, os; gc.disable(); import torch, torch._dynamo; "
+                          "os._exit(0)"],
     "torch+llama": ["-c", "import torch; from transformers.models.llama import modeling_llama"],
     "llama-dry": ["-c", _LLAMA_DRY],
     "torch+meta-mm": ["-c", "import torch; torch.nn.Linear(64, 8, device='meta')"

@@ -36,10 +36,10 @@ def _stderr(message: str) -> None:
 
 def graph_pictures(graph: Graph) -> GraphPictures:
     """The drawings a run keeps of its graph: SVG, Mermaid and TensorBoard's image."""
-    from dgraph.viz import render, to_image
+    from dgraph.viz import run_drawings
 
-    return GraphPictures(svg=render(graph, "svg"), mermaid=render(graph, "mmd"),
-                         image=to_image(graph))
+    svg, mermaid, image = run_drawings(graph)
+    return GraphPictures(svg=svg, mermaid=mermaid, image=image)
 
 
 def _train_missing_runs(graph: Graph, run_dir: Path, *, progress: bool, say: Say) -> None:

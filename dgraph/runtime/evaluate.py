@@ -21,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
 
-import networkx as nx
 import torch
 
 from dgraph.compiler.codegen import Program
@@ -61,9 +60,13 @@ def skipped_in_evaluation(graph: Graph, *, samplers: bool = False) -> set[str]:
     costly = {n for n, node in graph.nodes.items() if not node.component.evaluated}
     if samplers or not costly:
         return set()
-    downstream = set(costly)
-    for name in costly:
-        downstream |= nx.descendants(graph.nx, name)
+    downstream = set(costly)  # and every node a path of edges leads to from one of them
+    stack = list(costly)
+    while stack:
+        for edge in graph.edges_from(stack.pop()):
+            if edge.dst not in downstream:
+                downstream.add(edge.dst)
+                stack.append(edge.dst)
     needed = set()
     for name, node in graph.nodes.items():
         if KINDS[node.kind].eval_only:

@@ -24,6 +24,7 @@ import torch
 from dgraph._torch_declare import FunctionModule
 from dgraph.compiler.compile_mode import CompileChoice
 from dgraph.graph import Graph
+from dgraph.runtime import collector
 from dgraph.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from dgraph.runtime.distributed import World
 from dgraph.runtime.evaluate import evaluate
@@ -119,6 +120,7 @@ class Trainer(RunSetup):
         try:
             if self.pictures is not None:
                 logger.pictures(self.run_dir, self.pictures)
+            collector.resume()  # the start-up is over (after a pause by the command line)
             stop.install()
             while self.step < self.total_steps:
                 stage, terms, drawn = self.run_step()

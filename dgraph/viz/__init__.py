@@ -5,12 +5,15 @@ and a raster image for TensorBoard.
 writes the file and returns the text; a bare format name returns the text only. No torch.
 The SVG (also inside the HTML page) and :func:`to_image` (a numpy RGB array, via Pillow) paint
 one :class:`Scene` built by :func:`build_scene`, so they show the same picture.
+:func:`run_drawings` makes what a training run keeps (SVG, Mermaid, image) from one view and
+one scene.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from dgraph.errors import DgraphError, Problem
 from dgraph.graph.model import Graph
@@ -18,20 +21,22 @@ from dgraph.viz.dot import dot_from_view, to_dot
 from dgraph.viz.html import html_from_view, to_html
 from dgraph.viz.layout import Layout, layered_layout
 from dgraph.viz.mermaid import mermaid_from_view, to_mermaid
-from dgraph.viz.raster import to_image
+from dgraph.viz.raster import image_from_scene, to_image
 from dgraph.viz.scene import Scene, build_scene
-from dgraph.viz.svg import svg_from_view, to_svg
+from dgraph.viz.svg import svg_from_scene, svg_from_view, to_svg
 from dgraph.viz.view import GraphView, build_view
 
 __all__ = [
     "SUFFIXES",
     "GraphView",
     "Layout",
+    "RunDrawings",
     "Scene",
     "build_scene",
     "build_view",
     "layered_layout",
     "render",
+    "run_drawings",
     "to_dot",
     "to_html",
     "to_image",
@@ -107,3 +112,23 @@ def render(
             raise DgraphError(f"cannot write the drawing to '{path}': {exc.strerror or exc}") \
                 from exc
     return text
+
+
+class RunDrawings(NamedTuple):
+    """What a training run keeps of its graph (see :func:`run_drawings`)."""
+
+    svg: str
+    mermaid: str
+    image: Any  # H x W x 3 uint8 numpy array
+
+
+def run_drawings(graph: Graph) -> RunDrawings:
+    """The SVG, the Mermaid source and the raster image of ``graph``, exactly what
+    :func:`render` (``"svg"``, ``"mmd"``) and :func:`to_image` return, made from one view and
+    one scene instead of a view per drawing and a scene per picture."""
+    import numpy as np
+
+    view = build_view(graph)
+    scene = build_scene(view)
+    return RunDrawings(svg=svg_from_scene(scene), mermaid=mermaid_from_view(view),
+                       image=np.asarray(image_from_scene(scene)))

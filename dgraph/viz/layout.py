@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 __all__ = ["Layout", "LayoutEdge", "LayoutNode", "Point", "Segment", "layered_layout"]
 
 Point = tuple[float, float]
@@ -108,6 +106,31 @@ def _back_pairs(names: Sequence[str], succ: Mapping[str, list[str]]) -> set[tupl
                 state[node] = 2
                 stack.pop()
     return back
+
+
+def _generations(dag: Mapping[str, Mapping[str, None]]) -> dict[str, int]:
+    """Node -> its topological generation in the acyclic ``dag`` (node -> successors): 0 for
+    nodes without predecessors, else one more than the latest of its predecessors' (the
+    longest path from a source)."""
+    waiting = dict.fromkeys(dag, 0)
+    for successors in dag.values():
+        for head in successors:
+            waiting[head] += 1
+    generation = [name for name, count in waiting.items() if not count]
+    rank: dict[str, int] = {}
+    index = 0
+    while generation:
+        following = []
+        for name in generation:
+            rank[name] = index
+            for head in dag[name]:
+                waiting[head] -= 1
+                if not waiting[head]:
+                    following.append(head)
+        generation, index = following, index + 1
+    if len(rank) != len(dag):
+        raise ValueError("the layout's graph has a cycle after its back edges were reversed")
+    return rank
 
 
 def _isotonic(targets: list[float], weights: list[float]) -> list[float]:
@@ -314,8 +337,8 @@ def layered_layout(
             succ[src].append(dst)
     back = _back_pairs(names, succ)
 
-    dag = nx.DiGraph()
-    dag.add_nodes_from(names)
+    # The graph with its back edges turned round (acyclic): each node's successors, once each.
+    dag: dict[str, dict[str, None]] = {name: {} for name in names}
     oriented: list[tuple[int, str, str, bool]] = []
     loops: list[int] = []
     for i, (src, dst) in enumerate(edges):
@@ -327,15 +350,13 @@ def layered_layout(
         rev = (src, dst) in back
         tail, head = (dst, src) if rev else (src, dst)
         oriented.append((i, tail, head, rev))
-        dag.add_edge(tail, head)
+        dag[tail][head] = None
 
-    rank: dict[str, int] = {}
-    for index, generation in enumerate(nx.topological_generations(dag)):
-        for name in generation:
-            rank[name] = index
+    rank = _generations(dag)
+    sources = set(names) - {head for successors in dag.values() for head in successors}
     for name in names:  # pull sources next to their first consumer
-        if dag.in_degree(name) == 0 and dag.out_degree(name) > 0:
-            rank[name] = min(rank[s] for s in dag.successors(name)) - 1
+        if name in sources and dag[name]:
+            rank[name] = min(rank[s] for s in dag[name]) - 1
 
     state = _Layered(node_gap)
     vid = {name: state.add(sizes[name][0], sizes[name][1], rank[name], False) for name in names}

