@@ -465,8 +465,9 @@ def write_builtin_index() -> Path:
 def _arm_builtin() -> None:
     """Let the registry import each built-in module on first use; a module the index does
     not list yet (a new file) is imported now, so that its types are found as before."""
+    # The built-in plug-in package, loaded by name as every plug-in is (a layer above this).
     builtin = import_module("dgraph.components")
-    from dgraph.components import _index
+    _index = import_module("dgraph.components._index")
 
     on_disk = builtin.module_names()
     present = set(on_disk)
