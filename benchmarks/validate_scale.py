@@ -11,6 +11,12 @@ build + every static check), median over several runs. Goal: under 1 s for 2,000
     python benchmarks/validate_scale.py                # 2,000 nodes, 5 runs
     python benchmarks/validate_scale.py --profile      # + cProfile of one validate
     python benchmarks/validate_scale.py --quick        # 200 nodes, 2 runs (smoke test)
+    python benchmarks/validate_scale.py --sizes 2000,100000,500000   # + peak RSS per size
+    python benchmarks/validate_scale.py --dense json --sizes 100000  # short names, one line
+
+``--sizes`` runs each size once in a fresh process and reports its peak RSS (and the growth
+over a warmed-up process, per node), so that memory can be checked to grow linearly with the
+spec and stay a small multiple of the file.
 """
 
 from __future__ import annotations
@@ -81,6 +87,127 @@ def make_spec(nodes: int, width: int = 16) -> tuple[str, dict[str, int]]:
     return "\n".join(lines) + "\n", counts
 
 
+def _short_name(i: int) -> str:
+    """``a``, ``b``, ... ``z``, ``aa``, ...: a letter, then base-36 digits (a valid node name).
+
+    The first letter is never t, f or n, so that no name reads as true, false or null."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    letters = "abcdeghijklmopqrsuvwxyz"
+    head, i = divmod(i, len(letters))
+    text = letters[i]
+    while head:
+        head, d = divmod(head - 1, 36)
+        text += digits[d]
+    return text
+
+
+def make_dense_spec(nodes: int, fmt: str = "yaml", chain: int = 7) -> tuple[str, dict[str, int]]:
+    """The densest valid spec of ``nodes`` nodes: short names, one line (JSON or YAML flow).
+
+    One ``digits`` data node ``D`` and one ``mlp`` model ``M`` feed chains of ``chain``
+    ``detach`` ops, each ending in an ``mse`` loss against ``M.logits``; one update trains
+    ``M`` on every loss. About 55 bytes a node in YAML flow style, 62 in JSON.
+    """
+    if nodes < chain + 3:
+        raise ValueError(f"--nodes must be at least {chain + 3}")
+    body = nodes - 2
+    blocks, rest = divmod(body, chain + 1)
+    json_ = fmt == "json"
+
+    def q(text: str) -> str:
+        return f'"{text}"' if json_ else text
+
+    sep = "," if json_ else ", "
+    colon = ":" if json_ else ": "
+
+    def mapping(items: list[tuple[str, str]]) -> str:
+        return "{" + sep.join(f"{q(k)}{colon}{v}" for k, v in items) + "}"
+
+    entries = [
+        (q("D"), mapping([("kind", q("data")), ("type", q("digits"))])),
+        (q("M"), mapping([("kind", q("model")), ("type", q("mlp")), ("params", mapping(
+            [("in_features", "64"), ("hidden", "[16]"), ("num_classes", "10")])),
+            ("inputs", mapping([("x", q("D.x"))]))])),
+    ]
+    losses: list[str] = []
+    counter = 0
+    ops = losses_n = 0
+    for block in range(blocks + (1 if rest else 0)):
+        length = chain if block < blocks else rest - 1
+        previous = "M.logits"
+        for _ in range(length):
+            name = _short_name(counter)
+            counter += 1
+            entries.append((q(name), mapping([("kind", q("op")), ("type", q("detach")),
+                                              ("inputs", mapping([("x", q(previous))]))])))
+            previous = f"{name}.y"
+            ops += 1
+        name = _short_name(counter)
+        counter += 1
+        entries.append((q(name), mapping([("kind", q("loss")), ("type", q("mse")), (
+            "inputs", mapping([("prediction", q(previous)), ("target", q("M.logits"))]))])))
+        losses.append(name)
+        losses_n += 1
+    spec = mapping([
+        ("dgraph", "1"), ("name", q(f"dense_{nodes}")),
+        ("nodes", "{" + sep.join(f"{k}{colon}{v}" for k, v in entries) + "}"),
+        ("updates", mapping([("u", mapping([
+            ("params", "[" + q("M") + "]"),
+            ("objective", "{" + sep.join(f"{q(n)}{colon}1" for n in losses) + "}")]))])),
+        ("train", mapping([("steps", "10"), ("device", q("cpu"))])),
+    ])
+    counts = {"data": 1, "mlp": 1, "detach": ops, "mse": losses_n}
+    return spec + "\n", counts
+
+
+def _child(path: Path, warm: Path) -> int:
+    """One load + validate of ``path`` in this (fresh) process; prints a JSON line."""
+    import json
+    import resource
+
+    import dgraph.registry
+
+    dgraph.registry.load_plugins()
+    time_once(warm)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    load_s, validate_s, n_nodes, n_edges = time_once(path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"load_s": load_s, "validate_s": validate_s, "nodes": n_nodes,
+                      "edges": n_edges, "peak_rss": peak, "base_rss": base}))
+    return 0
+
+
+def measure_sizes(sizes: list[int], dense: str | None) -> int:
+    """Each size in a fresh process: time, and peak RSS over that after a warm-up."""
+    import json
+    import subprocess
+
+    print(f"{'nodes':>10} {'file MB':>8} {'load s':>8} {'validate s':>10} {'total s':>8} "
+          f"{'peak RSS MB':>11} {'B/node':>7} {'RSS/file':>8}")
+    with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
+        warm = Path(tmp) / "warm_up.yaml"
+        warm.write_text(make_spec(60)[0])
+        for nodes in sizes:
+            suffix = ".json" if dense == "json" else ".yaml"
+            text = make_dense_spec(nodes, dense)[0] if dense else make_spec(nodes)[0]
+            path = Path(tmp) / f"scale_{nodes}{suffix}"
+            path.write_text(text)
+            size = len(text.encode())
+            del text
+            done = subprocess.run([sys.executable, __file__, "--child", str(path), str(warm)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode:
+                print(done.stdout + done.stderr)
+                return done.returncode
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            grown = r["peak_rss"] - r["base_rss"]
+            print(f"{nodes:>10,} {size / 1e6:>8.1f} {r['load_s']:>8.2f} {r['validate_s']:>10.2f} "
+                  f"{r['load_s'] + r['validate_s']:>8.2f} {r['peak_rss'] / 2**20:>11.0f} "
+                  f"{grown / nodes:>7.0f} {r['peak_rss'] / size:>8.1f}", flush=True)
+            path.unlink()
+    return 0
+
+
 def time_once(path: Path) -> tuple[float, float, int, int]:
     from dgraph.graph import validate
     from dgraph.spec import load_spec
@@ -123,16 +250,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="accepted for symmetry with the other scripts; validation is "
                         "static and never touches a device")
     parser.add_argument("--quick", action="store_true", help="200 nodes, 2 runs (smoke test)")
+    parser.add_argument("--dense", choices=["yaml", "json"],
+                        help="the densest spec form (short names, one line of YAML flow style "
+                        "or JSON, about 55-62 bytes a node) instead of the ladder")
+    parser.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")],
+                        help="comma-separated node counts, each loaded and validated once in a "
+                        "fresh process that reports its peak RSS (e.g. 2000,100000,500000)")
+    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(*args.child)
+    if args.sizes:
+        return measure_sizes(args.sizes, args.dense)
     if args.quick:
         args.nodes, args.runs = min(args.nodes, 200), 2
 
     import dgraph.registry
 
     dgraph.registry.load_plugins()  # component registration is a one-off, not timed
-    text, counts = make_spec(args.nodes)
+    text, counts = (make_dense_spec(args.nodes, args.dense) if args.dense
+                    else make_spec(args.nodes))
     with tempfile.TemporaryDirectory(prefix="dgraph_bench_") as tmp:
-        path = Path(tmp) / f"scale_{args.nodes}.yaml"
+        path = Path(tmp) / f"scale_{args.nodes}.{'json' if args.dense == 'json' else 'yaml'}"
         path.write_text(text)
         print(f"spec: {args.nodes} nodes (" + ", ".join(f"{k} {v}" for k, v in counts.items())
               + f"), {len(text.splitlines())} YAML lines")

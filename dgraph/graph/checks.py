@@ -118,7 +118,7 @@ def check_types(graph: Graph, out: Collector) -> None:
 
 @_pass
 def check_cycles(graph: Graph, out: Collector) -> None:
-    if nx.is_directed_acyclic_graph(graph.nx):
+    if graph.is_acyclic():
         return  # the usual case; listing cycles is only needed when there are some
     simple = nx.DiGraph(graph.nx)
     cycles = []

@@ -5,6 +5,7 @@ Kept apart from building and checking so that every later layer can import them 
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -17,7 +18,7 @@ from dgraph.spec.model import NodeSpec, Spec
 __all__ = ["Edge", "Graph", "Node", "Reference"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One component instance in the graph."""
 
@@ -41,7 +42,7 @@ class Node:
         return self.outputs[name] if name in self.outputs else self.taps[name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a spec of a million nodes has millions of edges
 class Edge:
     """``src.src_port -> dst.dst_port``; ``tap`` is True when src_port is a submodule path."""
 
@@ -56,7 +57,7 @@ class Edge:
         return f"{self.src}.{self.src_port} -> {self.dst}.{self.dst_port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reference:
     """Node ``dst`` names node ``src`` in its parameter ``param`` (an EMA target's ``source``).
 
@@ -85,14 +86,28 @@ class Graph:
     dry_run: bool = False  # True once shapes come from running the graph on the meta device
 
     def __post_init__(self) -> None:
-        self.nx = nx.MultiDiGraph()
-        self.nx.add_nodes_from(self.nodes)
+        # Edges by node, in edge order; names that only edges mention come after the nodes
+        # (networkx's order). networkx's graph itself is built only when asked for (about
+        # 1 kB a node): validation and compilation use these lists.
+        self._nx: nx.MultiDiGraph | None = None
         self._into: dict[str, list[Edge]] = {name: [] for name in self.nodes}
         self._from: dict[str, list[Edge]] = {name: [] for name in self.nodes}
         for edge in self.edges:
-            self.nx.add_edge(edge.src, edge.dst, edge=edge)
-            self._into.setdefault(edge.dst, []).append(edge)
             self._from.setdefault(edge.src, []).append(edge)
+            self._into.setdefault(edge.src, [])
+            self._into.setdefault(edge.dst, []).append(edge)
+            self._from.setdefault(edge.dst, [])
+
+    @property
+    def nx(self) -> nx.MultiDiGraph:
+        """The wiring as a networkx multigraph (each edge's ``edge`` attribute the Edge)."""
+        if self._nx is None:
+            graph = nx.MultiDiGraph()
+            graph.add_nodes_from(self._into)
+            for edge in self.edges:
+                graph.add_edge(edge.src, edge.dst, edge=edge)
+            self._nx = graph
+        return self._nx
 
     def edges_into(self, node: str) -> list[Edge]:
         return self._into.get(node, [])
@@ -101,10 +116,45 @@ class Graph:
         return self._from.get(node, [])
 
     def topological_order(self) -> list[str]:
-        return list(nx.lexicographical_topological_sort(self.nx))
+        """Nodes in the unique topological order that breaks ties by name (networkx's
+        ``lexicographical_topological_sort``); ``nx.NetworkXUnfeasible`` on a cycle."""
+        waiting = {name: len(into) for name, into in self._into.items() if into}
+        ready = [name for name, into in self._into.items() if not into]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            name = heapq.heappop(ready)
+            order.append(name)
+            for edge in self._from[name]:
+                waiting[edge.dst] -= 1
+                if not waiting[edge.dst]:
+                    del waiting[edge.dst]
+                    heapq.heappush(ready, edge.dst)
+        if waiting:
+            raise nx.NetworkXUnfeasible("Graph contains a cycle or graph changed during "
+                                        "iteration")
+        return order
+
+    def is_acyclic(self) -> bool:
+        try:
+            self.topological_order()
+        except nx.NetworkXUnfeasible:
+            return False
+        return True
 
     def ancestors(self, node: str) -> set[str]:
-        return set(nx.ancestors(self.nx, node))
+        """Every node from which a path of edges leads to ``node``."""
+        if node not in self._into:
+            raise nx.NetworkXError(f"The node {node} is not in the digraph.")
+        seen: set[str] = set()
+        stack = [node]
+        while stack:
+            for edge in self._into[stack.pop()]:
+                if edge.src not in seen:
+                    seen.add(edge.src)
+                    stack.append(edge.src)
+        seen.discard(node)
+        return seen
 
     def trained_by(self) -> dict[str, list[str]]:
         """Node -> the updates whose parameter sets include it."""

@@ -14,14 +14,15 @@ from dgraph.graph.common import Collector, close, names
 from dgraph.graph.model import Edge, Graph, Node, Reference
 from dgraph.ports import Port
 from dgraph.registry import COMPONENTS, Component, load_plugins, reference_path
-from dgraph.spec.model import NodeSpec, Spec
+from dgraph.spec.model import NodeSpec, Spec, share_fields_set
 
 __all__ = ["TAP_PORT", "build_graph"]
 
 TAP_PORT = Port("Features", None, "a tapped submodule's output")
 
 
-def _build_component(name: str, ns: NodeSpec, out: Collector) -> Component | None:
+def _build_component(name: str, ns: NodeSpec, out: Collector,
+                     shared: dict[frozenset[str], set[str]] | None = None) -> Component | None:
     try:
         cls = COMPONENTS.get(ns.type)
     except RegistryError:
@@ -100,6 +101,8 @@ def _build_component(name: str, ns: NodeSpec, out: Collector) -> Component | Non
                     "and their defaults",
                 )
         return None
+    if shared is not None:
+        share_fields_set(params, shared)
     return cls(params, node=name)
 
 
@@ -127,6 +130,15 @@ def _check_shares(name: str, ns: NodeSpec, shares: str, spec: Spec,
                 "module inherits them")
 
 
+def _shared(ports: dict[str, Port], seen: dict[tuple, dict[str, Port]]) -> dict[str, Port]:
+    """One dict for the nodes whose ports are the same Port objects under the same names
+    (nodes of one type): a spec of a million nodes would otherwise hold a million copies.
+    Nothing changes a node's ports once the graph is built; outputs declared ``like`` an
+    input, which :func:`_resolve_like_types` sets, are never shared."""
+    key = tuple((name, id(port)) for name, port in ports.items())
+    return seen.setdefault(key, ports)
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -146,8 +158,9 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
     load_plugins()
     out = Collector(spec)
     components: dict[str, Component] = {}
+    shared: dict[frozenset[str], set[str]] = {}  # one set of set params per form
     for name, ns in spec.nodes.items():
-        comp = _build_component(name, ns, out)
+        comp = _build_component(name, ns, out, shared)
         if comp is not None:
             components[name] = comp
 
@@ -174,11 +187,14 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
                 )
 
     nodes: dict[str, Node] = {}
+    same_ports: dict[tuple, dict[str, Port]] = {}
     for name, comp in components.items():
         ns = spec.nodes[name]
         try:
-            inputs = comp.resolved_inputs(components)
+            inputs = _shared(comp.resolved_inputs(components), same_ports)
             outputs = comp.resolved_outputs(components)
+            if all(port.like is None for port in outputs.values()):  # never changed later
+                outputs = _shared(outputs, same_ports)
         except RecursionError:
             refs = ", ".join(f"{k}: {v}" for k, v in comp.references().items())
             out.add(
@@ -201,6 +217,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
         )
 
     edges: list[Edge] = []
+    ports: dict[str, str] = {}  # one copy of each port name for the edges
     for name, ns in spec.nodes.items():
         node = nodes.get(name)
         for port, ref in ns.inputs.items():
@@ -248,6 +265,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
             if src_node is None or node is None:
                 continue  # its own problem is already reported
             location = spec.source.where(path)
+            src, src_port = src_node.name, ports.setdefault(src_port, src_port)
             if src_port in src_node.outputs:
                 edges.append(Edge(src, src_port, name, port, location))
                 continue

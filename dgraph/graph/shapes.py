@@ -7,7 +7,9 @@ is not changed (``validate`` and the dry run store the shapes). No torch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import Any
 
 import networkx as nx
 
@@ -25,6 +27,40 @@ from dgraph.ports import (
 
 __all__ = ["infer_shapes"]
 
+_REFERENCED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` with its type, hashable where it is a list or tuple of hashables."""
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_frozen(v) for v in value))
+    return (type(value), value)
+
+
+class _Shapes:
+    """``parse_shape`` once per shape text and values of the parameters it names: the nodes
+    of one type share their parsed shapes (Shapes are tuples of frozen Dims), in time and in
+    the memory of ``graph.shapes``."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, ...]] = {}
+        self.parsed: dict[tuple, Shape | None] = {}
+
+    def parse(self, text: str | None, params: Mapping[str, Any]) -> Shape | None:
+        if text is None:
+            return None
+        names = self.names.get(text)
+        if names is None:
+            names = self.names[text] = tuple(dict.fromkeys(_REFERENCED.findall(text)))
+        key = (text, tuple(_frozen(params.get(name)) for name in names))
+        try:
+            seen = key in self.parsed
+        except TypeError:  # a value that cannot be hashed: parsed every time
+            return parse_shape(text, params)
+        if not seen:
+            self.parsed[key] = parse_shape(text, params)
+        return self.parsed[key]
+
 def infer_shapes(
     graph: Graph, shapes_of: Mapping[tuple[str, str], tuple[int, ...]] | None = None
 ) -> tuple[dict[tuple[str, str], Shape | None], list[Problem]]:
@@ -39,13 +75,21 @@ def infer_shapes(
     for the same dimensions in all of them.
     """
     shapes: dict[tuple[str, str], Shape | None] = {}
-    outputs, problems = _output_shapes(graph, shapes_of or {})
+    cache = _Shapes()
+    outputs, problems = _output_shapes(graph, shapes_of or {}, cache)
     unifier = ShapeUnifier()
     # dst node -> (dims its inputs' '...' matched, the edge that matched them first)
     rests: dict[str, tuple[tuple[Dim, ...], Edge]] = {}
 
+    port_params: dict[str, dict[str, Any]] = {}
+
     def declared(node: Node, port: Port) -> Shape | None:
-        return parse_shape(port.shape, node.component.port_params())
+        if port.shape is None:
+            return None
+        params = port_params.get(node.name)
+        if params is None:
+            params = port_params[node.name] = node.component.port_params()
+        return cache.parse(port.shape, params)
 
     for edge in graph.edges:
         src = graph.nodes[edge.src]
@@ -67,7 +111,8 @@ def infer_shapes(
     return shapes, problems
 
 
-def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, ...]]
+def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, ...]],
+                   cache: _Shapes | None = None,
                    ) -> tuple[dict[tuple[str, str], Shape | None], list[Problem]]:
     """The shape of every output that feeds an edge: concrete, computed, or declared.
 
@@ -77,6 +122,8 @@ def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, .
     """
     problems: list[Problem] = []
     out: dict[tuple[str, str], Shape | None] = {}
+    cache = cache or _Shapes()
+    same: dict[Shape, Shape] = {}  # one tuple of each computed shape
     try:
         order, cyclic = graph.topological_order(), False
     except nx.NetworkXUnfeasible:  # a cycle (reported by check_cycles): declared shapes only
@@ -100,10 +147,12 @@ def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, .
             elif port in computed:
                 shape = computed[port]
                 # Sizes read from other nodes' parameters are no parameters of this node.
-                out[(name, port)] = None if shape is None else tuple(
-                    Dim(d.symbol, d.size, d.ellipsis) for d in shape)
+                if shape is not None:
+                    shape = tuple(Dim(d.symbol, d.size, d.ellipsis) for d in shape)
+                    shape = same.setdefault(shape, shape)
+                out[(name, port)] = shape
             else:
-                out[(name, port)] = parse_shape(node.output_port(port).shape, params)
+                out[(name, port)] = cache.parse(node.output_port(port).shape, params)
     return out, problems
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dgraph.errors import Location
+from dgraph.spec._positions import Positions
 
 __all__ = ["read_plain"]
 
@@ -47,7 +47,7 @@ def _libyaml() -> Any:
 
 
 class _Reader:
-    def __init__(self, text: str, file: str, locations: dict, max_depth: int,
+    def __init__(self, text: str, file: str, positions: Positions, max_depth: int,
                  max_int_chars: int, max_values: int, max_chars: int) -> None:
         from ruamel.yaml import YAML
         from ruamel.yaml.nodes import ScalarNode
@@ -58,8 +58,7 @@ class _Reader:
         binding, events = loaded
         self.parser = binding.CParser(text)
         self.ev = events
-        self.file = file
-        self.locations = locations
+        self.positions = positions
         self.max_depth = max_depth
         self.max_int_chars = max_int_chars
         self.max_values = max_values
@@ -72,6 +71,7 @@ class _Reader:
         self.constructor = ruamel.constructor
         self.ScalarNode = ScalarNode
         self.typed: dict[str, Any] = {}  # plain scalars already read: many values repeat
+        self.texts: dict[str, str] = {}  # quoted text already read (JSON's keys repeat)
 
     def next(self) -> Any:
         return self.parser.get_event()  # a syntax error raises: the full reader words it
@@ -92,7 +92,7 @@ class _Reader:
         start = self.next()
         if not isinstance(start, ev.DocumentStartEvent) or start.version or start.tags:
             raise _NotPlain  # an empty stream, %YAML or %TAG directives
-        value = self.value(self.next(), (), key_mark=None)
+        value = self.value(self.next(), 0)
         if not isinstance(self.next(), ev.DocumentEndEvent):
             raise _NotPlain
         if not isinstance(self.next(), ev.StreamEndEvent):
@@ -110,8 +110,8 @@ class _Reader:
             raise _NotPlain
         text = event.value
         self._count(len(text))
-        if not event.implicit[0]:  # quoted, literal or folded: text
-            return text
+        if not event.implicit[0]:  # quoted, literal or folded: text (one copy of each)
+            return self.texts.setdefault(text, text)
         if not text:
             # An empty value: ruamel places it at the next token, libyaml after the colon.
             raise _NotPlain
@@ -139,30 +139,29 @@ class _Reader:
             return text  # text, or another implicit type (a date) that a spec keeps as text
         raise _NotPlain  # '<<' (a merge key), '=' and the like: the full reader decides
 
-    def value(self, event: Any, path: tuple, key_mark: Any) -> Any:
+    def value(self, event: Any, depth: int) -> Any:
         ev = self.ev
         cls = event.__class__
         if cls is ev.ScalarEvent:
             return self.scalar(event, key=False)
-        if len(path) >= self.max_depth:
+        if depth >= self.max_depth:
             raise _NotPlain
         if cls is ev.MappingStartEvent:
             if event.anchor is not None or event.tag is not None:
                 raise _NotPlain
             self._count(0)
-            return self.mapping(path)
+            return self.mapping(depth + 1)
         if cls is ev.SequenceStartEvent:
             if event.anchor is not None or event.tag is not None:
                 raise _NotPlain
             self._count(0)
-            return self.sequence(path)
+            return self.sequence(depth + 1)
         raise _NotPlain  # an alias
 
-    def mapping(self, path: tuple) -> dict:
+    def mapping(self, depth: int) -> dict:
         ev = self.ev
         out: dict[str, Any] = {}
-        locations = self.locations
-        file = self.file
+        keys, pos = self.positions.keys, self.positions.pos
         while True:
             event = self.next()
             if event.__class__ is ev.MappingEndEvent:
@@ -173,48 +172,52 @@ class _Reader:
             if key in out:
                 raise _NotPlain  # a duplicate key: the full reader reports it
             mark = event.start_mark
-            child = (*path, key)
-            key_at = Location(file, mark.line + 1, mark.column + 1)
-            key_path = ("#key", *child)
-            locations[key_path] = key_at
+            slot = len(keys)
+            keys.append(key)
+            pos.append((mark.line + 1) << 32 | (mark.column + 1))
             value_event = self.next()
             if value_event.__class__ is ev.ScalarEvent:
                 vmark = value_event.start_mark
-                locations[child] = Location(file, vmark.line + 1, vmark.column + 1)
-            else:  # a nested mapping or list is pointed at by its key
-                locations[child] = key_at
-            out[key] = self.value(value_event, child, mark)
+                pos.append((vmark.line + 1) << 32 | (vmark.column + 1))
+                out[key] = self.scalar(value_event, key=False)
+            else:  # a nested mapping or list (pointed at by its key): its span, once known
+                pos.append(0)
+                out[key] = self.value(value_event, depth)
+                pos[2 * slot + 1] = slot + 1 - len(keys)
 
-    def sequence(self, path: tuple) -> list:
+    def sequence(self, depth: int) -> list:
         ev = self.ev
         items: list[Any] = []
-        locations = self.locations
-        file = self.file
+        keys, pos = self.positions.keys, self.positions.pos
         while True:
             event = self.next()
             if event.__class__ is ev.SequenceEndEvent:
                 return items
-            item = (*path, len(items))
             mark = event.start_mark
-            locations[item] = Location(file, mark.line + 1, mark.column + 1)
-            items.append(self.value(event, item, mark))
+            slot = len(keys)
+            keys.append(None)
+            pos.append((mark.line + 1) << 32 | (mark.column + 1))
+            pos.append(0)
+            items.append(self.value(event, depth))
+            if event.__class__ is not ev.ScalarEvent:
+                pos[2 * slot + 1] = slot + 1 - len(keys)
 
 
 def read_plain(text: str, file: str, *, max_depth: int, max_int_chars: int, max_values: int,
-               max_chars: int) -> tuple[Any, dict] | None:
+               max_chars: int) -> tuple[Any, Positions] | None:
     """``(data, positions)`` of a plain spec, or None when the full reader must read it.
 
-    ``positions`` maps each value's path (and ``("#key", *path)`` for mapping keys) to its
-    :class:`~dgraph.errors.Location`, as ruamel's positions give them.
+    ``positions`` (:class:`~dgraph.spec._positions.Positions`) locates each value (and each
+    mapping key) where ruamel's positions put it.
     """
     if any(c in text for c in _BREAKS_11_ONLY):
         return None
-    locations: dict = {}
+    positions = Positions(file)
     try:
-        data = _Reader(text, file, locations, max_depth, max_int_chars, max_values,
+        data = _Reader(text, file, positions, max_depth, max_int_chars, max_values,
                        max_chars).document()
     except _NotPlain:
         return None
     except Exception:  # noqa: BLE001 - libyaml's syntax errors: ruamel words them, located
         return None
-    return data, locations
+    return data, positions

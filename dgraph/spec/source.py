@@ -15,9 +15,10 @@ is refused without quoting it. Every refusal is a located :class:`SpecError`.
 from __future__ import annotations
 
 import copy
+import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from dgraph.errors import Location, SpecError, did_you_mean
 from dgraph.spec._libyaml import read_plain
+from dgraph.spec._positions import Positions
 
 __all__ = ["SourceMap", "RawSpec", "load_raw", "apply_overrides", "resolve_spec_path", "zoo_names"]
 
@@ -52,34 +54,145 @@ SPEC_KEYS = ("dgraph", "name", "description", "nodes", "updates", "stages", "tra
              "extends")
 
 
-@dataclass
 class SourceMap:
-    """Locations of values by their path in the spec, e.g. ``("nodes", "kd", "params", "T")``."""
+    """Locations of values by their path in the spec, e.g. ``("nodes", "kd", "params", "T")``.
 
-    locations: dict[Path_, Location] = field(default_factory=dict)
-    default: Location = field(default_factory=lambda: Location("<spec>"))
+    A spec merged from several files keeps one layer per file, the later over the earlier
+    (a file over its bases): compact :class:`~dgraph.spec._positions.Positions` from the fast
+    reader, or a path -> :class:`Location` dict from ruamel. ``--set`` overrides drop what
+    lay under the path they set (``masks``) and locate it at the override (``overrides``).
+    A lookup gives what one dict updated in that order would give, without building it;
+    :attr:`locations` builds it (for tests and tools).
+    """
+
+    __slots__ = ("default", "_layers", "_overrides", "_masks")
+
+    def __init__(self, locations: Mapping[Path_, Location] | None = None,
+                 default: Location | None = None) -> None:
+        self.default = default if default is not None else Location("<spec>")
+        self._layers: list[Positions | dict[Path_, Location]] = []
+        self._overrides: dict[Path_, Location] = {}
+        self._masks: list[Path_] = []
+        if locations:
+            self._layers.append(dict(locations))
+
+    @property
+    def locations(self) -> dict[Path_, Location]:
+        """Every located path (``("#key", *path)`` for keys), as one dict."""
+        merged: dict[Path_, Location] = {}
+        for layer in self._layers:
+            merged.update(layer.items())
+        for mask in self._masks:
+            for located in list(merged):
+                if _under(located, mask):
+                    del merged[located]
+        merged.update(self._overrides)
+        return merged
+
+    def add_layer(self, layer: Positions | dict[Path_, Location]) -> None:
+        """Put the positions of one more file over the others."""
+        self._settle()
+        self._layers.append(layer)
+
+    def _writable(self) -> dict[Path_, Location]:
+        """A dict layer on top to record locations into."""
+        if not self._layers or not isinstance(self._layers[-1], dict) or self._masks \
+                or self._overrides:
+            self.add_layer({})
+        layer = self._layers[-1]
+        assert isinstance(layer, dict)
+        return layer
+
+    def _settle(self) -> None:
+        """Fold overrides and masks into one dict layer (before a layer is put on top)."""
+        if self._masks or self._overrides:
+            self._layers = [self.locations]
+            self._masks, self._overrides = [], {}
+
+    def _masked(self, key: Path_) -> int:
+        """How many leading parts of ``key`` the layers may still locate (masks drop the
+        rest)."""
+        limit = len(key)
+        for mask in self._masks:
+            if key[:len(mask)] == mask:
+                limit = min(limit, len(mask) - 1)
+        return limit
 
     def where(self, path: Iterable[str | int]) -> Location:
         """The location of ``path``, or of its nearest located ancestor."""
         key = tuple(path)
-        while key:
-            if key in self.locations:
-                return self.locations[key]
-            key = key[:-1]
-        return self.locations.get((), self.default)
+        best_depth, best = -1, None
+        if self._overrides:
+            for depth in range(len(key), -1, -1):
+                found = self._overrides.get(key[:depth])
+                if found is not None:
+                    best_depth, best = depth, found
+                    break
+        limit = self._masked(key) if self._masks else len(key)
+        for layer in reversed(self._layers):
+            if isinstance(layer, dict):
+                for depth in range(limit, best_depth, -1):
+                    found = layer.get(key[:depth])
+                    if found is not None:
+                        best_depth, best = depth, found
+                        break
+            else:
+                depth, found = layer.deepest(key, limit)
+                if depth > best_depth:
+                    best_depth, best = depth, found
+        return best if best is not None else self.default
 
     def key_where(self, path: Iterable[str | int]) -> Location:
         """Location of the key that introduces ``path`` (falls back to :meth:`where`)."""
         key = tuple(path)
-        return self.locations.get(("#key", *key)) or self.where(key)
+        found = self._overrides.get(("#key", *key)) if self._overrides else None
+        if found is None and (not self._masks or self._masked(key) == len(key)):
+            for layer in reversed(self._layers):
+                found = (layer.get(("#key", *key)) if isinstance(layer, dict)
+                         else layer.key_of(key))
+                if found is not None:
+                    break
+        return found or self.where(key)
 
     def update(self, other: SourceMap, prefix: Path_ = ()) -> None:
-        for path, loc in other.locations.items():
-            if path and path[0] == "#key":
-                moved = ("#key", *prefix, *path[1:])
+        """Put ``other``'s locations (moved under ``prefix``) over these."""
+        if prefix or other._masks or other._overrides:
+            moved_map: dict[Path_, Location] = {}
+            for path, loc in other.locations.items():
+                if path and path[0] == "#key":
+                    moved = ("#key", *prefix, *path[1:])
+                else:
+                    moved = (*prefix, *path)
+                moved_map[moved] = loc
+            self.add_layer(moved_map)
+            return
+        for layer in other._layers:
+            self.add_layer(layer)
+
+    def relocate(self, path: Path_, value_map: SourceMap, where: Location) -> None:
+        """Point ``path`` and everything under it at ``where`` (an override that set it)."""
+        for located in [k for k in self._overrides if _under(k, path)]:
+            del self._overrides[located]
+        self._masks.append(path)
+        key_path = ("#key", *path)
+        self._overrides[path] = self._overrides[key_path] = where
+        for located in value_map.locations:
+            if located and located[0] == "#key":
+                moved = ("#key", *path, *located[1:])
             else:
-                moved = (*prefix, *path)
-            self.locations[moved] = loc
+                moved = (*path, *located)
+            self._overrides[moved] = where
+
+    def set_override(self, path: Path_, where: Location) -> None:
+        """Locate ``path`` and its key at ``where`` (a mapping an override created)."""
+        key_path = ("#key", *path)
+        self._overrides[path] = self._overrides[key_path] = where
+
+
+def _under(located: Path_, path: Path_) -> bool:
+    """Whether a located path (or ``("#key", *path)``) is ``path`` or lies under it."""
+    inner = located[1:] if located and located[0] == "#key" else located
+    return inner[:len(path)] == path
 
 
 @dataclass
@@ -381,6 +494,7 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
             found=f"a value at depth {len(path)}",
             suggestion="nest less deeply; an alias repeats its value at the alias's own depth",
         )
+    locations = smap._writable()
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
         for key, value in node.items():
@@ -397,12 +511,12 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
                 )
             child = (*path, key)
             key_path = ("#key", *child)
-            smap.locations[key_path] = Location(file, kline + 1, kcol + 1)
+            locations[key_path] = Location(file, kline + 1, kcol + 1)
             # A nested mapping is best pointed at by its key; a scalar by its value.
             if isinstance(value, (CommentedMap, CommentedSeq)):
-                smap.locations[child] = Location(file, kline + 1, kcol + 1)
+                locations[child] = Location(file, kline + 1, kcol + 1)
             else:
-                smap.locations[child] = Location(file, vline + 1, vcol + 1)
+                locations[child] = Location(file, vline + 1, vcol + 1)
             out[key] = _plain(value, file, child, smap)
         return out
     if isinstance(node, CommentedSeq):
@@ -410,7 +524,7 @@ def _plain(node: Any, file: str, path: Path_, smap: SourceMap) -> Any:
         for index, value in enumerate(node):
             position = (node.lc.data or {}).get(index)
             item = (*path, index)
-            smap.locations[item] = (
+            locations[item] = (
                 Location(file, position[0] + 1, position[1] + 1) if position
                 else smap.where(path))
             items.append(_plain(value, file, item, smap))
@@ -449,8 +563,8 @@ def parse_text(text: str, file: str, *, quote: bool = True) -> tuple[Any, Source
                        max_values=max(MIN_EXPANDED_VALUES, len(text)),
                        max_chars=max(MIN_EXPANDED_CHARS, 2 * len(text)))
     if plain is not None:  # plain data, read by libyaml (see dgraph.spec._libyaml)
-        data, smap.locations = plain
-        smap.locations[()] = Location(file, 1, 1)
+        data, positions = plain
+        smap.add_layer(positions)
         return data, smap
     try:
         document = _yaml(file, len(text)).load(text)
@@ -516,7 +630,7 @@ def parse_text(text: str, file: str, *, quote: bool = True) -> tuple[Any, Source
             found=type(exc).__name__,
             suggestion="check the values of the file",
         ) from None
-    smap.locations[()] = Location(file, 1, 1)
+    smap._writable()[()] = Location(file, 1, 1)
     return _plain(document, file, (), smap), smap
 
 
@@ -580,7 +694,12 @@ def _read(path: Path, *, base: bool = False) -> tuple[dict[str, Any], SourceMap]
         raise _file_error(path, problem)
     try:
         with path.open("rb") as stream:
-            content = stream.read(MAX_SPEC_BYTES + 1)
+            # read(n) allocates n bytes first: ask for the file's size (and one byte more,
+            # to see that it did not grow), not for the 64 MiB limit
+            limit = min(os.fstat(stream.fileno()).st_size, MAX_SPEC_BYTES) + 1
+            content = stream.read(limit)
+            if len(content) == limit:
+                content += stream.read(MAX_SPEC_BYTES + 1 - limit)
     except OSError as exc:
         problem = (f"cannot read the spec: {exc.strerror or exc}", type(exc).__name__,
                    "check the path and its permissions")
@@ -875,10 +994,9 @@ def apply_overrides(raw: RawSpec, overrides: Iterable[str]) -> RawSpec:
                     found=f"{type(target).__name__} {_short(target)}",
                     suggestion=f"set '{prefix}' itself, e.g. --set {prefix}=...",
                 )
-        _relocate(raw.source, tuple(path), value_map, Location(where))
+        raw.source.relocate(tuple(path), value_map, Location(where))
         for made in created:
-            made_key = ("#key", *made)
-            raw.source.locations[made] = raw.source.locations[made_key] = Location(where)
+            raw.source.set_override(made, Location(where))
     return RawSpec(data, raw.source, raw.path)
 
 
@@ -903,24 +1021,6 @@ def _list_index(item: str, key: str, prefix: str, part: str, target: list) -> in
             suggestion=f"set the whole list instead: --set {prefix}=[...]",
         )
     return index
-
-
-def _relocate(source: SourceMap, path: Path_, value_map: SourceMap, where: Location) -> None:
-    """Point ``path`` and everything under it at the override that set it."""
-    n = len(path)
-    for located in list(source.locations):
-        inner = located[1:] if located and located[0] == "#key" else located
-        if inner[:n] == path:
-            del source.locations[located]
-    source.locations[path] = where
-    path_key = ("#key", *path)
-    source.locations[path_key] = where
-    for located in value_map.locations:
-        if located and located[0] == "#key":
-            moved = ("#key", *path, *located[1:])
-        else:
-            moved = (*path, *located)
-        source.locations[moved] = where
 
 
 def read_spec_text(raw: Mapping[str, Any]) -> str:
