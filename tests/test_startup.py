@@ -18,7 +18,7 @@ from dgraph.errors import RegistryError
 # Never needed to train a digits spec: scikit-learn (its data file is read directly), SciPy
 # (scikit-learn's), the Hugging Face, ONNX and TensorBoard-server stacks, matplotlib, pandas.
 NOT_FOR_DIGITS = ("sklearn", "scipy", "transformers", "diffusers", "peft", "onnx",
-                  "onnxruntime", "onnxscript", "matplotlib", "pandas")
+                  "onnxruntime", "onnxscript", "matplotlib", "pandas", "networkx")
 # The built-in modules that declare the types of `kd` and `teacher_digits`.
 KD_MODULES = {"dgraph.components.data.digits", "dgraph.components.models.mlp",
               "dgraph.components.losses.kl", "dgraph.components.losses.classification"}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import networkx as nx
-
 from dgraph.errors import Problem
 from dgraph.graph.common import Collector, close, names
 from dgraph.graph.model import Graph
@@ -120,6 +118,8 @@ def check_types(graph: Graph, out: Collector) -> None:
 def check_cycles(graph: Graph, out: Collector) -> None:
     if graph.is_acyclic():
         return  # the usual case; listing cycles is only needed when there are some
+    import networkx as nx  # only here: listing the cycles of a graph that has some
+
     simple = nx.DiGraph(graph.nx)
     cycles = []
     for cycle in nx.simple_cycles(simple):

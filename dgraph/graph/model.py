@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from dgraph.errors import Location
 from dgraph.ports import Port, Shape
 from dgraph.registry import Component
 from dgraph.spec.model import NodeSpec, Spec
 
-__all__ = ["Edge", "Graph", "Node", "Reference"]
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["CycleError", "Edge", "Graph", "Node", "Reference"]
+
+
+class CycleError(ValueError):
+    """The graph has a cycle, so it has no topological order."""
 
 
 @dataclass(slots=True)
@@ -100,9 +106,12 @@ class Graph:
 
     @property
     def nx(self) -> nx.MultiDiGraph:
-        """The wiring as a networkx multigraph (each edge's ``edge`` attribute the Edge)."""
+        """The wiring as a networkx multigraph (each edge's ``edge`` attribute the Edge);
+        networkx is imported only then."""
         if self._nx is None:
-            graph = nx.MultiDiGraph()
+            import networkx
+
+            graph = networkx.MultiDiGraph()
             graph.add_nodes_from(self._into)
             for edge in self.edges:
                 graph.add_edge(edge.src, edge.dst, edge=edge)
@@ -117,7 +126,7 @@ class Graph:
 
     def topological_order(self) -> list[str]:
         """Nodes in the unique topological order that breaks ties by name (networkx's
-        ``lexicographical_topological_sort``); ``nx.NetworkXUnfeasible`` on a cycle."""
+        ``lexicographical_topological_sort``); :class:`CycleError` on a cycle."""
         waiting = {name: len(into) for name, into in self._into.items() if into}
         ready = [name for name, into in self._into.items() if not into]
         heapq.heapify(ready)
@@ -131,28 +140,36 @@ class Graph:
                     del waiting[edge.dst]
                     heapq.heappush(ready, edge.dst)
         if waiting:
-            raise nx.NetworkXUnfeasible("Graph contains a cycle or graph changed during "
-                                        "iteration")
+            raise CycleError(f"the graph has a cycle: {len(waiting)} nodes cannot be ordered")
         return order
 
     def is_acyclic(self) -> bool:
         try:
             self.topological_order()
-        except nx.NetworkXUnfeasible:
+        except CycleError:
             return False
         return True
 
     def ancestors(self, node: str) -> set[str]:
         """Every node from which a path of edges leads to ``node``."""
-        if node not in self._into:
-            raise nx.NetworkXError(f"The node {node} is not in the digraph.")
+        return self._reached(node, self._into, "src")
+
+    def descendants(self, node: str) -> set[str]:
+        """Every node to which a path of edges leads from ``node``."""
+        return self._reached(node, self._from, "dst")
+
+    @staticmethod
+    def _reached(node: str, edges: dict[str, list[Edge]], end: str) -> set[str]:
+        if node not in edges:
+            raise KeyError(f"node {node!r} is not in the graph")
         seen: set[str] = set()
         stack = [node]
         while stack:
-            for edge in self._into[stack.pop()]:
-                if edge.src not in seen:
-                    seen.add(edge.src)
-                    stack.append(edge.src)
+            for edge in edges[stack.pop()]:
+                other = getattr(edge, end)
+                if other not in seen:
+                    seen.add(other)
+                    stack.append(other)
         seen.discard(node)
         return seen
 

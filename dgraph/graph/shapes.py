@@ -11,10 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import networkx as nx
-
 from dgraph.errors import Problem
-from dgraph.graph.model import Edge, Graph, Node
+from dgraph.graph.model import CycleError, Edge, Graph, Node
 from dgraph.ports import (
     Dim,
     Port,
@@ -126,7 +124,7 @@ def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, .
     same: dict[Shape, Shape] = {}  # one tuple of each computed shape
     try:
         order, cyclic = graph.topological_order(), False
-    except nx.NetworkXUnfeasible:  # a cycle (reported by check_cycles): declared shapes only
+    except CycleError:  # a cycle (reported by check_cycles): declared shapes only
         order, cyclic = list(graph.nodes), True
     for name in order:
         node = graph.nodes[name]

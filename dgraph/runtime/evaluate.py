@@ -60,13 +60,9 @@ def skipped_in_evaluation(graph: Graph, *, samplers: bool = False) -> set[str]:
     costly = {n for n, node in graph.nodes.items() if not node.component.evaluated}
     if samplers or not costly:
         return set()
-    downstream = set(costly)  # and every node a path of edges leads to from one of them
-    stack = list(costly)
-    while stack:
-        for edge in graph.edges_from(stack.pop()):
-            if edge.dst not in downstream:
-                downstream.add(edge.dst)
-                stack.append(edge.dst)
+    downstream = set(costly)
+    for name in costly:
+        downstream |= graph.descendants(name)
     needed = set()
     for name, node in graph.nodes.items():
         if KINDS[node.kind].eval_only:
