@@ -87,14 +87,20 @@ class StepRunner:
         ``shared`` holds the batches drawn so far in this step: updates of one step read
         the same examples of a data node.
         """
-        made = self._plain_steps.get((name, stage.name))
-        if made is not None and made[0] is self.setup.optimizers[name]:
-            return made[1](step, shared)  # the plain step, made before (see _run_plain)
-        plain = self._plain.get(name)
-        if plain is None:
-            plain = self._plain[name] = self._simple(name)
-        if plain:
-            return self._run_plain(name, stage, step, shared)
+        # The plain step (see _simple): a function made once per update and stage, and again
+        # when the update's optimizer is replaced, that holds everything it uses.
+        key = (name, stage.name)
+        made = self._plain_steps.get(key)
+        if made is None or made[0] is not self.setup.optimizers[name]:
+            plain = self._plain.get(name)
+            if plain is None:
+                plain = self._plain[name] = self._simple(name)
+            made = None
+            if plain:
+                made = self._plain_steps[key] = (self.setup.optimizers[name],
+                                                 self._make_plain(name, stage))
+        if made is not None:
+            return made[1](step, shared)
         setup = self.setup
         plan = setup.program.plans[name]
         spec = plan.spec
@@ -183,8 +189,10 @@ class StepRunner:
                 if setup.sharded:  # each rank saw only its shard of the gradients
                     torch.distributed.all_reduce(self._found_inf,
                                                  op=torch.distributed.ReduceOp.MAX)
-            self._flag_non_finite((step, name, repeat, draws), totals, deferred=deferred,
-                                  scaled=scaler is not None)
+            record: tuple[int, str, int, Draws] = (step, name, repeat, draws)
+            # The lambda is called within this iteration (by _flag_non_finite), never later.
+            self._flag_non_finite(lambda: record, totals,  # noqa: B023
+                                  deferred=deferred, scaled=scaler is not None)
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(
                     params, spec.clip_grad_norm))  # the norm over all shards when sharded
@@ -211,25 +219,13 @@ class StepRunner:
     def _simple(self, name: str) -> bool:
         """Whether update ``name`` is one forward, one backward and one optimizer step every
         time (no repeats, micro-batches, loss scaling, data parallelism, sharding or mixed
-        precision): the case :meth:`_run_plain` runs with nothing decided per step."""
+        precision): the case :meth:`_make_plain`'s function runs with nothing decided per
+        step."""
         setup = self.setup
         spec = setup.program.plans[name].spec
         return (spec.repeat == 1 and spec.accumulate == 1 and setup.scaler is None
                 and not setup.world.distributed and not setup.sharded
                 and setup.train_cfg.precision == "fp32")
-
-    def _run_plain(self, name: str, stage: Stage, step: int,
-                   shared: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """:meth:`run_update` for an update that :meth:`_simple` accepts: the same steps and
-        checks in the same order, by a function made once per update and stage (and again
-        when the update's optimizer is replaced) that holds everything it uses."""
-        setup = self.setup
-        key = (name, stage.name)
-        made = self._plain_steps.get(key)
-        if made is None or made[0] is not setup.optimizers[name]:
-            made = self._plain_steps[key] = (setup.optimizers[name],
-                                             self._make_plain(name, stage))
-        return made[1](step, shared)
 
     def _make_plain(self, name: str, stage: Stage) -> Callable[[int, dict], dict]:
         setup = self.setup
@@ -248,7 +244,7 @@ class StepRunner:
         losses_of = plan.losses
         check = torch._amp_foreach_non_finite_check_and_unscale_
         weights_at = self._weights
-        # Made again with the optimizer (see _run_plain), and its scheduler is made with it.
+        # Made again with the optimizer (see run_update), and its scheduler is made with it.
         scheduler = setup.schedulers.get(name)
         weights_at(plan, stage, stage.start)
         # Fixed weights are computed once (see _weights): then used as they are.
@@ -279,11 +275,8 @@ class StepRunner:
             check([p.grad for p in params if p.grad is not None], found_inf, one)
             deferred = self.defer_finite_checks and \
                 getattr(optimizer, "_step_supports_amp_scaling", False)
-            if deferred or not self.read_losses_on_host:
-                self._flag_non_finite(where(step), [total], deferred=deferred, scaled=False)
-            elif not (_finite(total) and not found_inf.item()):
-                # _flag_non_finite's host read, written out: this runs every step on CPU.
-                self.check_finite(where(step), [total])
+            self._flag_non_finite(lambda: where(step), [total], deferred=deferred,
+                                  scaled=False)
             if clip is not None:
                 terms = {"grad_norm": torch.nn.utils.clip_grad_norm_(params, clip)}
             elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
@@ -291,10 +284,7 @@ class StepRunner:
                 terms = {"grad_norm": _grad_norm(params)}
             else:
                 terms = {}
-            if deferred:
-                self._optimizer_step(optimizer, deferred)
-            else:
-                optimizer.step()
+            self._optimizer_step(optimizer, deferred)
             optimizer.zero_grad(set_to_none=True)
             if follow:
                 self._after_update(name)
@@ -313,23 +303,24 @@ class StepRunner:
 
         return run
 
-    def _flag_non_finite(self, where: tuple, totals: list[torch.Tensor], *, deferred: bool,
-                         scaled: bool) -> None:
+    def _flag_non_finite(self, where: Callable[[], tuple[int, str, int, Draws]],
+                         totals: list[torch.Tensor], *, deferred: bool, scaled: bool) -> None:
         """After backward: set the sticky flag when a loss is NaN/inf, and name the cause now,
         or (``deferred``, CUDA) at the next read. ``scaled``: a GradScaler checks the
-        gradients itself. ``where``: (step, update, repeat, draws) for the message."""
+        gradients itself. ``where()``: (step, update, repeat, draws) for the message, made only
+        when it is needed."""
         if self.read_losses_on_host and not deferred:
             # On CPU, reading the losses is cheaper than another pass over them.
             if not (all(_finite(t) for t in totals) and (scaled or not self._found_inf.item())):
-                self.check_finite(where, totals)
+                self.check_finite(where(), totals)
             return
         torch._amp_foreach_non_finite_check_and_unscale_(
             [t.detach() for t in totals], self._found_inf, self._one)
         if deferred:
             self._skipped.add_(self._found_inf)
-            self._unread.append(where)
+            self._unread.append(where())
         elif self._found_inf.item():  # one read (a sync) per optimizer step
-            self.check_finite(where, totals)
+            self.check_finite(where(), totals)
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, deferred: bool) -> None:
         if deferred:
