@@ -6,6 +6,7 @@ import path).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,13 +17,20 @@ from dgraph.graph import validate
 from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
 
-__all__ = ["ENV", "QUIET", "cli_train", "finish", "make_trainer", "write_spec"]
+__all__ = ["ENV", "QUIET", "assert_finite", "cli_train", "finish", "make_trainer",
+           "write_spec"]
 
 # Trainer keywords: no progress bar, no log lines.
 QUIET = {"progress": False, "log": lambda _m: None}
 
 # The environment of `dgraph train` subprocesses: offline, unbuffered, one thread per rank.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def assert_finite(summary: dict[str, float], keys: list[str]) -> None:
+    """Every one of ``keys`` is in ``summary`` (a run's summary.json) with a finite value."""
+    for key in keys:
+        assert key in summary and math.isfinite(summary[key]), key
 
 
 def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:

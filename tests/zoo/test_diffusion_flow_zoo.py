@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from _kill_resume import assert_same_final, kill_and_resume
-from helpers import QUIET
+from helpers import QUIET, assert_finite
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -42,16 +42,11 @@ def test_flow_specs_validate(name, capsys):
     assert capsys.readouterr().out.startswith(f"{name}: valid (")
 
 
-def finite(summary, keys):
-    for key in keys:
-        assert key in summary and torch.isfinite(torch.tensor(summary[key])), key
-
-
 def test_teacher_metrics_at_every_step_count(runs):
     import json
 
     summary = json.loads((runs / "flow_teacher_toy" / "summary.json").read_text())
-    finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
+    assert_finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
                      for k in (1, 2, 4, 8, 50)])
 
 
@@ -59,7 +54,7 @@ def test_flowmap_student_trains_from_the_teacher_and_exports(runs, tmp_path, cap
     run = runs / "flowmap_toy"
     summary = train("flowmap_toy", out=run, overrides=["train.steps=6", "train.eval.every=6",
                                                        *FAST], **QUIET)
-    finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
+    assert_finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
                      for k in (1, 2, 4)])
     teacher = load_file(str(runs / "flow_teacher_toy" / "final" / "teacher.safetensors"))
     student = load_file(str(run / "final" / "student.safetensors"))
@@ -79,9 +74,9 @@ def test_sampler_distillation_trains_only_the_solver(runs):
     run = runs / "sampler_distill_toy"
     summary = train("sampler_distill_toy", out=run,
                     overrides=["train.steps=6", "train.eval.every=6", *SAMPLER], **QUIET)
-    finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
+    assert_finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
                      for k in (1, 2, 4, 8)])
-    finite(summary, ["plain/energy_distance@1", "plain/energy_distance@50"])
+    assert_finite(summary, ["plain/energy_distance@1", "plain/energy_distance@50"])
     assert sorted(p.name for p in (run / "final").glob("*.safetensors")) == \
         ["solver.safetensors"]  # the teacher is frozen: never trained, never saved
     solver = load_file(str(run / "final" / "solver.safetensors"))

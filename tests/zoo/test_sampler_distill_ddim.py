@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from _kill_resume import assert_same_final, kill_and_resume
-from helpers import QUIET
+from helpers import QUIET, assert_finite
 from safetensors.torch import load_file
 
 from dgraph.api import train
@@ -56,11 +56,6 @@ def test_ddim_sampler_specs_validate(name, capsys):
     assert capsys.readouterr().out.startswith(f"{name}: valid (")
 
 
-def finite(summary, keys):
-    for key in keys:
-        assert key in summary and torch.isfinite(torch.tensor(summary[key])), key
-
-
 def solver_keys(steps):
     return sorted(f"{g}.{k}" for g in ("extrapolate", "logits", "scale", "start") for k in steps)
 
@@ -69,9 +64,9 @@ def test_ring_sampler_distillation_trains_only_the_solver(runs):
     run = runs / "sampler_distill_ddim_toy"
     summary = train("sampler_distill_ddim_toy", out=run,
                     overrides=["train.steps=6", "train.eval.every=6", *RING], **QUIET)
-    finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
+    assert_finite(summary, [f"samples/{m}@{k}" for m in ("energy_distance", "mode_coverage")
                      for k in (1, 2, 4, 8)])
-    finite(summary, ["plain/energy_distance@1", "plain/energy_distance@50"])
+    assert_finite(summary, ["plain/energy_distance@1", "plain/energy_distance@50"])
     assert sorted(p.name for p in (run / "final").glob("*.safetensors")) == \
         ["solver.safetensors"]  # the teacher is frozen: never trained, never saved
     solver = load_file(str(run / "final" / "solver.safetensors"))
@@ -85,9 +80,9 @@ def test_digits_sampler_distillation_trains_only_the_solver(runs):
     run = runs / "sampler_distill_digits"
     summary = train("sampler_distill_digits", out=run,
                     overrides=["train.steps=2", "train.eval.every=2", *DIGITS], **QUIET)
-    finite(summary, [f"samples/{m}@{k}" for m in ("frechet", "class_coverage",
+    assert_finite(summary, [f"samples/{m}@{k}" for m in ("frechet", "class_coverage",
                                                     "class_accuracy") for k in (1, 2)])
-    finite(summary, ["plain/frechet@1", "plain/class_accuracy@1"])
+    assert_finite(summary, ["plain/frechet@1", "plain/class_accuracy@1"])
     assert sorted(p.name for p in (run / "final").glob("*.safetensors")) == \
         ["solver.safetensors"]
     solver = load_file(str(run / "final" / "solver.safetensors"))
