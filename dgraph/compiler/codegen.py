@@ -266,16 +266,13 @@ def value_ports(graph: Graph) -> dict[str, str]:
     """The nodes called for their value (:func:`value_call`): declared components with a
     single output that nothing reads another port of (a tapped submodule's output, say) and
     that are not cached (a cache indexes stored outputs instead)."""
-    read: dict[str, set[str]] = {}
-    for edge in graph.edges:
-        read.setdefault(edge.src, set()).add(edge.src_port)
     out: dict[str, str] = {}
     for name, node in graph.nodes.items():
         component = node.component
         single = getattr(component, "single_output", None)
         if getattr(component, "shape", None) in ("function", "class") and single is not None \
                 and node.spec.cache is None and node.kind != "data" \
-                and read.get(name, set()) <= {single}:
+                and all(edge.src_port == single for edge in graph.edges_from(name)):
             out[name] = single
     return out
 
