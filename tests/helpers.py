@@ -18,7 +18,7 @@ from dgraph.runtime.train import Trainer
 from dgraph.spec import load_spec
 
 __all__ = ["ENV", "QUIET", "assert_finite", "cli_train", "finish", "make_trainer",
-           "write_spec"]
+           "train_arithmetic_teacher", "write_spec"]
 
 # Trainer keywords: no progress bar, no log lines.
 QUIET = {"progress": False, "log": lambda _m: None}
@@ -31,6 +31,17 @@ def assert_finite(summary: dict[str, float], keys: list[str]) -> None:
     """Every one of ``keys`` is in ``summary`` (a run's summary.json) with a finite value."""
     for key in keys:
         assert key in summary and math.isfinite(summary[key]), key
+
+
+def train_arithmetic_teacher(folder: Path, steps: int) -> None:
+    """A small run of the zoo's ``arithmetic_teacher`` in ``folder/arithmetic_teacher`` (the
+    teacher the sequence-KD specs read): ``steps`` steps on 96 training problems."""
+    from dgraph.api import train
+
+    train("arithmetic_teacher", out=folder / "arithmetic_teacher",
+          overrides=[f"train.steps={steps}", "nodes.data.params.n_train=96",
+                     "nodes.data.params.n_eval=16", "nodes.exact_match.params.max_examples=8"],
+          **QUIET)
 
 
 def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:

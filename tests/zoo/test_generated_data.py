@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from _kill_resume import assert_same_final, kill_and_resume
-from helpers import QUIET
+from helpers import QUIET, train_arithmetic_teacher
 
 from dgraph.api import train
 from dgraph.spec import zoo_names
@@ -32,10 +32,7 @@ def test_the_zoo_lists_the_generated_data_specs():
 
 
 def test_seqkd_filtered_generates_with_the_teacher_and_trains_a_few_steps(tmp_path):
-    train("arithmetic_teacher", out=tmp_path / "arithmetic_teacher",
-          overrides=["train.steps=4", "nodes.data.params.n_train=96",
-                     "nodes.data.params.n_eval=16", "nodes.exact_match.params.max_examples=8"],
-          **QUIET)
+    train_arithmetic_teacher(tmp_path, steps=4)
     run = tmp_path / "seqkd_filtered"
     summary = train("seqkd_filtered", out=run,
                     overrides=[*SMALL, "train.steps=6", "train.eval.every=6"], **QUIET)

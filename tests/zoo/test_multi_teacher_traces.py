@@ -17,7 +17,7 @@ from dgraph.components.generate.arithmetic import arithmetic_task
 from dgraph.components.generate.generator import LMGenerator
 from dgraph.components.generate.verifiers import ExactAnswer, LMLikelihood
 from dgraph.components.models.hf import HFCausalLM
-from helpers import QUIET
+from helpers import QUIET, train_arithmetic_teacher
 
 from dgraph.api import train
 from dgraph.registry import BuildContext
@@ -153,10 +153,7 @@ def test_an_unknown_teacher_in_the_list_is_located_at_its_item():
 
 
 def test_seqkd_multi_teacher_trains_a_few_steps_on_both_teachers_traces(tmp_path):
-    train("arithmetic_teacher", out=tmp_path / "arithmetic_teacher",
-          overrides=["train.steps=2", "nodes.data.params.n_train=96",
-                     "nodes.data.params.n_eval=16", "nodes.exact_match.params.max_examples=8"],
-          **QUIET)
+    train_arithmetic_teacher(tmp_path, steps=2)
     run = tmp_path / "seqkd_multi_teacher"
     summary = train("seqkd_multi_teacher", out=run, overrides=[
         "nodes.data.params.n_train=96", "nodes.data.params.n_eval=16",

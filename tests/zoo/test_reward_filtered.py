@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import QUIET
+from helpers import QUIET, train_arithmetic_teacher
 
 from dgraph.api import train
 from dgraph.spec import zoo_names
@@ -18,10 +18,7 @@ def test_the_zoo_lists_the_reward_filtered_spec():
 
 
 def test_seqkd_reward_filtered_trains_its_judge_then_filters_with_it(tmp_path):
-    train("arithmetic_teacher", out=tmp_path / "arithmetic_teacher",
-          overrides=["train.steps=2", "nodes.data.params.n_train=96",
-                     "nodes.data.params.n_eval=16", "nodes.exact_match.params.max_examples=8"],
-          **QUIET)
+    train_arithmetic_teacher(tmp_path, steps=2)
     run = tmp_path / "seqkd_reward_filtered"
     summary = train("seqkd_reward_filtered", out=run, overrides=[
         "nodes.data.params.n_train=96", "nodes.data.params.n_eval=16",
