@@ -277,9 +277,9 @@ def worker_trl(mode: str, work: Path, steps: int, *, defaults: bool = False) -> 
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
         bf16=False, fp16=False, **settings,
         **({} if defaults else {"gradient_checkpointing": False}))
-    # dgraph's AdamW: weight decay on every parameter, foreach kernels; the schedule is TRL's.
+    # dgraph's AdamW: weight decay on every parameter, fused kernels; the schedule is TRL's.
     optimizer = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=WEIGHT_DECAY,
-                                  foreach=True)
+                                  fused=True)
     dataset = Dataset.from_dict({"idx": list(range(steps * batch_size))})
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args,
                          train_dataset=dataset, processing_class=tokenizer,

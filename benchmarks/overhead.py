@@ -4,7 +4,7 @@ KD configs: both sides train a copy of the same student, distilled from the same
 teacher, on the same batches, with the same loss (0.9 * Hinton KD at T=4 + 0.1 *
 cross-entropy; on digits the cross-entropy is masked by the `labelled` port, as
 specs/kd.yaml wires it, and the hand loop masks it too) and the same optimizer (Adam:
-foreach on CPU, fused on CUDA). ``adversarial_toy`` is the zoo spec itself (two updates at
+fused, as dgraph builds it). ``adversarial_toy`` is the zoo spec itself (two updates at
 5:1, a critic shared by two nodes, noise from torch's global generator) against the same
 GAN loop by hand. The dgraph side is exactly what ``Trainer.run`` does per step minus
 logging/eval/checkpoints: ``Trainer.run_step`` (stage and step bookkeeping, every update due:
@@ -170,8 +170,8 @@ class HandKD:
         self.student = MLP.create(in_features=cfg["in_features"], hidden=cfg["student"],
                                   num_classes=cfg["classes"]).to(device)
         self.student.load_state_dict(student_state)
-        # The kernels dgraph's build_optimizer picks: fused on CUDA, foreach elsewhere.
-        kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        # The kernels dgraph's build_optimizer picks: fused (CPU and CUDA).
+        kernels = {"fused": True}
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=LR, **kernels)
         self.x, self.y, self.indices = x, y, indices
         # The labelled mask of the examples, when the spec's cross-entropy reads one.
@@ -242,7 +242,7 @@ class HandGAN:
             return module
 
         self.critic, self.generator = copy("critic"), copy("generator")
-        kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        kernels = {"fused": True}  # as dgraph's build_optimizer
 
         def adam(update: str, module: torch.nn.Module) -> torch.optim.Optimizer:
             opt = spec.updates[update].optimizer

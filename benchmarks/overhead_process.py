@@ -48,7 +48,7 @@ teacher = MLP.create(in_features=64, hidden=[256, 256], num_classes=10)
 teacher.load_state_dict(load_file("runs/teacher_digits/final/teacher.safetensors"))
 teacher.eval().requires_grad_(False)
 student = MLP.create(in_features=64, hidden=[24], num_classes=10)
-optimizer = torch.optim.Adam(student.parameters(), lr=0.003, foreach=True)
+optimizer = torch.optim.Adam(student.parameters(), lr=0.003, fused=True)
 schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
 order, position, per_epoch = None, 0, len(x) // 64  # drop_last, as the digits source
 for step in range(steps):

@@ -7,7 +7,7 @@ plain PyTorch, and torchdistill's own machinery (its ``DistillationBox`` built f
 ``train_config`` with its ``WeightedSumLoss`` of its ``KDLoss``; each step is
 ``forward_process`` + ``post_forward_process``, as its example scripts run it). Same teacher
 weights, same student initialisation, same batches (the dgraph BatchLoader's order, indexed on
-device for the other two), Adam (foreach), loss ``0.1 CE + 0.9 T^2 KL(T = 4)``, 1 torch
+device for the other two), Adam (fused), loss ``0.1 CE + 0.9 T^2 KL(T = 4)``, 1 torch
 thread. Each round times a block of steps per side, the order rotating; the table gives the
 median ms/step with its min-max over the rounds, and the per-round ratio to the hand loop.
 
@@ -29,7 +29,7 @@ Both load the same teacher and the same student initialisation with ``from_pretr
 (the zoo's ``llm_teacher`` run written with save_pretrained; the student's random init
 written once, dropout 0 as TRL's ``disable_dropout`` makes it), see the same token ids in the
 same order (dgraph's text_lm loader's batches, handed to TRL through a collator), AdamW (lr
-3e-3, weight decay 0.01 on every parameter, foreach), cosine schedule, grad-norm clip 1.
+3e-3, weight decay 0.01 on every parameter, fused), cosine schedule, grad-norm clip 1.
 The sides differ where dgraph's own components do: dgraph's ``hf_causal_lm`` runs GPT-2's
 ``gelu_new`` as torch's fused tanh GELU (same formula; logits agree to ~1e-6), TRL runs the
 model as transformers builds it. Side ``trl`` turns GKDConfig's default gradient checkpointing
@@ -143,7 +143,7 @@ class HandKD:
         import torch
 
         self.teacher, self.student = teacher.eval().requires_grad_(False), student
-        self.optimizer = torch.optim.Adam(student.parameters(), lr=LR, foreach=True)
+        self.optimizer = torch.optim.Adam(student.parameters(), lr=LR, fused=True)
         self.x, self.y, self.indices, self.i = x, y, indices, 0
 
     def step(self) -> None:
@@ -181,7 +181,7 @@ class TorchdistillKD:
             "num_epochs": 1,
             "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},
             "student": {"forward_proc": "forward_batch_only"},
-            "optimizer": {"key": "Adam", "kwargs": {"lr": LR, "foreach": True}},
+            "optimizer": {"key": "Adam", "kwargs": {"lr": LR, "fused": True}},
             "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {
                 "kd": {"criterion": {"key": "KDLoss", "kwargs": kd_kwargs}, "weight": 1.0}}}},
         }

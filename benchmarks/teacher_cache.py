@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         t_logits = t_module(xb)["logits"]
     student = MLP.create(in_features=args.in_features, hidden=args.student_hidden,
                          num_classes=args.classes).to(device)
-    kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}  # as dgraph's
+    kernels = {"fused": True}  # as dgraph's
     optimizer = torch.optim.Adam(student.parameters(), lr=LR, **kernels)
 
     def teacher_fwd() -> None:

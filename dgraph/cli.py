@@ -637,7 +637,7 @@ def _parser() -> argparse.ArgumentParser:
                         "train.precision)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="where the run would train (default: train.device; auto is cuda when "
-                        "this machine has one): fused optimizers on cuda need no workspace")
+                        "this machine has one)")
     p.add_argument("--device-memory", type=_memory, default=None, metavar="SIZE",
                    help="memory of one device, e.g. 80GB or 24GiB: say whether a rank fits "
                         "(exit 1 when it does not)")

@@ -510,8 +510,8 @@ def plan_graph(graph: Graph, *, nproc: int = 1, strategy: str | None = None,
     """Measure one training step of every update of a validated graph on the meta device.
 
     ``device`` is where the run would train (default ``train.device``; ``auto`` is CUDA when
-    this machine has it): on CUDA, Adam, AdamW and SGD use fused kernels, which need no
-    workspace beside the gradients; elsewhere the foreach kernels' workspace is measured.
+    this machine has it). Adam, AdamW and SGD use fused kernels on both, which need no
+    workspace beside the gradients; RMSprop's foreach kernels' workspace is measured.
     """
     spec = graph.spec
     distributed = spec.train.distributed
@@ -641,7 +641,7 @@ def plan_graph(graph: Graph, *, nproc: int = 1, strategy: str | None = None,
             tracker.half = half
             state = _state_bytes(optimizer, owner_of, instances.modules, groups)
             ucost.peak_optimizer = max(tracker.peak - sum(state.values()), before)
-            if device == "cuda" and update.optimizer.type in ("adam", "adamw", "sgd"):
+            if update.optimizer.type in ("adam", "adamw", "sgd"):
                 ucost.peak_optimizer = before  # fused kernels: in place, no workspace
             for node_name, size in state.items():
                 master = 4 * sum(p.numel() for g in groups for p in g["params"]

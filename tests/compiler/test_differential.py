@@ -53,7 +53,7 @@ def _hand_written(teacher_state, student_state, train_x, train_y, *, batch_size,
     student.load_state_dict(student_state)
     teacher.eval()
     teacher.requires_grad_(False)
-    optimizer = torch.optim.Adam(student.parameters(), lr=0.01, foreach=True)
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.01, fused=True)  # as dgraph's
     n = train_x.shape[0]
     per_epoch = n // batch_size
     losses = []

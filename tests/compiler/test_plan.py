@@ -78,23 +78,32 @@ def test_tiny_mlp_matches_the_hand_computed_numbers(tiny):
     totals = plan.totals()
     assert totals["batch"] == BATCH == 2184
     assert totals["data"] == DATA == 390864
-    # The step peaks in Adam's foreach step: the gradients and one parameter-sized
-    # temporary (sqrt of the second moment) besides the held weights and state.
-    assert totals["step_peak"] == 2 * WEIGHTS
-    assert totals["peak"] == WEIGHTS + ADAM + BATCH + DATA + 2 * WEIGHTS == 417264
+    # Adam's fused kernel updates in place, so the step peaks in backward: when the first
+    # layer's weight gradient is computed, all gradients are there, with the hidden layer's
+    # gradient [8, 16] and two scalars (the loss and its gradient, 8 bytes: with the
+    # objective's weight 1.0 the step multiplies by nothing).
+    update, = plan.updates
+    assert (update.peak_optimizer, update.grads_at_peak) == (WEIGHTS, WEIGHTS)
+    assert totals["step_peak"] == WEIGHTS + B * HID * 4 + 8
+    assert totals["peak"] == WEIGHTS + ADAM + BATCH + DATA + WEIGHTS + B * HID * 4 + 8 == 412944
     assert plan.flops_per_step() == FWD + BWD
 
 
-def test_fused_optimizers_on_cuda_need_no_workspace(tiny):
-    # Adam's fused kernel updates in place, so the step peaks in backward instead: when the
-    # first layer's weight gradient is computed, all gradients are there, with the hidden
-    # layer's gradient [8, 16] and two scalars (the loss and its gradient, 8 bytes: with
-    # the objective's weight 1.0 the step multiplies by nothing).
-    plan = _plan(tiny, device="cuda")
-    update, = plan.updates
-    assert (update.peak_optimizer, update.grads_at_peak) == (WEIGHTS, WEIGHTS)
-    assert plan.totals()["step_peak"] == WEIGHTS + B * HID * 4 + 8
-    assert plan.totals()["peak"] == WEIGHTS + ADAM + BATCH + DATA + WEIGHTS + B * HID * 4 + 8
+def test_fused_optimizers_need_no_workspace_on_cpu_and_cuda(tiny):
+    assert _plan(tiny, device="cuda").totals() == _plan(tiny, device="cpu").totals()
+
+
+def test_rmsprop_foreach_step_needs_one_temporary(tmp_path):
+    # RMSprop runs the foreach kernels: its step peaks with the gradients and one
+    # parameter-sized temporary (the root of the running average) besides the held weights
+    # and state (the average and a 4-byte step count per tensor).
+    path = tmp_path / "rmsprop.yaml"
+    path.write_text(TINY.replace("{type: adam}", "{type: rmsprop}"))
+    plan = _plan(path)
+    student, _ce = plan.nodes
+    assert student.optimizer_bytes == WEIGHTS + 4 * 4
+    assert plan.totals()["step_peak"] == 2 * WEIGHTS
+    assert plan.totals()["peak"] == WEIGHTS + WEIGHTS + 4 * 4 + BATCH + DATA + 2 * WEIGHTS
 
 
 def test_sgd_momentum_keeps_one_buffer_and_plain_sgd_none(tmp_path):
@@ -133,10 +142,11 @@ def test_ddp_splits_the_batch_and_fsdp_also_shards_the_trained_state(tiny):
     assert fsdp.gather_bytes == WEIGHTS
     totals = fsdp.totals()
     assert totals["weights"] == WEIGHTS // 2
-    # Adam's workspace (gradients and one temporary) is sharded too.
-    assert totals["step_peak"] == WEIGHTS
+    # The step peaks in backward: the sharded gradients, half the batch's hidden-layer
+    # gradient [4, 16] and the two scalars.
+    assert totals["step_peak"] == WEIGHTS // 2 + B // 2 * HID * 4 + 8
     assert totals["peak"] == (WEIGHTS // 2 + ADAM // 2 + totals["batch"] + DATA + WEIGHTS
-                              + WEIGHTS)
+                              + totals["step_peak"])
 
 
 KD = TINY.replace("  ce:", """  teacher:
@@ -174,26 +184,26 @@ def test_frozen_teachers_are_sharded_only_when_the_spec_says_so(tmp_path):
 def test_the_verdict_in_full(tiny, capsys):
     assert main(["plan", str(tiny), "--device-memory", "1MB"]) == 0
     out = capsys.readouterr().out
-    assert "fits: 417.3 kB of 1 MB per rank" in out
+    assert "fits: 412.9 kB of 1 MB per rank" in out
     assert main(["plan", str(tiny), "--device-memory", "410kB"]) == 1
     out = " ".join(capsys.readouterr().out.split())
     # fsdp over 2 ranks: 2420 weights + 4848 optimizer + 1092 batch + 390864 data + 4840
-    # gathered (the MLP is one unit) + 4840 sharded Adam workspace = 408904 bytes. Half the
-    # batch saves its 1092 bytes; its activations peak below Adam's step, so halving them
-    # saves nothing more. bf16 would add fp32 master weights: it is not offered.
-    assert ("does not fit: 417.3 kB of 410 kB per rank; largest: node 'data' training data "
-            "390.9 kB; try --strategy fsdp --nproc 2 (about 408.9 kB per rank), a smaller "
-            "batch (batch_size 4: about 416.2 kB)") in out
+    # gathered (the MLP is one unit) + 2684 step peak (2420 gradients + 256 + 8) = 406748
+    # bytes. Half the batch: 4840 + 9696 + 1092 + 390864 + (4840 + 256 + 8) = 411596. bf16
+    # would add fp32 master weights: it is not offered.
+    assert ("does not fit: 412.9 kB of 410 kB per rank; largest: node 'data' training data "
+            "390.9 kB; try --strategy fsdp --nproc 2 (about 406.7 kB per rank), a smaller "
+            "batch (batch_size 4: about 411.6 kB)") in out
 
 
 def test_the_suggestions_are_computed_from_the_numbers(tiny):
-    # 400 kB: 4 ranks need 1210 + 2424 + 546 + 390864 + 4840 + 2420 = 402304 bytes, 8 ranks
-    # 605 + 1212 + 273 + 390864 + 4840 + 1210 = 399004.
+    # 400 kB: 4 ranks need 1210 + 2424 + 546 + 390864 + 4840 + (1210 + 128 + 8) = 401230
+    # bytes, 8 ranks 605 + 1212 + 273 + 390864 + 4840 + (605 + 64 + 8) = 398471.
     plan = _plan(tiny, device_memory=400_000)
     assert plan.verdict() == (
-        "does not fit: 417.3 kB of 400 kB per rank; largest: node 'data' training data "
-        "390.9 kB; try --strategy fsdp --nproc 8 (about 399 kB per rank), a smaller batch "
-        "(batch_size 4: about 416.2 kB)")
+        "does not fit: 412.9 kB of 400 kB per rank; largest: node 'data' training data "
+        "390.9 kB; try --strategy fsdp --nproc 8 (about 398.5 kB per rank), a smaller batch "
+        "(batch_size 4: about 411.6 kB)")
 
 
 def test_json_schema(tiny, capsys):
