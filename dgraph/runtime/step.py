@@ -52,8 +52,6 @@ class StepRunner:
         # Read the flag only at logging/checkpoint/eval steps where the optimizer can skip a
         # step on the device (fused optimizers); elsewhere it is read every step.
         self.defer_finite_checks = device.type == "cuda"
-        # Losses are read directly on CPU; elsewhere they join the device flag (one read).
-        self.read_losses_on_host = device.type == "cpu"
         # Per update, whether its step is the plain one (see _simple): decided on first use;
         # per (update, stage), the plain step's function and the optimizer it was made for.
         self._plain: dict[str, bool] = {}
@@ -178,21 +176,21 @@ class StepRunner:
                 if grads:
                     torch._foreach_div_(grads, count_total)
                 total = sum_total / count_total
+            # One fused pass over the losses and gradients sets the sticky flag when any is
+            # NaN/inf (multiplying by 1 changes no value); no host sync. With loss scaling the
+            # GradScaler checks the gradients itself (it expects some to overflow).
+            checked = [t.detach() for t in totals]
             if scaler is not None:
                 scaler.unscale_(optimizer)
             else:
-                # One fused pass over the gradients sets the sticky flag when any is NaN/inf
-                # (multiplying by 1 changes no value); no host sync.
-                torch._amp_foreach_non_finite_check_and_unscale_(
-                    [local(p.grad) for p in params if p.grad is not None], self._found_inf,
-                    self._one)
-                if setup.sharded:  # each rank saw only its shard of the gradients
-                    torch.distributed.all_reduce(self._found_inf,
-                                                 op=torch.distributed.ReduceOp.MAX)
+                checked += [local(p.grad) for p in params if p.grad is not None]
+            torch._amp_foreach_non_finite_check_and_unscale_(checked, self._found_inf,
+                                                             self._one)
+            if setup.sharded:  # each rank saw only its shard of the gradients
+                torch.distributed.all_reduce(self._found_inf, op=torch.distributed.ReduceOp.MAX)
             record: tuple[int, str, int, Draws] = (step, name, repeat, draws)
             # The lambda is called within this iteration (by _flag_non_finite), never later.
-            self._flag_non_finite(lambda: record, totals,  # noqa: B023
-                                  deferred=deferred, scaled=scaler is not None)
+            self._flag_non_finite(lambda: record, totals, deferred=deferred)  # noqa: B023
             if spec.clip_grad_norm is not None:
                 terms["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(
                     params, spec.clip_grad_norm))  # the norm over all shards when sharded
@@ -204,7 +202,7 @@ class StepRunner:
                 scaler.update()
             else:
                 self._optimizer_step(optimizer, deferred)
-            optimizer.zero_grad(set_to_none=True)
+            _clear_grads(params)
             self._after_update(name)
         scheduler = setup.schedulers.get(name)
         if scheduler is not None:
@@ -249,6 +247,9 @@ class StepRunner:
         weights_at(plan, stage, stage.start)
         # Fixed weights are computed once (see _weights): then used as they are.
         fixed = self._constant_weights.get((name, stage.name))
+        # Decided here, not per step: the function is made again with a new optimizer.
+        deferred = self.defer_finite_checks and \
+            getattr(optimizer, "_step_supports_amp_scaling", False)
 
         def run(step: int, shared: dict[str, dict[str, torch.Tensor]]) -> dict:
             # Updates of one step read the same examples of a data node: the batches drawn
@@ -270,13 +271,15 @@ class StepRunner:
                 raise
             except Exception as exc:
                 raise self._backward_failure(plan, step, exc, losses) from exc
-            # One fused pass over the gradients sets the sticky flag when any is NaN/inf
-            # (multiplying by 1 changes no value); no host sync.
-            check([p.grad for p in params if p.grad is not None], found_inf, one)
-            deferred = self.defer_finite_checks and \
-                getattr(optimizer, "_step_supports_amp_scaling", False)
-            self._flag_non_finite(lambda: where(step), [total], deferred=deferred,
-                                  scaled=False)
+            # One fused pass over the loss and the gradients sets the sticky flag when any is
+            # NaN/inf (multiplying by 1 changes no value); no host sync.
+            checked = [p.grad for p in params if p.grad is not None]
+            checked.append(total.detach())
+            check(checked, found_inf, one)
+            if deferred:
+                self._flag_non_finite(lambda: where(step), [total], deferred=True)
+            elif found_inf.item():  # _flag_non_finite's read, inline: the per-step path
+                self.check_finite(where(step), [total])
             if clip is not None:
                 terms = {"grad_norm": torch.nn.utils.clip_grad_norm_(params, clip)}
             elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
@@ -284,8 +287,12 @@ class StepRunner:
                 terms = {"grad_norm": _grad_norm(params)}
             else:
                 terms = {}
-            self._optimizer_step(optimizer, deferred)
-            optimizer.zero_grad(set_to_none=True)
+            if deferred:
+                self._optimizer_step(optimizer, deferred)
+            else:
+                optimizer.step()
+            for p in params:  # _clear_grads, inline: the per-step path
+                p.grad = None
             if follow:
                 self._after_update(name)
             if scheduler is not None:
@@ -304,22 +311,14 @@ class StepRunner:
         return run
 
     def _flag_non_finite(self, where: Callable[[], tuple[int, str, int, Draws]],
-                         totals: list[torch.Tensor], *, deferred: bool, scaled: bool) -> None:
-        """After backward: set the sticky flag when a loss is NaN/inf, and name the cause now,
-        or (``deferred``, CUDA) at the next read. ``scaled``: a GradScaler checks the
-        gradients itself. ``where()``: (step, update, repeat, draws) for the message, made only
-        when it is needed."""
-        if self.read_losses_on_host and not deferred:
-            # On CPU, reading the losses is cheaper than another pass over them.
-            if not (all(_finite(t) for t in totals) and (scaled or not self._found_inf.item())):
-                self.check_finite(where(), totals)
-            return
-        torch._amp_foreach_non_finite_check_and_unscale_(
-            [t.detach() for t in totals], self._found_inf, self._one)
+                         totals: list[torch.Tensor], *, deferred: bool) -> None:
+        """After the fused check of the losses and gradients: name the cause now when the
+        flag is set (one host read), or (``deferred``, CUDA) at the next read. ``where()``:
+        (step, update, repeat, draws) for the message, made only when it is needed."""
         if deferred:
             self._skipped.add_(self._found_inf)
             self._unread.append(where())
-        elif self._found_inf.item():  # one read (a sync) per optimizer step
+        elif self._found_inf.item():  # a sync on CUDA; a fraction of a microsecond on CPU
             self.check_finite(where(), totals)
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, deferred: bool) -> None:
@@ -423,8 +422,8 @@ class StepRunner:
         device or read on the host:
 
         - fused optimizers (``_step_supports_amp_scaling``; GradScaler relies on the same
-          mechanism; ``build_optimizer`` makes Adam, AdamW and SGD fused on CUDA) skip on the
-          device when given ``found_inf``. On CUDA (where a read would stall the queue) they
+          mechanism; ``build_optimizer`` makes Adam, AdamW and SGD fused) skip on the device
+          when given ``found_inf``. On CUDA (where a read would stall the queue) they
           run ahead unsynchronised: the flag is sticky, so every step from the first bad one
           on is skipped, and it is read here after logging, checkpoint, evaluation and
           stage-end steps (``reads_after``), so before anything is logged, evaluated or
@@ -434,9 +433,10 @@ class StepRunner:
           Learning-rate schedules and EMA targets (which follow an unchanged source) still
           advance on those steps; the run stops at the read, before anything is logged or
           saved;
-        - other optimizers (the foreach ones, and every optimizer on CPU, where the read is
-          a fraction of a microsecond) have the flag read at once by ``run_update``, which
-          calls this with the ``current`` step's record before the optimizer step.
+        - other optimizers (the foreach ones), and every optimizer on CPU (where the read is
+          a fraction of a microsecond, less than a fused optimizer's own handling of the
+          flag), have the flag read at once by ``run_update``, which calls this with the
+          ``current`` step's record before the optimizer step.
 
         With loss scaling (fp16) the GradScaler skips non-finite gradients itself, as it
         expects some; only a non-finite loss raises. The error names the step and update, the
@@ -557,11 +557,12 @@ class StepRunner:
         return found[0] if found else None
 
 
-def _finite(value: torch.Tensor) -> bool:
-    """Whether every element of a loss is finite (one host read; cheap on CPU)."""
-    value = value.detach()
-    return math.isfinite(value.item()) if value.numel() == 1 else \
-        bool(torch.isfinite(value).all())
+def _clear_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """What ``optimizer.zero_grad(set_to_none=True)`` does to the parameters of an update,
+    without its profiler record and dynamo guard: those cost 11 us a step on CPU, ten times
+    the loop (BENCHMARKS.md), and a small model's step is under a millisecond."""
+    for p in params:
+        p.grad = None
 
 
 def _grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:

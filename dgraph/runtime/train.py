@@ -61,6 +61,8 @@ class Trainer(RunSetup):
         self._stepping = [m for m in self.step_aware
                           if not (isinstance(m, FunctionModule) and not m.schedules)]
         self.step = 0
+        # The stage of the last step and its updates with their periods (see run_step).
+        self._current: tuple[Stage | None, tuple[tuple[str, int], ...]] = (None, ())
         # CUDA graphs (train.compile: reduce-overhead): each step tells torch that a new
         # iteration begins, so a replay may reuse the memory of the last step's outputs.
         self._new_graph_step = graph_step_marker(self.compile_choice)
@@ -175,17 +177,23 @@ class Trainer(RunSetup):
             self._new_graph_step()
         for module in self._stepping:
             module.set_step(step)
-        stage = self.stage_at(step)
-        if step == stage.start:
-            self.begin_stage(stage)
+        stage, due = self._current
+        if stage is None or not stage.start < step < stage.end:
+            # A stage's first step, the first step of this process (a resume) or a step past
+            # the last stage: the stage and its updates' periods are looked up again.
+            stage = self.stage_at(step)
+            updates = self.spec.updates
+            due = tuple((update, updates[update].every) for update in stage.updates)
+            self._current = (stage, due)
+            if step == stage.start:
+                self.begin_stage(stage)
         if self.redrawn:
             self.redraw(step)  # nodes with reinit_every: fresh weights this step
         shared: dict[str, dict[str, torch.Tensor]] = {}
         terms: dict[str, dict[str, torch.Tensor]] = {}
-        updates = self.spec.updates
         run_update = self.step_runner.run_update
-        for update in stage.updates:
-            if (step - stage.start) % updates[update].every == 0:
+        for update, every in due:
+            if (step - stage.start) % every == 0:
                 terms[update] = run_update(update, stage, step, shared)
         self.step = step + 1
         drawn = 0
