@@ -176,14 +176,16 @@ class StepRunner:
                 if grads:
                     torch._foreach_div_(grads, count_total)
                 total = sum_total / count_total
-            # One fused pass over the losses and gradients sets the sticky flag when any is
+            # One fused pass over the gradients and losses sets the sticky flag when any is
             # NaN/inf (multiplying by 1 changes no value); no host sync. With loss scaling the
-            # GradScaler checks the gradients itself (it expects some to overflow).
-            checked = [t.detach() for t in totals]
+            # GradScaler checks the gradients itself (it expects some to overflow). The losses
+            # go last: on CUDA the first tensor's dtype decides which ones share one launch.
+            checked = []
             if scaler is not None:
                 scaler.unscale_(optimizer)
             else:
-                checked += [local(p.grad) for p in params if p.grad is not None]
+                checked = [local(p.grad) for p in params if p.grad is not None]
+            checked += [t.detach() for t in totals]
             torch._amp_foreach_non_finite_check_and_unscale_(checked, self._found_inf,
                                                              self._one)
             if setup.sharded:  # each rank saw only its shard of the gradients
