@@ -55,3 +55,12 @@ def test_validate_scale_quick_prints_ratio():
     assert re.search(rf"median over [0-9]+ runs: load_spec {NUMBER} ms, validate {NUMBER} ms",
                      out), out
     assert re.search(rf"ratio total/goal: {NUMBER}", out), out
+
+
+@pytest.mark.timeout(300)
+def test_optimizer_kernels_quick_prints_both_tables():
+    out = _run("optimizer_kernels.py")
+    for kind in ("adam", "adamw", "sgd"):  # --quick: the tiny student's parameters only
+        assert re.search(rf"\| tiny \| {kind} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| "
+                         rf"{NUMBER} \| {NUMBER} \|", out), out
+    assert re.search(rf"\| tiny \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", out), out
