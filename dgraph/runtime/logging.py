@@ -88,6 +88,7 @@ class RunLogger:
         self._tb = None
         self._progress = None
         self._task = None
+        self._bar_due = 0.0  # time.monotonic() from which advance() moves the bar again
         self.show = False
         if not enabled:
             return
@@ -169,8 +170,13 @@ class RunLogger:
             self._progress.update(self._task, completed=step, losses=losses)
 
     def advance(self, step: int) -> None:
+        """Move the bar to ``step``: at most every 0.1 s (the bar redraws ten times a second;
+        an update costs more than a small model's step gains from a finer count)."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=step)
+            now = time.monotonic()
+            if now >= self._bar_due:
+                self._bar_due = now + 0.1
+                self._progress.update(self._task, completed=step)
 
     def line(self, message: str) -> None:
         """A message for the user (printed above the bar, or plainly when not a terminal)."""
