@@ -7,22 +7,38 @@ what feeds them. Problems are collected, never raised; no torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError as PydanticValidationError
 
 from dgraph.errors import Problem, RegistryError
 from dgraph.graph.common import Collector, close, names
-from dgraph.graph.model import Edge, Graph, Node, Reference
+from dgraph.graph.model import TAP_PORT, Edge, Graph, Node, Reference
 from dgraph.ports import Port
 from dgraph.registry import COMPONENTS, Component, load_plugins, reference_path
 from dgraph.spec.model import NodeSpec, Spec, share_fields_set
 
 __all__ = ["TAP_PORT", "build_graph"]
 
-TAP_PORT = Port("Features", None, "a tapped submodule's output")
+
+def _params_key(value: Any) -> Any:
+    """``value`` (a node's written params) as a hashable key that tells apart what pydantic
+    could read differently: 1, 1.0 and True; 0.0 and -0.0; a list and a mapping."""
+    kind = type(value)
+    if kind is dict:
+        return (dict, tuple((k, _params_key(v)) for k, v in value.items()))
+    if kind is list or kind is tuple:
+        return (kind, tuple(_params_key(v) for v in value))
+    if kind is float:
+        return (float, repr(value))
+    if kind in (str, int, bool) or value is None:
+        return (kind, value)
+    raise TypeError(f"no key for {kind.__name__}")  # anything else is validated every time
 
 
 def _build_component(name: str, ns: NodeSpec, out: Collector,
-                     shared: dict[frozenset[str], set[str]] | None = None) -> Component | None:
+                     shared: dict[frozenset[str], set[str]] | None = None,
+                     validated: dict[Any, Any] | None = None) -> Component | None:
     try:
         cls = COMPONENTS.get(ns.type)
     except RegistryError:
@@ -49,6 +65,15 @@ def _build_component(name: str, ns: NodeSpec, out: Collector,
             suggestion=f"change the kind, or use a type made for a {ns.kind} "
             f"(`dgraph list {ns.kind}`)",
         )
+    key: Any = None
+    if validated is not None:
+        try:
+            key = (cls, _params_key(ns.params))
+        except TypeError:
+            key = None
+    params = validated.get(key) if key is not None and validated is not None else None
+    if params is not None:  # the same type and params as an earlier node: its frozen model
+        return cls(params, node=name)
     try:
         params = cls.Params.model_validate(ns.params)
     except PydanticValidationError as exc:
@@ -103,6 +128,8 @@ def _build_component(name: str, ns: NodeSpec, out: Collector,
         return None
     if shared is not None:
         share_fields_set(params, shared)
+    if key is not None and validated is not None and params.model_config.get("frozen"):
+        validated[key] = params
     return cls(params, node=name)
 
 
@@ -133,9 +160,9 @@ def _check_shares(name: str, ns: NodeSpec, shares: str, spec: Spec,
 def _shared(ports: dict[str, Port], seen: dict[tuple, dict[str, Port]]) -> dict[str, Port]:
     """One dict for the nodes whose ports are the same Port objects under the same names
     (nodes of one type): a spec of a million nodes would otherwise hold a million copies.
-    Nothing changes a node's ports once the graph is built; outputs declared ``like`` an
-    input, which :func:`_resolve_like_types` sets, are never shared."""
-    key = tuple((name, id(port)) for name, port in ports.items())
+    Nothing changes a shared dict: :func:`_resolve_like_types` gives a node whose output is
+    declared ``like`` an input a new one."""
+    key = (*ports, *map(id, ports.values()))
     return seen.setdefault(key, ports)
 
 
@@ -157,12 +184,16 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
     """Resolve components and wiring; return the graph (None if unusable) and problems."""
     load_plugins()
     out = Collector(spec)
+    source = spec.source  # (a pydantic private attribute: looked up once, not per node)
     components: dict[str, Component] = {}
     shared: dict[frozenset[str], set[str]] = {}  # one set of set params per form
+    # Nodes of one type with the same params share one (frozen) params model: validated once.
+    validated: dict[Any, Any] = {}
     for name, ns in spec.nodes.items():
-        comp = _build_component(name, ns, out, shared)
+        comp = _build_component(name, ns, out, shared, validated)
         if comp is not None:
             components[name] = comp
+    del validated
 
     references: list[Reference] = []
     for name, ns in spec.nodes.items():
@@ -192,9 +223,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
         ns = spec.nodes[name]
         try:
             inputs = _shared(comp.resolved_inputs(components), same_ports)
-            outputs = comp.resolved_outputs(components)
-            if all(port.like is None for port in outputs.values()):  # never changed later
-                outputs = _shared(outputs, same_ports)
+            outputs = _shared(comp.resolved_outputs(components), same_ports)
         except RecursionError:
             refs = ", ".join(f"{k}: {v}" for k, v in comp.references().items())
             out.add(
@@ -213,7 +242,7 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
             component=comp,
             inputs=inputs,
             outputs=outputs,
-            location=spec.source.key_where(("nodes", name)),
+            located=source,  # its key, located when asked
         )
 
     edges: list[Edge] = []
@@ -264,14 +293,14 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
             src_node = nodes.get(src)
             if src_node is None or node is None:
                 continue  # its own problem is already reported
-            location = spec.source.where(path)
+            # each edge is located at its input (path) when asked, through the source map
             src, src_port = src_node.name, ports.setdefault(src_port, src_port)
             if src_port in src_node.outputs:
-                edges.append(Edge(src, src_port, name, port, location))
+                edges.append(Edge(src, src_port, name, port, source))
                 continue
             if src_node.component.tappable:
-                src_node.taps.setdefault(src_port, TAP_PORT)
-                edges.append(Edge(src, src_port, name, port, location, tap=True))
+                src_node.tap(src_port)
+                edges.append(Edge(src, src_port, name, port, source, tap=True))
                 continue
             out.add(
                 "unknown-port",
@@ -285,29 +314,46 @@ def build_graph(spec: Spec) -> tuple[Graph | None, list[Problem]]:
                 suggestion=close(src_port, src_node.outputs)
                 or f"`dgraph list {src_node.kind}` shows the ports of '{src_node.spec.type}'",
             )
-    _resolve_like_types(nodes, edges)
-    return Graph(spec=spec, nodes=nodes, edges=edges, references=references), out.problems
+    graph = Graph(spec=spec, nodes=nodes, edges=edges, references=references)
+    _resolve_like_types(graph, same_ports)
+    return graph, out.problems
 
 
-def _resolve_like_types(nodes: dict[str, Node], edges: list[Edge]) -> None:
+def _feeding(graph: Graph, node: str, port: str | None) -> Edge | None:
+    """The edge into input ``port`` of ``node`` (an input has at most one), or None."""
+    for edge in graph.edges_into(node):
+        if edge.dst_port == port:
+            return edge
+    return None
+
+
+def _resolve_like_types(graph: Graph, same_ports: dict[tuple, dict[str, Port]]) -> None:
     """Give outputs declared ``like`` an input the semantic type of what feeds that input.
 
     Part of building the graph (not a check): ``add(Logits, Logits)`` outputs ``Logits``.
     Chains of generic ops settle within one pass per node; a cycle (reported later) stops.
     """
-    feeding = {(e.dst, e.dst_port): e for e in edges}
+    nodes = graph.nodes
     generic = [(node, name, port) for node in nodes.values()
                for name, port in node.outputs.items() if port.like is not None]
+    made: dict[tuple[int, str], Port] = {}  # one Port per declared port and type it takes
     for _ in range(len(generic)):
         changed = False
         for node, name, port in generic:
-            edge = feeding.get((node.name, port.like or ""))
+            edge = _feeding(graph, node.name, port.like)
             if edge is None or edge.src not in nodes:
                 continue
             found = nodes[edge.src].output_port(edge.src_port).type
             if node.outputs[name].type != found:
-                node.outputs[name] = Port(found, port.shape, port.doc, port.optional,
-                                          port.mismatch_hint, port.like)
+                typed = made.get((id(port), found))
+                if typed is None:
+                    typed = made[(id(port), found)] = Port(
+                        found, port.shape, port.doc, port.optional, port.mismatch_hint,
+                        port.like)
+                # a new dict (shared with the nodes fed alike), never a change to the shared one
+                outputs = dict(node.outputs)
+                outputs[name] = typed
+                node.outputs = _shared(outputs, same_ports)
                 changed = True
         if not changed:
             break

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dgraph.declare import _Declared
 from dgraph.errors import Problem
 from dgraph.graph.model import CycleError, Edge, Graph, Node
 from dgraph.ports import (
@@ -22,10 +23,13 @@ from dgraph.ports import (
     is_subtype,
     parse_shape,
 )
+from dgraph.registry import Component
 
 __all__ = ["infer_shapes"]
 
 _REFERENCED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)")
+# port_params implementations that read only the component's type and its params model
+_PARAMS_ONLY = (Component.port_params, _Declared.port_params)
 
 
 def _frozen(value: Any) -> Any:
@@ -72,21 +76,35 @@ def infer_shapes(
     skipped (that problem is reported on its own). The ``...`` of a node's input ports stands
     for the same dimensions in all of them.
     """
-    shapes: dict[tuple[str, str], Shape | None] = {}
     cache = _Shapes()
     outputs, problems = _output_shapes(graph, shapes_of or {}, cache)
+    # The same shapes in edge order (what graph.shapes holds); the first dict is let go
+    # before the edges are unified.
+    shapes: dict[tuple[str, str], Shape | None] = {}
+    for edge in graph.edges:
+        key = (edge.src, edge.src_port)
+        if key not in shapes:
+            shapes[key] = outputs[key]
+    del outputs
     unifier = ShapeUnifier()
     # dst node -> (dims its inputs' '...' matched, the edge that matched them first)
     rests: dict[str, tuple[tuple[Dim, ...], Edge]] = {}
 
-    port_params: dict[str, dict[str, Any]] = {}
+    # A node's port_params, computed once: by its component's type and params model where
+    # dgraph's own port_params reads nothing else (nodes of one type with the same params
+    # share their params model), else by node.
+    port_params: dict[Any, dict[str, Any]] = {}
 
     def declared(node: Node, port: Port) -> Shape | None:
         if port.shape is None:
             return None
-        params = port_params.get(node.name)
+        component = node.component
+        kind = type(component)
+        key: Any = ((kind, id(component.params)) if kind.port_params in _PARAMS_ONLY
+                    else node.name)
+        params = port_params.get(key)
         if params is None:
-            params = port_params[node.name] = node.component.port_params()
+            params = port_params[key] = component.port_params()
         return cache.parse(port.shape, params)
 
     for edge in graph.edges:
@@ -95,8 +113,7 @@ def infer_shapes(
         dst_port = dst.inputs[edge.dst_port]
         src_port = src.output_port(edge.src_port)
         dst_shape = declared(dst, dst_port)
-        src_shape = outputs[(edge.src, edge.src_port)]
-        shapes[(edge.src, edge.src_port)] = src_shape
+        src_shape = shapes[(edge.src, edge.src_port)]
         if src_shape is None or dst_shape is None:
             continue
         if not is_subtype(src_port.type, dst_port.type):
@@ -132,7 +149,8 @@ def _output_shapes(graph: Graph, concrete: Mapping[tuple[str, str], tuple[int, .
         computed: dict[str, Shape | None] = {}
         # Also for a node that feeds nothing: inputs that cannot combine are an error there
         # too. Not where the dry run has run the node (its shapes are the real ones).
-        if not cyclic and any((name, port) not in concrete for port in node.outputs):
+        if not cyclic and (not concrete
+                           or any((name, port) not in concrete for port in node.outputs)):
             computed, problem = _computed(graph, node, out)
             if problem is not None:
                 problems.append(problem)
@@ -285,15 +303,15 @@ def _unify_rest(unifier, rests, edge: Edge, src_shape, dst_shape, dst_port: Port
 def _unify_edge(unifier, edge: Edge, src_shape, dst_shape, dst: Node, dst_port: Port):
     where = f"{edge.src}.{edge.src_port}"
     pairs = _align(src_shape, dst_shape)
-    found = f"{format_shape(src_shape)} from {where}"
-    expected = f"{dst_port.type}{format_shape(dst_shape)}"
+    # what a problem shows as expected and found (written out only for a problem)
+    expected, found = _Shown(dst_port.type, dst_shape), _Shown(src_shape, where)
     if pairs is None:
         return Problem(
             code="shape-mismatch",
             message=f"rank mismatch at input '{edge.dst_port}': "
             f"{len(dst_shape)} dimensions expected, {len(src_shape)} found",
             location=edge.location, node=edge.dst, port=edge.dst_port,
-            expected=expected, found=found,
+            expected=str(expected), found=str(found),
             suggestion="reshape with an op (e.g. flatten), or tap a different layer",
         )
     via = f"{where} via input '{edge.dst_port}'"
@@ -333,9 +351,25 @@ def _unify_edge(unifier, edge: Edge, src_shape, dst_shape, dst: Node, dst_port: 
     return None
 
 
+class _Shown:
+    """``Type[dims]`` (a port's type and a shape) or ``[dims] from node.port`` (a shape and
+    where it comes from), written out when a problem shows it."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def __str__(self) -> str:
+        if isinstance(self.first, str):
+            return f"{self.first}{format_shape(self.second)}"
+        return f"{format_shape(self.first)} from {self.second}"
+
+
 def _shape_problem(edge, dst_port, index, dim, got, want, want_from, expected, found, *,
                    got_from=None):
     """A dimension conflict. ``got``/``want`` are (size, node, parameter or None)."""
+    expected, found = str(expected), str(found)
     got_size, got_node, got_param = got
     want_size, want_node, want_param = want
     got_from = got_from or f"{edge.src}.{edge.src_port}"

@@ -21,6 +21,7 @@ from dgraph.graph.checks import (
 from dgraph.graph.model import Graph
 from dgraph.graph.resolve import build_graph
 from dgraph.graph.shapes import infer_shapes
+from dgraph.spec._gc import collector_paused
 from dgraph.spec.model import Spec
 
 __all__ = ["check_graph", "validate"]
@@ -42,9 +43,10 @@ def check_graph(graph: Graph) -> list[Problem]:
 
 def validate(spec: Spec) -> tuple[Graph, list[Problem]]:
     """Build and check; raise :class:`ValidationError` on errors, return graph and warnings."""
-    graph, problems = build_graph(spec)
-    if graph is not None:
-        problems = problems + check_graph(graph)
+    with collector_paused():  # nothing made here is a cycle (see dgraph.spec._gc)
+        graph, problems = build_graph(spec)
+        if graph is not None:
+            problems = problems + check_graph(graph)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ValidationError(problems)

@@ -109,7 +109,10 @@ class _Reader:
         if event.anchor is not None or event.tag is not None:
             raise _NotPlain
         text = event.value
-        self._count(len(text))
+        self.values += 1  # (_count, written out: once per value of the spec)
+        self.chars += len(text)
+        if self.values > self.max_values or self.chars > self.max_chars:
+            raise _NotPlain
         if not event.implicit[0]:  # quoted, literal or folded: text (one copy of each)
             return self.texts.setdefault(text, text)
         if not text:
@@ -160,26 +163,28 @@ class _Reader:
 
     def mapping(self, depth: int) -> dict:
         ev = self.ev
+        end_class, scalar_class = ev.MappingEndEvent, ev.ScalarEvent
+        get_event, scalar = self.parser.get_event, self.scalar
         out: dict[str, Any] = {}
         keys, pos = self.positions.keys, self.positions.pos
         while True:
-            event = self.next()
-            if event.__class__ is ev.MappingEndEvent:
+            event = get_event()
+            if event.__class__ is end_class:
                 return out
-            if event.__class__ is not ev.ScalarEvent:
+            if event.__class__ is not scalar_class:
                 raise _NotPlain  # a collection as a key
-            key = self.scalar(event, key=True)
+            key = scalar(event, key=True)
             if key in out:
                 raise _NotPlain  # a duplicate key: the full reader reports it
             mark = event.start_mark
             slot = len(keys)
             keys.append(key)
             pos.append((mark.line + 1) << 32 | (mark.column + 1))
-            value_event = self.next()
-            if value_event.__class__ is ev.ScalarEvent:
+            value_event = get_event()
+            if value_event.__class__ is scalar_class:
                 vmark = value_event.start_mark
                 pos.append((vmark.line + 1) << 32 | (vmark.column + 1))
-                out[key] = self.scalar(value_event, key=False)
+                out[key] = scalar(value_event, key=False)
             else:  # a nested mapping or list (pointed at by its key): its span, once known
                 pos.append(0)
                 out[key] = self.value(value_event, depth)

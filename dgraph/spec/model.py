@@ -11,15 +11,25 @@ import copy
 import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from dgraph.errors import Problem, ValidationError, did_you_mean
 from dgraph.kinds import KINDS
+from dgraph.spec._gc import collector_paused
 from dgraph.spec.source import RawSpec, SourceMap, apply_overrides, load_raw
 
 if TYPE_CHECKING:
@@ -93,6 +103,13 @@ class CacheSpec(_Strict):
                              "run's cache/ folder")
 
 
+# While spec_from_raw validates a spec: one set of explicitly set field names per set of
+# names for its node models (see share_fields_set), shared as each model is made; None
+# elsewhere (models made elsewhere are left as pydantic makes them).
+_NODE_FIELDS_SETS: ContextVar[dict[frozenset[str], set[str]] | None] = ContextVar(
+    "_NODE_FIELDS_SETS", default=None)
+
+
 class NodeSpec(_Strict):
     """One use of a component type in the graph."""
 
@@ -116,6 +133,35 @@ class NodeSpec(_Strict):
         None, ge=1, description="re-draw the node's weights from its initialisation at the "
         "start of every N-th step (step 0 included), from the run's seeded generator: fresh "
         "random networks for distribution or gradient matching")
+
+    # While spec_from_raw reads a spec: a dict of text keys (and, for inputs, text values) is
+    # what pydantic would return a copy of, with the same keys and values; the model keeps
+    # the written one (no second dict per node). Anything else is pydantic's to check and
+    # word; and a model made elsewhere gets pydantic's copy, as always.
+    @field_validator("params", mode="wrap")
+    @classmethod
+    def _written_params(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if type(value) is dict and _NODE_FIELDS_SETS.get() is not None and all(
+                type(k) is str for k in value):
+            return value
+        return handler(value)
+
+    @field_validator("inputs", mode="wrap")
+    @classmethod
+    def _written_inputs(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if type(value) is dict and _NODE_FIELDS_SETS.get() is not None and all(
+                type(k) is str and type(v) is str for k, v in value.items()):
+            return value
+        return handler(value)
+
+    @model_validator(mode="after")
+    def _share_fields_set(self) -> NodeSpec:
+        # At once, while the other nodes are still being validated: a spec of a million
+        # nodes would otherwise hold a million sets until the spec is made.
+        shared = _NODE_FIELDS_SETS.get()
+        if shared is not None:
+            share_fields_set(self, shared)
+        return self
 
     @field_validator("kind")
     @classmethod
@@ -325,6 +371,9 @@ class Spec(_Strict):
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
     _path: Path | None = PrivateAttr(default=None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # True when _raw["nodes"] holds only the nodes whose model does not repeat their written
+    # mapping value for value, in the order of the model's fields (see _written_once)
+    _nodes_as_keys: bool = PrivateAttr(default=False)
 
     @property
     def source(self) -> SourceMap:
@@ -336,8 +385,24 @@ class Spec(_Strict):
 
     @property
     def raw(self) -> dict[str, Any]:
-        """The merged, overridden spec as plain data (what ``spec.resolved.yaml`` holds)."""
-        return self._raw
+        """The merged, overridden spec as plain data (what ``spec.resolved.yaml`` holds).
+
+        A node whose model holds every value it was written with is kept once, as its model
+        and the keys written: its mapping here is made anew, in the order written, from the
+        model's values (the very ``params`` and ``inputs`` dicts)."""
+        if not self._nodes_as_keys:
+            return self._raw
+        kept = self._raw["nodes"]  # name -> the mapping, or the keys in the order written
+        nodes = {}
+        for name, model in self.nodes.items():
+            written = kept.get(name)
+            if type(written) is not dict:
+                fields = model.__dict__
+                keys = written if written is not None else (
+                    key for key in _NODE_FIELDS if key in model.model_fields_set)
+                written = {key: fields[key] for key in keys}
+            nodes[name] = written
+        return {key: nodes if key == "nodes" else value for key, value in self._raw.items()}
 
     @property
     def display_name(self) -> str:
@@ -591,9 +656,14 @@ def _is_container(annotation: Any) -> bool:
 
 
 def _name_problem(name: str, what: str, location: Any, taken: Iterable[str]) -> Problem | None:
-    """A located problem when ``name`` breaks the name rule (see :data:`NAME_PATTERN`)."""
+    """A located problem when ``name`` breaks the name rule (see :data:`NAME_PATTERN`).
+
+    ``location`` is the problem's location, or a function that gives it (located only when
+    the name is wrong)."""
     if NAME_PATTERN.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
         return None
+    if callable(location):
+        location = location()
     if not name:
         reason = "it is empty"
     elif len(name) > MAX_NAME_LENGTH:
@@ -637,8 +707,8 @@ def _name_problems(data: dict[str, Any], source: SourceMap) -> list[Problem]:
         names = data.get(section)
         if isinstance(names, dict):
             for name in names:
-                problem = _name_problem(str(name), what, source.key_where((section, name)),
-                                        names)
+                problem = _name_problem(
+                    str(name), what, lambda at=(section, name): source.key_where(at), names)
                 if problem is not None:
                     problems.append(problem)
     stages = data.get("stages")
@@ -660,14 +730,8 @@ def _value_problems(data: Any, source: SourceMap) -> tuple[list[Problem], set[tu
     paths (so that pydantic's view of the same values is not reported twice)."""
     problems: list[Problem] = []
     paths: set[tuple] = set()
-    stack: list[tuple[tuple, Any]] = [((), data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(((*path, k), v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend(((*path, i), v) for i, v in enumerate(value))
-        elif isinstance(value, float) and not math.isfinite(value):
+    for path, value in _suspect_values(data):
+        if isinstance(value, float) and not math.isfinite(value):
             problems.append(Problem(
                 code="non-finite",
                 message=f"'{_dotted(path)}' is not a finite number",
@@ -705,6 +769,46 @@ def _value_problems(data: Any, source: SourceMap) -> tuple[list[Problem], set[tu
     return problems, paths
 
 
+def _suspect_values(data: Any) -> Iterator[tuple[tuple, Any]]:
+    """``(path, value)`` of every value that is not a container and may break a rule of
+    :func:`_value_problems` (all but plainly fine text, numbers, booleans and nulls), in the
+    order of a depth-first walk that visits the entries of each mapping and list last to
+    first. A path is made only for those values."""
+    if not isinstance(data, (dict, list)):
+        yield (), data
+        return
+    stack: list[tuple[tuple, Iterator[tuple[Any, Any]]]] = [((), _backwards(data))]
+    while stack:
+        path, entries = stack[-1]
+        for key, value in entries:
+            kind = type(value)
+            if kind is str:
+                if "\0" in value:
+                    yield (*path, key), value
+            elif kind is bool or value is None:
+                pass
+            elif kind is int:
+                if not INT_MIN <= value <= INT_MAX:
+                    yield (*path, key), value
+            elif kind is float:
+                if not math.isfinite(value):
+                    yield (*path, key), value
+            elif isinstance(value, (dict, list)):
+                stack.append(((*path, key), _backwards(value)))
+                break  # its entries first, then this container's next ones
+            else:
+                yield (*path, key), value
+        else:
+            stack.pop()
+
+
+def _backwards(value: dict | list) -> Iterator[tuple[Any, Any]]:
+    """A mapping's items, or a list's (index, item) pairs, last to first."""
+    if isinstance(value, dict):
+        return reversed(value.items())
+    return zip(range(len(value) - 1, -1, -1), reversed(value), strict=True)
+
+
 def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -723,7 +827,7 @@ def _inherit_shared(data: dict[str, Any]) -> dict[str, Any]:
     nodes = data.get("nodes")
     if not isinstance(nodes, dict):
         return data
-    merged = dict(nodes)
+    merged: dict[str, Any] | None = None  # a copy of nodes, made once a node inherits
     for name, node in nodes.items():
         if not isinstance(node, dict) or not isinstance(node.get("shares"), str):
             continue
@@ -733,8 +837,10 @@ def _inherit_shared(data: dict[str, Any]) -> dict[str, Any]:
         inherited = {key: copy.deepcopy(owner[key]) for key in ("kind", "type", "params")
                      if key in owner and key not in node}
         if inherited:
+            if merged is None:
+                merged = dict(nodes)
             merged[name] = {**node, **inherited}
-    return {**data, "nodes": merged}
+    return {**data, "nodes": merged if merged is not None else nodes}
 
 
 def spec_from_raw(raw: RawSpec) -> Spec:
@@ -761,18 +867,73 @@ def spec_from_raw(raw: RawSpec) -> Spec:
     data = _inherit_shared(data)
     problems, flagged = _value_problems(data, raw.source)
     problems += _name_problems(data, raw.source)
+    sharing = _NODE_FIELDS_SETS.set({})  # the node models of this spec share their sets
     try:
         spec = Spec.model_validate(data)
     except PydanticValidationError as exc:
         errors = [e for e in exc.errors() if _clean_loc(e["loc"]) not in flagged]
         problems += _problems_from_pydantic(errors, raw.source)
+    finally:
+        _NODE_FIELDS_SETS.reset(sharing)
     if problems:
         raise ValidationError(_dedupe(problems)) from None
-    _share_node_dicts(spec, data)
+    # The node models already hold the written params and inputs dicts (NodeSpec's
+    # _written_params/_written_inputs) and share their sets of fields set (_share_fields_set).
     spec._source = raw.source
     spec._path = raw.path
-    spec._raw = data
+    spec._raw, spec._nodes_as_keys = _written_once(spec, data)
     return spec
+
+
+_SAME_BY_VALUE = (str, int, bool)
+
+
+def _repeated(node: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Whether a model's fields hold every value of its written mapping (see _written_once)."""
+    for key, value in node.items():
+        held = fields.get(key, _MISSING)
+        if value is not held and not (type(value) is type(held) and type(value) in
+                                      _SAME_BY_VALUE and value == held):
+            return False
+    return True
+
+
+_MISSING = object()
+_NODE_FIELDS = tuple(NodeSpec.model_fields)
+
+
+def _written_once(spec: Spec, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``data`` without the node mappings that their models repeat value for value (the same
+    objects, or equal text, numbers and booleans of the same type; never a nested model such
+    as ``init``), so that a node's data is kept once, in its model; :attr:`Spec.raw` makes
+    the mappings anew. A node written in another order than the model's fields keeps the
+    tuple of its keys (one per order); a node that is not repeated keeps its mapping. Also
+    returns whether any mapping was left out.
+    """
+    nodes = data.get("nodes")
+    if type(nodes) is not dict or list(nodes) != list(spec.nodes):
+        return data, False
+    orders: dict[tuple[str, ...], tuple[str, ...]] = {}
+    in_field_order: dict[int, tuple[str, ...]] = {}  # by the (shared) set of fields set
+    kept: dict[str, Any] = {}
+    models = spec.nodes
+    for name, node in nodes.items():
+        model = models[name]
+        fields = model.__dict__
+        if type(node) is dict and _repeated(node, fields):
+            keys = tuple(node)
+            fields_set = model.model_fields_set
+            usual = in_field_order.get(id(fields_set))
+            if usual is None:
+                usual = in_field_order[id(fields_set)] = tuple(
+                    k for k in _NODE_FIELDS if k in fields_set)
+            if keys != usual:
+                kept[name] = orders.setdefault(keys, keys)
+        else:
+            kept[name] = node
+    if len(kept) == len(nodes):
+        return data, False
+    return {key: kept if key == "nodes" else value for key, value in data.items()}, True
 
 
 def share_fields_set(model: BaseModel, shared: dict[frozenset[str], set[str]]) -> None:
@@ -788,33 +949,6 @@ def share_fields_set(model: BaseModel, shared: dict[frozenset[str], set[str]]) -
         object.__setattr__(model, "__pydantic_fields_set__", same)
 
 
-def _share_node_dicts(spec: Spec, data: dict[str, Any]) -> None:
-    """Let each node's ``params`` and ``inputs`` be the very dicts of ``spec.raw``, and the
-    nodes with the same keys one set of them (:func:`share_fields_set`).
-
-    pydantic validates a ``dict[str, Any]`` into a new dict holding the same keys and values;
-    keeping both copies costs some 400 bytes a node. Where the copies are equal (always, for
-    a spec read from a file), the model keeps the raw one: nothing in dgraph changes either.
-    """
-    shared: dict[frozenset[str], set[str]] = {}
-    for node in spec.nodes.values():
-        share_fields_set(node, shared)
-    nodes = data.get("nodes")
-    if not isinstance(nodes, dict):
-        return
-    for name, node in spec.nodes.items():
-        written = nodes.get(name)
-        if not isinstance(written, dict):
-            continue
-        fields = node.__dict__
-        for key in ("params", "inputs"):
-            value = written.get(key)
-            if type(value) is dict and value == fields[key] and all(
-                    type(a) is type(b) for a, b in zip(value.values(), fields[key].values(),
-                                                       strict=True)):
-                fields[key] = value
-
-
 def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
     seen: set[tuple[str, str]] = set()
     out = []
@@ -828,5 +962,6 @@ def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
 
 def load_spec(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Spec:
     """Read, merge (``extends``), override (``--set``) and form-check a spec."""
-    raw = apply_overrides(load_raw(path_or_name), list(overrides))
-    return spec_from_raw(raw)
+    with collector_paused():  # nothing made here is a cycle (see dgraph.spec._gc)
+        raw = apply_overrides(load_raw(path_or_name), list(overrides))
+        return spec_from_raw(raw)
