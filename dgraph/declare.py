@@ -28,6 +28,7 @@ is built (device, seed, spec folder); it is not a parameter.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -389,7 +390,9 @@ class _Declared(Component):
         return out
 
     def build(self, context: BuildContext) -> Any:
-        kwargs = self.kwargs()
+        # Its own copy of every value: nodes of one type with the same params share one
+        # (frozen) params model, and an implementation may change a list it was given.
+        kwargs = copy.deepcopy(self.kwargs())
         for name in self.references():
             if "[" not in name:
                 kwargs[name] = context.references[name]
