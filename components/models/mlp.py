@@ -60,7 +60,8 @@ class MLP(Module):
     def forward(self, x: Features("B, {in_features}", "flat input features")) -> Outputs(
             logits=Logits("B, {num_classes}", "class scores"),
             features=Features("B, {hidden[-1]}", "last hidden activation")):
-        features = self.body(x.flatten(1))
+        # (flat inputs, the usual case, skip a flatten call: a step of a small model is short)
+        features = self.body(x if x.dim() == 2 else x.flatten(1))
         return {"logits": self.head(features), "features": features}
 
 
