@@ -40,3 +40,5 @@ step python3 benchmarks/overhead.py --device cuda --configs tiny,adversarial_toy
 step python3 benchmarks/overhead.py --device cuda --configs tiny,adversarial_toy \
   --compile reduce-overhead
 step python3 benchmarks/overhead.py --device cuda --configs realistic --rounds 10
+# the optimizer kernels and gradient clearing on the device (fused is dgraph's choice there too)
+step python3 benchmarks/optimizer_kernels.py --device cuda --rounds 10
