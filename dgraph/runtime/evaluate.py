@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 
@@ -86,7 +87,9 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     modes = {name: m.training for name, m in instances.modules.items()}
     for module in instances.modules.values():
         module.eval()
-    sums: dict[str, float] = defaultdict(float)
+    # Summed on the device (correct counts as integers, losses in float64: the arithmetic of
+    # Python floats) and read once at the end, not once per batch.
+    sums: dict[str, Any] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)
     skipped = skipped_in_evaluation(graph, samplers=samplers)
     classifiers = {n: c for n, c in _classifiers(graph).items() if n not in skipped}
@@ -132,6 +135,8 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
                         for metric, kwargs in (part or {}).items():
                             metrics[metric].update(**{k: v.to(device) if torch.is_tensor(v)
                                                       else v for k, v in kwargs.items()})
+            for key, total in sums.items():
+                sums[key] = float(total)
             if world.distributed:
                 _add_up(world, sums, counts, list(summed.values()))
             # Metrics that make their own inputs (samples, episodes) do their work here, still
@@ -146,7 +151,7 @@ def evaluate(program: Program, instances: Instances, graph: Graph, device: torch
     return dict(sorted(results.items()))
 
 
-def _count(values: dict, batch: dict, sums: dict[str, float], counts: dict[str, int],
+def _count(values: dict, batch: dict, sums: dict[str, Any], counts: dict[str, int],
            classifiers: dict[str, tuple[str, str]], students: list[str], teachers: list[str],
            losses: list[str]) -> None:
     """Add one batch's correct predictions, agreements and weighted losses to the sums."""
@@ -154,25 +159,25 @@ def _count(values: dict, batch: dict, sums: dict[str, float], counts: dict[str, 
     for name, (data_node, label_port) in classifiers.items():
         predicted = values[(name, "logits")].argmax(-1)
         labels = batch[data_node][label_port]
-        sums[f"{name}/accuracy"] += float((predicted == labels).sum())
+        sums[f"{name}/accuracy"] += (predicted == labels).sum()
         counts[f"{name}/accuracy"] += int(labels.numel())
     for student in students:
         for teacher in teachers:
             same = values[(student, "logits")].argmax(-1) == \
                 values[(teacher, "logits")].argmax(-1)
             key = f"{student}/agreement/{teacher}"
-            sums[key] += float(same.sum())
+            sums[key] += same.sum()
             counts[key] += int(same.numel())
     for loss in losses:
         if (loss, "loss") in values:
-            sums[f"loss/{loss}"] += float(values[(loss, "loss")].float()) * size
+            sums[f"loss/{loss}"] += values[(loss, "loss")].detach().float().double() * size
             counts[f"loss/{loss}"] += size
 
 
 def _add_up(world: World, sums: dict[str, float], counts: dict[str, int],
             summed: list[SummedOutputs]) -> None:
     """Replace this rank's sums, counts and per-batch metric totals by those of all ranks."""
-    mine = (dict(sums), dict(counts), [(dict(m.totals), m.examples) for m in summed])
+    mine = (dict(sums), dict(counts), [(m.host_totals(), m.examples) for m in summed])
     parts = gather_objects(mine, world)
     sums.clear()
     counts.clear()

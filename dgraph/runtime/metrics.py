@@ -54,7 +54,9 @@ class SummedOutputs:
         self.reset()
 
     def reset(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
+        # Summed on the module's device in float64 (the same arithmetic as Python floats):
+        # read once, by host_totals, not once per batch.
+        self.totals: dict[str, Any] = defaultdict(float)
         self.examples = 0
 
     def update(self, **inputs: torch.Tensor) -> None:
@@ -63,11 +65,15 @@ class SummedOutputs:
                      if torch.is_tensor(t) and t.dim() > 0), 1)
         weight = 1 if "count" in outputs else size
         for port, value in outputs.items():
-            self.totals[port] += float(value.float()) * weight
+            self.totals[port] = self.totals[port] + value.detach().float().double() * weight
         self.examples += size
 
+    def host_totals(self) -> dict[str, float]:
+        """The totals as numbers (one read of each)."""
+        return {port: float(total) for port, total in self.totals.items()}
+
     def compute(self) -> Mapping[str, float]:
-        return self.component.summarize(dict(self.totals), self.examples)
+        return self.component.summarize(self.host_totals(), self.examples)
 
 
 def as_accumulator(module: Any, component: Component) -> Accumulator:
