@@ -6,11 +6,13 @@ import math
 import textwrap
 
 import torch
+from helpers import make_trainer, write_spec
 from torch import nn
 
 from dgraph.api import train
 from dgraph.ports import Port
 from dgraph.registry import COMPONENTS, BuildContext, Component, component
+from dgraph.runtime.evaluate import evaluate
 
 
 class _NLL(nn.Module):
@@ -34,9 +36,8 @@ if "evtest_perplexity" not in COMPONENTS:
             return {"perplexity": math.exp(totals["nll"] / totals["count"])}
 
 
-def test_metric_node_reports_perplexity_over_the_whole_eval_split(tmp_path):
-    spec = tmp_path / "metric.yaml"
-    spec.write_text(textwrap.dedent("""
+# A student, its loss and a metric node on digits (360 held-out examples); no train section.
+METRIC = textwrap.dedent("""
         dgraph: 1
         name: metric
         nodes:
@@ -53,8 +54,12 @@ def test_metric_node_reports_perplexity_over_the_whole_eval_split(tmp_path):
             inputs: {logits: student.logits, target: data.y}
         updates:
           main: {params: [student], objective: {ce: 1.0}}
-        train: {steps: 30, eval: {every: 100, batch_size: 100}}
-        """))
+""")
+
+
+def test_metric_node_reports_perplexity_over_the_whole_eval_split(tmp_path):
+    spec = write_spec(tmp_path,
+                      METRIC + "train: {steps: 30, eval: {every: 100, batch_size: 100}}\n")
     summary = train(spec, out=tmp_path / "run", progress=False, log=lambda _m: None)
     # The eval split is evaluated in batches of 100 (360 examples: 4 batches), yet the
     # metric is the exponential of the mean NLL over all 360, which equals exp(loss/ce)
@@ -82,31 +87,8 @@ def test_evaluation_sums_on_the_device_and_reads_each_result_once(tmp_path):
     # each accumulated value once: the student's accuracy, the loss and the metric's two
     # totals (a read per batch and value would be 9 x 4 = 36). The results equal sums made
     # batch by batch on the host, in float64.
-    from helpers import make_trainer
-
-    from dgraph.runtime.evaluate import evaluate
-
-    spec = tmp_path / "metric.yaml"
-    spec.write_text(textwrap.dedent("""
-        dgraph: 1
-        name: metric
-        nodes:
-          data: {kind: data, type: digits}
-          student:
-            kind: student
-            type: mlp
-            params: {in_features: 64, hidden: [16], num_classes: 10}
-            inputs: {x: data.x}
-          ce: {kind: loss, type: cross_entropy, inputs: {logits: student.logits, target: data.y}}
-          held_out:
-            kind: metric
-            type: evtest_perplexity
-            inputs: {logits: student.logits, target: data.y}
-        updates:
-          main: {params: [student], objective: {ce: 1.0}}
-        train: {steps: 5}
-        """))
-    trainer = make_trainer(spec, tmp_path / "run")
+    trainer = make_trainer(write_spec(tmp_path, METRIC + "train: {steps: 5}\n"),
+                           tmp_path / "run")
     mode = _HostReads()
     with mode:
         results = evaluate(trainer.program, trainer.instances, trainer.graph, trainer.device,
