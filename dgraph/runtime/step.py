@@ -290,12 +290,8 @@ class StepRunner:
                 terms = {"grad_norm": _grad_norm(params)}
             else:
                 terms = {}
-            if deferred:
-                self._optimizer_step(optimizer, deferred)
-            else:
-                optimizer.step()
-            for p in params:  # _clear_grads, inline: the per-step path
-                p.grad = None
+            self._optimizer_step(optimizer, deferred)
+            _clear_grads(params)
             if follow:
                 self._after_update(name)
             if scheduler is not None:
