@@ -279,10 +279,7 @@ class StepRunner:
             checked = [p.grad for p in params if p.grad is not None]
             checked.append(total.detach())
             check(checked, found_inf, one)
-            if deferred:
-                self._flag_non_finite(lambda: where(step), [total], deferred=True)
-            elif found_inf.item():  # _flag_non_finite's read, inline: the per-step path
-                self.check_finite(where(step), [total])
+            self._flag_non_finite(lambda: where(step), [total], deferred=deferred)
             if clip is not None:
                 terms = {"grad_norm": torch.nn.utils.clip_grad_norm_(params, clip)}
             elif (step + 1) % log_every == 0 or step + 1 == last:  # setup.logs_after(step)
