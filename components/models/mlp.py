@@ -60,9 +60,12 @@ class MLP(Module):
     def forward(self, x: Features("B, {in_features}", "flat input features")) -> Outputs(
             logits=Logits("B, {num_classes}", "class scores"),
             features=Features("B, {hidden[-1]}", "last hidden activation")):
-        # (flat inputs, the usual case, skip a flatten call: a step of a small model is short)
-        features = self.body(x if x.dim() == 2 else x.flatten(1))
-        return {"logits": self.head(features), "features": features}
+        from dgraph._torch_declare import call_plain
+
+        # (flat inputs, the usual case, skip a flatten call; the layers are run through
+        # call_plain: a step of a small model is short)
+        features = call_plain(self.body, x if x.dim() == 2 else x.flatten(1))
+        return {"logits": call_plain(self.head, features), "features": features}
 
 
 @model("mlp_map", roles=("teacher", "student", "model"))

@@ -69,8 +69,10 @@ class CategoricalPolicy(Module):
             logits=Logits("B, {num_actions}", "action scores (log-probabilities up to a "
                           "constant)"),
             value=Tensor("B", "state value V(s) (zeros without a critic)")):
-        logits = self.actor(obs)
-        value = self.critic(obs).squeeze(-1) if self.critic is not None else \
+        from dgraph._torch_declare import call_plain
+
+        logits = call_plain(self.actor, obs)
+        value = call_plain(self.critic, obs).squeeze(-1) if self.critic is not None else \
             self._zero.expand(obs.shape[0])
         return {"logits": logits, "value": value}
 
@@ -105,8 +107,10 @@ class GaussianPolicy(Module):
             mean=Tensor("B, {action_dim}", "mean action"),
             log_std=Tensor("B, {action_dim}", "log standard deviation of each action"),
             value=Tensor("B", "state value V(s) (zeros without a critic)")):
-        mean = self.actor(obs)
-        value = self.critic(obs).squeeze(-1) if self.critic is not None else \
+        from dgraph._torch_declare import call_plain
+
+        mean = call_plain(self.actor, obs)
+        value = call_plain(self.critic, obs).squeeze(-1) if self.critic is not None else \
             self._zero.expand(obs.shape[0])
         return {"mean": mean, "log_std": self.log_std.expand_as(mean), "value": value}
 

@@ -93,10 +93,12 @@ class RND(Module):
             error=Tensor("N", "mean squared prediction error per state (novelty)")):
         import torch
 
+        from dgraph._torch_declare import call_plain
+
         x = self.normalise(obs.float())
         with torch.no_grad():
-            target = self.target_net(x)
-        prediction = self.predictor(x)
+            target = call_plain(self.target_net, x)
+        prediction = call_plain(self.predictor, x)
         return {"prediction": prediction, "target": target,
                 "error": (prediction - target).pow(2).mean(-1)}
 

@@ -216,13 +216,14 @@ def direct_call(module: Any) -> Any:
     Hooks added to the module itself later are seen once the calls are decided again
     (:meth:`Program.refresh_calls`, which ``Trainer.run`` does when it starts).
     """
+    from dgraph._torch_declare import global_module_hooks, has_hooks
+
     if not isinstance(module, nn.Module):
         return module
     cls = type(module)
     if (cls.__call__ is not nn.Module.__call__ or cls._call_impl is not nn.Module._call_impl
             or getattr(module, "_compiled_call_impl", None) is not None
-            or module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-            or module._backward_pre_hooks or _global_module_hooks()):
+            or has_hooks(module) or global_module_hooks()):
         return module
     return module.forward
 
@@ -275,15 +276,6 @@ def value_ports(graph: Graph) -> dict[str, str]:
                 and all(edge.src_port == single for edge in graph.edges_from(name)):
             out[name] = single
     return out
-
-
-def _global_module_hooks() -> bool:
-    """Whether any hook registered for every module (``register_module_forward_hook``...)
-    is in place."""
-    from torch.nn.modules import module as m
-
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks
-                or m._global_backward_hooks or m._global_backward_pre_hooks)
 
 
 def _needed(graph: Graph, roots: list[str]) -> set[str]:

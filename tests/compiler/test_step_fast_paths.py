@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import make_trainer, write_spec
 from torch import nn
 
+from dgraph._torch_declare import call_plain
 from dgraph.compiler.codegen import direct_call, value_call
 from dgraph.errors import NonFiniteError
 from dgraph.registry import COMPONENTS, BuildContext, load_plugins
@@ -109,6 +110,86 @@ def test_a_hook_added_after_binding_runs_once_the_calls_are_decided_again(tmp_pa
         lambda _m, _a, out: seen.append(out["logits"].shape))
     again.run()
     assert seen[:2] == [torch.Size([16, 10])] * 2
+
+
+# -- layers called as functions (call_plain) ------------------------------------------------
+def _layers() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 8),
+                         nn.GELU(approximate="tanh"), nn.Linear(8, 8), nn.Tanh(),
+                         nn.Sequential(nn.Linear(8, 8), nn.SiLU()), nn.LeakyReLU(0.2),
+                         nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_call_plain_computes_what_the_modules_compute_bit_for_bit(training):
+    layers = _layers().train(training)
+    x = torch.randn(5, 6, requires_grad=True)
+    torch.manual_seed(1)
+    expected = layers(x)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), x)
+    torch.manual_seed(1)  # the same dropout draws
+    got = call_plain(layers, x)
+    (grad_got,) = torch.autograd.grad(got.sum(), x)
+    assert torch.equal(got, expected) and torch.equal(grad_got, grad_expected)
+    assert training is not torch.equal(call_plain(layers, x), got)  # dropout draws again
+
+
+def test_call_plain_skips_module_calls_only_where_they_add_nothing():
+    layers = _layers()
+    calls = []
+
+    class Counted(nn.Linear):  # a subclass: its own forward must run
+        def forward(self, x):
+            calls.append("subclass")
+            return super().forward(x)
+
+    layers[3] = Counted(8, 8)
+    layers[0].register_forward_hook(lambda _m, _a, _o: calls.append("hook on a layer"))
+    layers[7].register_forward_pre_hook(lambda _m, _a: calls.append("hook on a sequential"))
+    x = torch.randn(5, 6)
+    call_plain(layers, x)
+    assert calls == ["hook on a layer", "subclass", "hook on a sequential"]
+    calls.clear()
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, _a, _o: calls.append(type(m).__name__))
+    try:
+        call_plain(layers, x)
+    finally:
+        handle.remove()
+    # a hook for every module: every module is called, so each hook fires once
+    assert calls.count("Linear") == 4 and calls.count("Sequential") == 2 \
+        and calls.count("LeakyReLU") == 1
+    assert calls.count("Counted") == 1 and "hook on a layer" in calls
+
+
+def test_a_tap_on_an_mlp_layer_still_records(tmp_path):
+    spec = write_spec(tmp_path, """
+        dgraph: 1
+        name: tap_mlp
+        nodes:
+          data: {kind: data, type: digits, params: {batch_size: 16}}
+          student:
+            kind: student
+            type: mlp
+            params: {in_features: 64, hidden: [32, 16], num_classes: 10}
+            inputs: {x: data.x}
+          probe:
+            kind: loss
+            type: feature_mse
+            inputs: {student: student.body.3, teacher: student.features}
+          ce: {kind: loss, type: cross_entropy, inputs: {logits: student.logits, target: data.y}}
+        updates:
+          main:
+            optimizer: {type: adam, lr: 0.001}
+            params: [student]
+            objective: {ce: 1.0, probe: 1.0}
+        train: {steps: 1, seed: 0, device: cpu}
+        """)
+    trainer = make_trainer(spec, tmp_path / "run")
+    _, terms, _ = trainer.run_step()
+    # body.3 is the last hidden activation, the features port: the tap recorded it
+    assert float(terms["main"]["probe"]) == 0.0
 
 
 # -- value calls: a declared function with one output ------------------------------------
