@@ -119,14 +119,14 @@ def _call_unhooked(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if has_hooks(module):
         return module(x)
     cls = type(module)
-    if cls is nn.Sequential:
+    if isinstance(module, nn.Sequential) and cls is nn.Sequential:
         functions = _LAYER_FUNCTIONS
-        for layer in module._modules.values():
+        for layer in module:
             function = functions.get(type(layer))
             # (has_hooks written out: this loop runs per layer and step)
             if function is None or layer._forward_hooks or layer._forward_pre_hooks \
                     or layer._backward_hooks or layer._backward_pre_hooks:
-                x = _call_unhooked(layer, x)  # type: ignore[arg-type]
+                x = _call_unhooked(layer, x)
             else:
                 x = function(layer, x)
         return x

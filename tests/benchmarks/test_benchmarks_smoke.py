@@ -58,6 +58,17 @@ def test_validate_scale_quick_prints_ratio():
 
 
 @pytest.mark.timeout(300)
+def test_layer_calls_quick_prints_every_variant():
+    out = _run("layer_calls.py")
+    for group, variant in (("kd pair", "mlp (call_plain)"), ("kd pair", "flat nn.Sequential"),
+                           ("kd pair", "mlp, layers as modules"),
+                           ("policy", "mlp_policy (call_plain)"),
+                           ("policy", "actor, critic as modules")):
+        assert re.search(rf"\| {group} \| {re.escape(variant)} \| {NUMBER} \| {NUMBER} "
+                         rf"\({NUMBER}-{NUMBER}\) \|", out), out
+
+
+@pytest.mark.timeout(300)
 def test_optimizer_kernels_quick_prints_both_tables():
     out = _run("optimizer_kernels.py")
     for kind in ("adam", "adamw", "sgd"):  # --quick: the tiny student's parameters only
