@@ -105,7 +105,8 @@ def call_plain(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     A layer of a class listed above (exactly that class: a subclass, a LoRA or quantisation
     wrapper is called as it is) runs as the function its ``forward`` calls, and an
     ``nn.Sequential`` as each of its layers in turn, unless a hook is registered on the module
-    or on every module (taps, exporters' diagnostics, FSDP). The same operations in the same
+    or on every module (taps, exporters' diagnostics, FSDP) or the module was compiled with
+    ``Module.compile`` (its call runs the compiled code). The same operations in the same
     order, so the same values; ``__call__`` costs a few microseconds a layer on CPU, several
     percent of a small model's step.
     """
@@ -116,16 +117,17 @@ def call_plain(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _call_unhooked(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:func:`call_plain` once no hook for every module is known to be registered."""
-    if has_hooks(module):
+    if has_hooks(module) or module._compiled_call_impl is not None:
         return module(x)
     cls = type(module)
     if isinstance(module, nn.Sequential) and cls is nn.Sequential:
         functions = _LAYER_FUNCTIONS
         for layer in module:
             function = functions.get(type(layer))
-            # (has_hooks written out: this loop runs per layer and step)
+            # (the checks above written out: this loop runs per layer and step)
             if function is None or layer._forward_hooks or layer._forward_pre_hooks \
-                    or layer._backward_hooks or layer._backward_pre_hooks:
+                    or layer._backward_hooks or layer._backward_pre_hooks \
+                    or layer._compiled_call_impl is not None:
                 x = _call_unhooked(layer, x)
             else:
                 x = function(layer, x)

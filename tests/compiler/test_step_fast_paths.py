@@ -147,9 +147,13 @@ def test_call_plain_skips_module_calls_only_where_they_add_nothing():
     layers[3] = Counted(8, 8)
     layers[0].register_forward_hook(lambda _m, _a, _o: calls.append("hook on a layer"))
     layers[7].register_forward_pre_hook(lambda _m, _a: calls.append("hook on a sequential"))
+    # What Module.compile sets: the call runs it instead of forward.
+    compiled = layers[5]
+    compiled._compiled_call_impl = lambda x: (calls.append("compiled"), compiled.forward(x))[1]
     x = torch.randn(5, 6)
     call_plain(layers, x)
-    assert calls == ["hook on a layer", "subclass", "hook on a sequential"]
+    assert calls == ["hook on a layer", "subclass", "compiled", "hook on a sequential"]
+    del compiled._compiled_call_impl
     calls.clear()
     handle = nn.modules.module.register_module_forward_hook(
         lambda m, _a, _o: calls.append(type(m).__name__))
