@@ -189,7 +189,7 @@ def test_a_gan_head_without_network_or_in_features_is_located(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # three full zoo runs: ~35 min on 2 shared cores (BENCHMARKS.md)
+@pytest.mark.timeout(3600)  # three full zoo runs: 11 min idle, ~35 min on 2 busy shared cores
 def test_digits_few_step_students_from_the_zoo_teacher(tmp_path):
     teacher = train("diffusion_teacher_digits", out=tmp_path / "diffusion_teacher_digits",
                     **QUIET)
