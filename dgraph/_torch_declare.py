@@ -119,8 +119,7 @@ def _call_unhooked(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:func:`call_plain` once no hook for every module is known to be registered."""
     if has_hooks(module) or module._compiled_call_impl is not None:
         return module(x)
-    cls = type(module)
-    if isinstance(module, nn.Sequential) and cls is nn.Sequential:
+    if type(module) is nn.Sequential:
         functions = _LAYER_FUNCTIONS
         for layer in module:
             function = functions.get(type(layer))
@@ -132,5 +131,5 @@ def _call_unhooked(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             else:
                 x = function(layer, x)
         return x
-    function = _LAYER_FUNCTIONS.get(cls)
+    function = _LAYER_FUNCTIONS.get(type(module))
     return module(x) if function is None else function(module, x)
